@@ -1,0 +1,271 @@
+"""Daemon configuration: one TOML file plus ``ISHOWTTS_EDGE_*`` environment overrides.
+
+Unknown keys are rejected (``extra="forbid"``) because a misspelt threshold that is
+silently ignored is worse than a daemon that refuses to start.  Every section is a
+plain pydantic model so that modules can take just the part they need.
+
+Environment overrides use ``__`` between levels, for example
+``ISHOWTTS_EDGE_ENGINE__DEVICE=cpu`` or ``ISHOWTTS_EDGE_SERVER__MAX_TEXT_CHARS=500``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "ISHOWTTS_EDGE_"
+#: Where the installed package keeps its conffile.
+SYSTEM_CONFIG = Path("/etc/ishowtts-edge/ishowtts-edge.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(_Section):
+    """Directories.  systemd hands these over as RUNTIME_DIRECTORY, STATE_DIRECTORY, CACHE_DIRECTORY."""
+
+    runtime_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("RUNTIME_DIRECTORY", "/run/ishowtts-edge").split(":")[0])
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "/var/lib/ishowtts-edge").split(":")[0])
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("CACHE_DIRECTORY", "/var/cache/ishowtts-edge").split(":")[0])
+    )
+
+
+class ServerConfig(_Section):
+    """The ZeroMQ request endpoint and the PUB endpoint for events."""
+
+    #: Empty means ``ipc://<runtime_dir>/tts.sock``.
+    endpoint: str = ""
+    #: Empty means ``ipc://<runtime_dir>/events.sock``.
+    events_endpoint: str = ""
+    #: tcp:// endpoints must bind a loopback address unless this is set.
+    allow_remote: bool = False
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=4096)
+    max_text_chars: int = Field(default=2000, ge=1)
+    max_reference_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: Synthesis requests allowed to wait behind the running one before ``busy`` is answered.
+    max_queue: int = Field(default=4, ge=0)
+
+    @field_validator("endpoint", "events_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if value and not value.startswith(("ipc://", "tcp://")):
+            raise ValueError("must start with ipc:// or tcp://")
+        return value
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> "ServerConfig":
+        if self.allow_remote:
+            return self
+        for value in (self.endpoint, self.events_endpoint):
+            if value.startswith("tcp://") and not is_loopback_tcp(value):
+                raise ValueError(
+                    f"{value} is not a loopback address; set server.allow_remote = true to expose it"
+                )
+        return self
+
+
+def is_loopback_tcp(endpoint: str) -> bool:
+    host = urlparse(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class VoiceConfig(_Section):
+    """A reference voice: either ``dir`` (holding ref.wav + ref.txt) or ``ref_audio`` + ``ref_text``."""
+
+    dir: Path | None = None
+    ref_audio: Path | None = None
+    ref_text: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "VoiceConfig":
+        if self.dir is None and self.ref_audio is None:
+            raise ValueError("give either dir or ref_audio (+ ref_text)")
+        if self.dir is not None and self.ref_audio is not None:
+            raise ValueError("give dir or ref_audio, not both")
+        return self
+
+
+class EngineConfig(_Section):
+    """F5-TTS model, vocoder and sampling defaults."""
+
+    #: auto = cuda when available, else cpu.
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    #: auto = float16 on CUDA, float32 on CPU.
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    #: Architecture name from f5-tts's configs (F5TTS_v1_Base, F5TTS_Base, ...) or "demo-tiny".
+    model: str = "F5TTS_v1_Base"
+    #: model_*.safetensors or .pt; empty = the generated, untrained demo checkpoint.
+    checkpoint: Path | None = None
+    #: vocab.txt; empty = the one next to the checkpoint, else f5-tts's Emilia vocab.
+    vocab: Path | None = None
+    #: Local Vocos directory with config.yaml + pytorch_model.bin; empty = demo vocoder.
+    vocoder_dir: Path | None = None
+    compile: bool = True
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "max-autotune-no-cudagraphs"
+    )
+    warmup: bool = True
+    nfe_step: int = Field(default=7, ge=1, le=64)
+    cfg_strength: float = Field(default=2.0, ge=0.0, le=10.0)
+    sway_sampling_coef: float = Field(default=-1.0, ge=-2.0, le=2.0)
+    speed: float = Field(default=1.0, ge=0.3, le=3.0)
+    cross_fade_s: float = Field(default=0.15, ge=0.0, le=1.0)
+    target_rms: float = Field(default=0.1, gt=0.0, le=1.0)
+    #: Reference audio longer than this is clipped at a silence.
+    max_ref_seconds: float = Field(default=12.0, ge=1.0, le=30.0)
+    #: Request-supplied reference voices kept prepared in memory.
+    adhoc_voice_cache: int = Field(default=16, ge=0)
+
+
+class HardwareConfig(_Section):
+    """Power mode and clocks, reached through the privileged helper."""
+
+    enabled: bool = True
+    #: Power mode by name (preferred: ids differ between boards) or id.
+    power_mode: str | int = "MAXN"
+    apply_at_start: bool = True
+    restore_at_stop: bool = False
+    #: Unix socket of the root helper service (ishowtts-edge-hwctl.socket).
+    helper_socket: Path = Path("/run/ishowtts-edge-hwctl.sock")
+    nvpmodel: Path = Path("/usr/sbin/nvpmodel")
+    jetson_clocks: Path = Path("/usr/bin/jetson_clocks")
+    tool_timeout_s: float = Field(default=20.0, gt=0)
+
+
+class TelemetryConfig(_Section):
+    interval_s: float = Field(default=1.0, ge=0.05, le=60)
+    #: Tried in order; the first that works is used, the next on failure.
+    sources: list[Literal["jtop", "sysfs", "nvml"]] = ["jtop", "sysfs", "nvml"]
+    #: Root of the sysfs tree (tests point this at a fake board).
+    sysfs_root: Path = Path("/")
+
+
+class MonitorConfig(_Section):
+    """RTF drift detection.  Defaults are justified in docs/monitoring.md."""
+
+    enabled: bool = True
+    window_count: int = Field(default=50, ge=5)
+    window_age_s: float = Field(default=600.0, gt=0)
+    min_samples: int = Field(default=8, ge=3)
+    #: Coefficient of variation of measured/expected time that raises an alert.
+    cv_threshold: float = Field(default=0.06, gt=0)
+    #: Median slowdown (measured/expected - 1) that raises an alert.
+    slowdown_threshold: float = Field(default=0.15, gt=0)
+    #: An alert clears when both figures fall below threshold * this factor.
+    clear_ratio: float = Field(default=0.6, gt=0, lt=1)
+    #: GPU clock below its locked maximum by more than this fraction counts as drift.
+    clock_drop_threshold: float = Field(default=0.05, gt=0, lt=1)
+    remediate: bool = True
+    remediate_min_interval_s: float = Field(default=120.0, ge=0)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    default_voice: str = "demo"
+    voices: dict[str, VoiceConfig] = Field(default_factory=dict)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    #: The file this was read from (None: defaults and environment only).
+    source_file: Path | None = Field(default=None, exclude=True)
+
+    _toml_path: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint or f"ipc://{self.paths.runtime_dir}/tts.sock"
+
+    @property
+    def events_endpoint(self) -> str:
+        return self.server.events_endpoint or f"ipc://{self.paths.runtime_dir}/events.sock"
+
+
+class ConfigError(Exception):
+    """An invalid configuration: the message names the file, the key and the reason."""
+
+
+def default_config_path() -> Path | None:
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        return Path(env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (or the default location) and the environment; raise ConfigError if invalid."""
+    toml_path = Path(path) if path is not None else default_config_path()
+    where = str(toml_path) if toml_path is not None else "(defaults)"
+    if toml_path is not None and not toml_path.is_file():
+        raise ConfigError(f"config file {toml_path}: not found")
+
+    class _Loaded(Settings):
+        _toml_path = toml_path
+
+    try:
+        loaded = _Loaded(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(where, exc)) from None
+    except ValueError as exc:  # TOML syntax errors arrive as tomllib.TOMLDecodeError (a ValueError)
+        raise ConfigError(f"config file {where}: {exc}") from None
+    settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+    settings.source_file = toml_path
+    return settings
+
+
+def _describe(where: str, exc: ValidationError) -> str:
+    lines = [f"config file {where}: {exc.error_count()} invalid setting(s)"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        reason = error["msg"]
+        if error["type"] == "extra_forbidden":
+            reason = "unknown key"
+        lines.append(f"  {key}: {reason}")
+    return "\n".join(lines)

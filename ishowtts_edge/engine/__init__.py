@@ -1,0 +1,52 @@
+"""The F5-TTS engine.
+
+The daemon uses exactly this surface (implemented in :mod:`.core`)::
+
+    engine = Engine(settings)                 # cheap: nothing is loaded yet
+    engine.load(progress)                     # model + vocoder + voices; raises EngineLoadError
+    report = engine.warmup(progress)          # compile and run every shape bucket -> WarmupReport
+    result = engine.synthesize(params, ref)   # SynthesizeParams, reference bytes or None -> SynthesisResult
+    engine.voices()                           # [{"id", "ref_text", "ref_seconds", "source"}]
+    engine.reload_voices(settings)            # SIGHUP: re-read voices, keep the model
+    engine.describe()                         # {"device", "dtype", "model", "compiled", "demo", ...}
+
+``progress(message)`` is called at least every few seconds during load and warm-up
+so the daemon can extend systemd's start timeout.  Request problems raise
+:class:`ishowtts_edge.protocol.ServiceError` with a stable code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SynthesisResult:
+    audio: np.ndarray  # float32, mono, [-1, 1]
+    sample_rate: int
+    synthesis_seconds: float
+    mel_frames: int
+    nfe_step: int
+    chunks: int = 1
+
+    @property
+    def audio_seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        return self.synthesis_seconds / self.audio_seconds if self.audio_seconds > 0 else float("inf")
+
+
+@dataclass
+class WarmupReport:
+    seconds: float
+    shapes: list[int] = field(default_factory=list)  # mel-frame buckets run
+    compiled: bool = False
+    error: str | None = None  # compile failed: fell back to eager
+
+
+class EngineLoadError(RuntimeError):
+    """The model, vocoder or a voice could not be loaded; the message says which file and why."""

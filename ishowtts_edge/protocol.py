@@ -1,0 +1,241 @@
+"""Wire protocol between local apps and the daemon (documented in docs/protocol.md).
+
+A request is a multipart ZeroMQ message: frame 0 is a UTF-8 JSON header
+``{"v": 1, "op": ..., "id": ..., ...fields}``; further frames are binary
+attachments (reference audio for ``synthesize``).  A reply mirrors that: frame 0 a
+JSON header with ``ok``, frame 1 the audio of a successful ``synthesize``.
+
+Parsing never raises anything but :class:`ServiceError`, so the server can turn any
+bad input into exactly one error reply.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PROTOCOL_VERSION = 1
+
+
+class ErrorCode(str, enum.Enum):
+    """Stable error codes; apps branch on these, never on the message text."""
+
+    BAD_REQUEST = "bad_request"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_OP = "unknown_op"
+    TOO_LARGE = "too_large"
+    UNKNOWN_VOICE = "unknown_voice"
+    BAD_REFERENCE = "bad_reference"
+    TEXT_TOO_LONG = "text_too_long"
+    BUSY = "busy"
+    NOT_READY = "not_ready"
+    OUT_OF_MEMORY = "out_of_memory"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+class ServiceError(Exception):
+    """An error that becomes an error reply with a stable code."""
+
+    def __init__(self, code: ErrorCode, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+OPS = ("synthesize", "voices", "status", "health", "ping")
+#: Ops answered by the front end at once, never queued behind a synthesis.
+CONTROL_OPS = frozenset({"voices", "status", "health", "ping"})
+AUDIO_FORMATS = ("wav", "pcm_s16le", "f32le")
+
+
+class SynthesizeParams(BaseModel):
+    """Fields of a ``synthesize`` request.  Unset sampling fields take the daemon's defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str = Field(min_length=1)
+    voice: str | None = None
+    #: Transcript of the reference audio attached as frame 1 (ad-hoc voice).
+    ref_text: str | None = None
+    format: Literal["wav", "pcm_s16le", "f32le"] = "wav"
+    nfe_step: int | None = Field(default=None, ge=1, le=64)
+    cfg_strength: float | None = Field(default=None, ge=0.0, le=10.0)
+    sway_sampling_coef: float | None = Field(default=None, ge=-2.0, le=2.0)
+    speed: float | None = Field(default=None, ge=0.3, le=3.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @field_validator("cfg_strength", "sway_sampling_coef", "speed", mode="before")
+    @classmethod
+    def _ints_are_floats(cls, value: Any) -> Any:
+        # strict mode refuses 2 for a float; JSON writers often drop the ".0".
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain something to say")
+        return value
+
+
+@dataclass
+class Request:
+    op: str
+    id: str
+    header: dict[str, Any]
+    attachments: list[bytes] = field(default_factory=list)
+    params: SynthesizeParams | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int
+    max_text_chars: int
+    max_reference_bytes: int
+
+
+def parse_request(frames: list[bytes], limits: Limits) -> Request:
+    """Validate a request message; raise ServiceError (with the request id when known)."""
+    if not frames:
+        raise ServiceError(ErrorCode.BAD_REQUEST, "empty message: frame 0 must be a JSON header")
+    total = sum(len(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise ServiceError(
+            ErrorCode.TOO_LARGE, f"message is {total} bytes; the limit is {limits.max_message_bytes}"
+        )
+    try:
+        text = frames[0].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"header is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        header = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"header is not JSON: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(header, dict):
+        raise ServiceError(ErrorCode.BAD_REQUEST, "header must be a JSON object")
+
+    raw_id = header.get("id")
+    if raw_id is None:
+        request_id = uuid.uuid4().hex[:12]
+    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and len(str(raw_id)) <= 128:
+        request_id = str(raw_id)
+    else:
+        raise ServiceError(ErrorCode.BAD_REQUEST, "id must be a string or integer of at most 128 characters")
+
+    def fail(code: ErrorCode, message: str) -> ServiceError:
+        return ServiceError(code, message, request_id=request_id)
+
+    version = header.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise fail(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version!r}; this daemon speaks {PROTOCOL_VERSION}")
+    op = header.get("op")
+    if not isinstance(op, str):
+        raise fail(ErrorCode.BAD_REQUEST, "op is missing or not a string")
+    if op not in OPS:
+        raise fail(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(OPS)}")
+
+    attachments = list(frames[1:])
+    request = Request(op=op, id=request_id, header=header, attachments=attachments)
+    if op != "synthesize":
+        if attachments:
+            raise fail(ErrorCode.BAD_REQUEST, f"op {op} takes no binary frames, got {len(attachments)}")
+        return request
+
+    if len(attachments) > 1:
+        raise fail(ErrorCode.BAD_REQUEST, f"synthesize takes at most one binary frame, got {len(attachments)}")
+    fields = {k: v for k, v in header.items() if k not in ("v", "op", "id")}
+    try:
+        params = SynthesizeParams.model_validate(fields)
+    except ValidationError as exc:
+        raise fail(ErrorCode.BAD_REQUEST, _validation_message(exc)) from None
+    if len(params.text) > limits.max_text_chars:
+        raise fail(
+            ErrorCode.TEXT_TOO_LONG, f"text has {len(params.text)} characters; the limit is {limits.max_text_chars}"
+        )
+    if attachments:
+        if len(attachments[0]) > limits.max_reference_bytes:
+            raise fail(
+                ErrorCode.TOO_LARGE,
+                f"reference audio is {len(attachments[0])} bytes; the limit is {limits.max_reference_bytes}",
+            )
+        if not params.ref_text or not params.ref_text.strip():
+            raise fail(ErrorCode.BAD_REQUEST, "a reference audio frame needs ref_text (its transcript)")
+        if params.voice is not None:
+            raise fail(ErrorCode.BAD_REQUEST, "give either voice or a reference audio frame, not both")
+    elif params.ref_text is not None:
+        raise fail(ErrorCode.BAD_REQUEST, "ref_text given without a reference audio frame")
+    request.params = params
+    return request
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "header"
+        reason = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{key}: {reason}")
+    return "; ".join(parts)
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def ok_reply(request_id: str | None, op: str, payload: dict[str, Any], attachments: list[bytes] | None = None) -> list[bytes]:
+    header = {"v": PROTOCOL_VERSION, "ok": True, "id": request_id, "op": op, **payload}
+    return [encode_header(header), *(attachments or [])]
+
+
+def error_reply(request_id: str | None, code: ErrorCode, message: str, op: str | None = None) -> list[bytes]:
+    header = {
+        "v": PROTOCOL_VERSION,
+        "ok": False,
+        "id": request_id,
+        "op": op,
+        "error": {"code": code.value, "message": message},
+    }
+    return [encode_header(header)]
+
+
+def decode_reply(frames: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    """Client side: split a reply into its header and attachments."""
+    if not frames:
+        raise ValueError("empty reply")
+    header = json.loads(frames[0].decode("utf-8"))
+    if not isinstance(header, dict) or "ok" not in header:
+        raise ValueError("reply header is not a protocol object")
+    return header, list(frames[1:])
+
+
+def encode_audio(samples: "np.ndarray", sample_rate: int, fmt: str) -> bytes:
+    """Encode mono float32 samples in [-1, 1] as a WAV file, raw s16le PCM or raw f32le."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    mono = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    if fmt == "f32le":
+        return mono.astype("<f4").tobytes()
+    if fmt == "pcm_s16le":
+        return (mono * 32767.0).round().astype("<i2").tobytes()
+    if fmt == "wav":
+        buf = io.BytesIO()
+        sf.write(buf, mono, sample_rate, format="WAV", subtype="PCM_16")
+        return buf.getvalue()
+    raise ValueError(f"unknown audio format {fmt!r}")
