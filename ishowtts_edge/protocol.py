@@ -46,11 +46,14 @@ class ErrorCode(str, enum.Enum):
 class ServiceError(Exception):
     """An error that becomes an error reply with a stable code."""
 
-    def __init__(self, code: ErrorCode, message: str, *, request_id: str | None = None) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, *, request_id: str | None = None, op: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.op = op
 
 
 OPS = ("synthesize", "voices", "status", "health", "ping")
@@ -138,12 +141,13 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
         raise ServiceError(ErrorCode.BAD_REQUEST, "id must be a string or integer of at most 128 characters")
 
     def fail(code: ErrorCode, message: str) -> ServiceError:
-        return ServiceError(code, message, request_id=request_id)
+        known_op = op if isinstance(op, str) and op in OPS else None
+        return ServiceError(code, message, request_id=request_id, op=known_op)
 
+    op = header.get("op")
     version = header.get("v", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION:
         raise fail(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version!r}; this daemon speaks {PROTOCOL_VERSION}")
-    op = header.get("op")
     if not isinstance(op, str):
         raise fail(ErrorCode.BAD_REQUEST, "op is missing or not a string")
     if op not in OPS:

@@ -1,0 +1,215 @@
+"""``ishowtts-edge``: run the daemon, talk to it, fetch a model.
+
+Heavy imports (torch, the engine) happen only in the sub-commands that need them, so
+``--version``, ``status`` and ``say`` start fast and work where torch is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+
+def _endpoint(args: argparse.Namespace) -> str:
+    if args.endpoint:
+        return args.endpoint
+    from .config import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config).endpoint
+    except ConfigError as exc:
+        print(f"warning: {exc}; using the default endpoint", file=sys.stderr)
+        from .client import DEFAULT_ENDPOINT
+
+        return DEFAULT_ENDPOINT
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+
+    return Client(_endpoint(args), timeout_s=args.timeout, retries=1)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .daemon import AlreadyRunning, serve
+
+    try:
+        return serve(args.config)
+    except ConfigError as exc:
+        print(f"<3>{exc}", file=sys.stderr)
+        return 78  # EX_CONFIG: systemd shows it as a configuration error
+    except AlreadyRunning as exc:
+        print(f"<3>{exc}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    sampling = {"nfe_step": args.nfe, "speed": args.speed, "seed": args.seed}
+    ref_audio = Path(args.ref_audio).read_bytes() if args.ref_audio else None
+    fmt = "wav" if args.output.endswith(".wav") or args.output == "-" else args.format
+    with _client(args) as client:
+        result = client.synthesize(
+            args.text, args.voice, format=fmt, ref_audio=ref_audio, ref_text=args.ref_text, **sampling
+        )
+    if args.output == "-":
+        sys.stdout.buffer.write(result.audio)
+    else:
+        Path(args.output).write_bytes(result.audio)
+    h = result.header
+    print(
+        f"{args.output}: {h['audio_seconds']:.2f} s of audio at {h['sample_rate']} Hz, "
+        f"synthesized in {h['synthesis_seconds']:.3f} s (RTF {h['rtf']:.3f})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_voices(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        voices = client.voices()
+    if args.json:
+        print(json.dumps(voices, indent=2))
+        return 0
+    for v in voices:
+        state = "" if v.get("available", True) else f"  UNAVAILABLE: {v.get('error', '')}"
+        text = (v.get("ref_text") or "")[:60]
+        print(f"{v['id']:<20} {v.get('ref_seconds', 0):5.1f} s  {text}{state}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .client import ClientError
+
+    try:
+        with _client(args) as client:
+            status = client.status()
+    except ClientError as exc:
+        if args.json:
+            print(json.dumps({"state": "unreachable", "error": str(exc)}))
+        else:
+            print(f"ishowtts-edge: not reachable ({exc})")
+        return 3  # LSB: program is not running
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(status))
+    return 0 if status.get("state") in ("ready", "degraded") else 1
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lines = [f"ishowtts-edge {s.get('version', '?')}  state: {s.get('state')}  pid {s.get('pid')}  up {s.get('uptime_s', 0):.0f} s"]
+    if s.get("detail"):
+        lines.append(f"  detail:    {s['detail']}")
+    for key, reason in (s.get("degraded") or {}).items():
+        lines.append(f"  degraded:  {key}: {reason}")
+    e = s.get("engine") or {}
+    if e:
+        lines.append(
+            f"  engine:    {e.get('model')} on {e.get('device')} {e.get('dtype')}"
+            f"{' compiled' if e.get('compiled') else ' eager'}{' (DEMO: untrained voice)' if e.get('demo') else ''}"
+        )
+    w = s.get("warmup") or {}
+    if w:
+        lines.append(f"  warm-up:   {w.get('seconds')} s, {len(w.get('shapes') or [])} shape(s)")
+    lines.append(f"  voices:    {s.get('voices', 0)}    endpoint: {s.get('endpoint')}")
+    rtf = s.get("rtf") or {}
+    if rtf:
+        lines.append(
+            "  RTF:       last {last}  median {median}  p90 {p90}  cv {cv}  (n={n})".format(
+                **{k: _fmt(rtf.get(k)) for k in ("last", "median", "p90", "cv", "n")}
+            )
+        )
+    hw = s.get("hardware") or {}
+    if hw:
+        lines.append(f"  hardware:  {hw.get('summary', hw)}")
+    t = s.get("telemetry") or {}
+    if t:
+        lines.append(f"  telemetry: {t.get('summary', t)}")
+    alerts = s.get("alerts") or []
+    for a in alerts:
+        lines.append(f"  ALERT:     {a.get('summary') or a}")
+    history = s.get("alert_history") or []
+    if history:
+        lines.append("  recent alerts:")
+        for a in history[-5:]:
+            lines.append(f"    {a.get('summary') or a}")
+    req = (s.get("requests") or {}).get("requests") or {}
+    if req:
+        lines.append("  requests:  " + ", ".join(f"{k} {v}" for k, v in sorted(req.items())))
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    from .engine.fetch import fetch_model
+
+    snippet = fetch_model(Path(args.dest))
+    print(snippet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ishowtts-edge", description="F5-TTS speech appliance for Jetson AGX Orin")
+    p.add_argument("--version", action="version", version=f"ishowtts-edge {__version__}")
+    p.add_argument("--config", "-c", help="TOML config (default: $ISHOWTTS_EDGE_CONFIG or /etc/ishowtts-edge/ishowtts-edge.toml)")
+    p.add_argument("--endpoint", help="daemon endpoint (default: from the config)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a reply")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the daemon in the foreground").set_defaults(func=cmd_serve)
+
+    say = sub.add_parser("say", help="synthesize TEXT to a file")
+    say.add_argument("text")
+    say.add_argument("--voice", "-v")
+    say.add_argument("--output", "-o", default="out.wav", help="file to write, or - for stdout (WAV)")
+    say.add_argument("--format", choices=("wav", "pcm_s16le", "f32le"), default="wav")
+    say.add_argument("--ref-audio", help="clone this reference audio instead of a configured voice")
+    say.add_argument("--ref-text", help="transcript of --ref-audio")
+    say.add_argument("--nfe", type=int, help="sampling steps (default from the config)")
+    say.add_argument("--speed", type=float)
+    say.add_argument("--seed", type=int)
+    say.set_defaults(func=cmd_say)
+
+    st = sub.add_parser("status", help="show the daemon's state, RTF, hardware and alerts")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    vo = sub.add_parser("voices", help="list voices")
+    vo.add_argument("--json", action="store_true")
+    vo.set_defaults(func=cmd_voices)
+
+    model = sub.add_parser("model", help="model files")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    fetch = msub.add_parser("fetch", help="download the released F5-TTS v1 Base checkpoint and Vocos (needs internet)")
+    fetch.add_argument("dest", help="directory to download into")
+    fetch.set_defaults(func=cmd_model_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .client import ClientError
+
+    try:
+        return args.func(args)
+    except ClientError as exc:
+        print(f"ishowtts-edge: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ishowtts-edge: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

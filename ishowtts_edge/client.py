@@ -1,0 +1,163 @@
+"""Python client for local apps.
+
+Uses the Lazy Pirate pattern from the ZeroMQ guide: a REQ socket that gets no reply
+in time is in a state where it can neither send nor receive, so it is closed
+(linger 0) and a fresh one is opened for the bounded retry.  Only idempotent ops are
+retried by default; a synthesize that timed out is retried only if asked, because the
+daemon may still be working on the first copy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from .protocol import PROTOCOL_VERSION, decode_reply, encode_header
+
+DEFAULT_ENDPOINT = "ipc:///run/ishowtts-edge/tts.sock"
+
+
+class ClientError(Exception):
+    """The daemon answered with an error; ``code`` is the protocol's stable code."""
+
+    def __init__(self, code: str, message: str, header: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.header = header or {}
+
+
+class ClientTimeout(ClientError):
+    """No reply after every retry."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("timeout", message)
+
+
+@dataclass
+class Synthesis:
+    audio: bytes
+    header: dict[str, Any]
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.header["sample_rate"])
+
+    @property
+    def rtf(self) -> float:
+        return float(self.header["rtf"])
+
+
+class Client:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint or os.environ.get("ISHOWTTS_EDGE_ENDPOINT") or DEFAULT_ENDPOINT
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.context = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid()}-{int(time.time() * 1000) % 100000}"
+        self._socket: zmq.Socket | None = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _open(self) -> zmq.Socket:
+        if self._socket is None:
+            sock = self.context.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    def request(
+        self,
+        op: str,
+        fields: dict[str, Any] | None = None,
+        attachments: list[bytes] | None = None,
+        *,
+        timeout_s: float | None = None,
+        retry: bool | None = None,
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """Send one request; return (header, attachments) of a successful reply or raise ClientError."""
+        request_id = f"{self._prefix}-{next(self._ids)}"
+        header = {"v": PROTOCOL_VERSION, "op": op, "id": request_id, **(fields or {})}
+        message = [encode_header(header), *(attachments or [])]
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        attempts = 1 + (self.retries if (retry if retry is not None else op != "synthesize") else 0)
+        for attempt in range(attempts):
+            sock = self._open()
+            sock.send_multipart(message)
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sock.poll(int(remaining * 1000), zmq.POLLIN):
+                    break
+                reply_header, reply_attachments = decode_reply(sock.recv_multipart())
+                if reply_header.get("id") not in (request_id, None):
+                    continue  # a late answer to an earlier attempt
+                if not reply_header.get("ok"):
+                    error = reply_header.get("error") or {}
+                    raise ClientError(error.get("code", "unknown"), error.get("message", ""), reply_header)
+                return reply_header, reply_attachments
+            # Lazy Pirate: the REQ socket is stuck waiting for a reply; replace it.
+            self.close()
+        raise ClientTimeout(f"no reply from {self.endpoint} after {attempts} attempt(s) of {timeout:.1f}s")
+
+    # -- convenience --------------------------------------------------------------
+
+    def ping(self, timeout_s: float | None = None) -> dict[str, Any]:
+        return self.request("ping", timeout_s=timeout_s)[0]
+
+    def status(self, timeout_s: float | None = None) -> dict[str, Any]:
+        return self.request("status", timeout_s=timeout_s)[0]
+
+    def health(self, timeout_s: float | None = None) -> dict[str, Any]:
+        return self.request("health", timeout_s=timeout_s)[0]
+
+    def voices(self) -> list[dict[str, Any]]:
+        return self.request("voices")[0]["voices"]
+
+    def synthesize(
+        self,
+        text: str,
+        voice: str | None = None,
+        *,
+        format: str = "wav",
+        ref_audio: bytes | None = None,
+        ref_text: str | None = None,
+        timeout_s: float | None = None,
+        retry: bool = False,
+        **sampling: Any,
+    ) -> Synthesis:
+        """Synthesize ``text``.  ``sampling`` may hold nfe_step, cfg_strength, sway_sampling_coef, speed, seed."""
+        fields: dict[str, Any] = {"text": text, "format": format}
+        if voice is not None:
+            fields["voice"] = voice
+        if ref_text is not None:
+            fields["ref_text"] = ref_text
+        fields.update({k: v for k, v in sampling.items() if v is not None})
+        header, attachments = self.request(
+            "synthesize", fields, [ref_audio] if ref_audio is not None else None, timeout_s=timeout_s, retry=retry
+        )
+        if not attachments:
+            raise ClientError("bad_reply", "synthesize reply carried no audio frame", header)
+        return Synthesis(audio=attachments[0], header=header)

@@ -1,0 +1,324 @@
+"""Daemon life cycle: start, load and warm up, serve, reload, stop.
+
+The serving loop runs on the main thread from the first second, so ``status`` and
+``health`` answer while the model is still loading; the engine loads on a loader
+thread.  Everything systemd hears comes from the loop: EXTEND_TIMEOUT_USEC only while
+the loader reports progress, READY=1 after warm-up, WATCHDOG=1 only when the loop
+itself is turning and the synthesis worker is not wedged, STOPPING=1 on SIGTERM.
+
+States: starting -> loading -> warming -> ready | degraded, and stopping at the end.
+``degraded`` still serves when the engine is up (compile failed, helper missing,
+telemetry unavailable, an active alert); it refuses synthesis only when no model
+could be loaded, and says why.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+from .logs import kv
+from .notify import Notifier
+from .protocol import ErrorCode, Limits, Request, ServiceError
+from .server import Server, synthesis_payload
+
+log = logging.getLogger(__name__)
+
+#: A synthesis running longer than this means the worker is wedged: stop the watchdog pings.
+MAX_JOB_SECONDS = 300.0
+#: Loader silent for longer than this stops EXTEND_TIMEOUT_USEC, so systemd's timeout fires.
+LOADER_STALL_SECONDS = 600.0
+EXTEND_BY_SECONDS = 90.0
+STATUS_EVERY_SECONDS = 2.0
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def _acquire_lock(runtime_dir: Path) -> int:
+    """One daemon per runtime directory: a second one would steal the ipc socket."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(runtime_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(f"another ishowtts-edge daemon holds {runtime_dir / 'daemon.lock'}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.notifier = Notifier()
+        self.state = "starting"
+        self.state_reason = ""
+        self.started = time.time()
+        self.engine: Any = None
+        self.engine_error: str | None = None
+        self.warmup: dict[str, Any] | None = None
+        self.degraded_reasons: dict[str, str] = {}
+        self._progress_at = time.monotonic()
+        self._progress_msg = ""
+        self._loader: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._ready_sent = False
+        self._lock_fd: int | None = None
+        self.server: Server | None = None
+
+    # -- SynthesisBackend ------------------------------------------------------------
+
+    def accepting(self) -> ServiceError | None:
+        if self.engine is None or self.state in ("starting", "loading", "warming"):
+            detail = self.engine_error or f"engine is {self.state}"
+            return ServiceError(ErrorCode.NOT_READY, detail)
+        return None
+
+    def synthesize(self, request: Request) -> tuple[dict[str, Any], list[bytes]]:
+        params = request.params
+        assert params is not None
+        reference = request.attachments[0] if request.attachments else None
+        try:
+            result = self.engine.synthesize(params, reference)
+        except ServiceError as exc:
+            if exc.code == ErrorCode.OUT_OF_MEMORY:
+                self._degrade("out_of_memory", f"CUDA out of memory at {time.strftime('%H:%M:%S')}: {exc.message}")
+            raise
+        voice = params.voice or (None if reference is not None else self.settings.default_voice)
+        header, frames = synthesis_payload(result, params.format, voice)
+        log.info(
+            "synthesized %s",
+            kv(
+                id=request.id,
+                voice=voice or "adhoc",
+                chars=len(params.text),
+                audio_s=result.audio_seconds,
+                synth_s=result.synthesis_seconds,
+                rtf=result.rtf,
+                nfe=result.nfe_step,
+            ),
+        )
+        self.degraded_reasons.pop("out_of_memory", None)
+        self._after_synthesis(request, result)
+        return header, frames
+
+    def _after_synthesis(self, request: Request, result: Any) -> None:
+        """Hook for the RTF monitor."""
+
+    def control(self, request: Request) -> dict[str, Any]:
+        if request.op == "ping":
+            return {"pong": True, "state": self.state, "time": time.time()}
+        if request.op == "health":
+            return self.health()
+        if request.op == "voices":
+            return {"voices": self.engine.voices() if self.engine is not None else []}
+        return self.status()
+
+    # -- status ------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "ready": self.state in ("ready", "degraded") and self.engine is not None,
+            "reasons": dict(self.degraded_reasons),
+            "detail": self.state_reason or self._progress_msg,
+        }
+
+    def status(self) -> dict[str, Any]:
+        engine = None
+        if self.engine is not None:
+            try:
+                engine = self.engine.describe()
+            except Exception as exc:  # status must answer even if describe() breaks
+                engine = {"error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "state": self.state,
+            "detail": self.state_reason or self._progress_msg,
+            "degraded": dict(self.degraded_reasons),
+            "uptime_s": round(time.time() - self.started, 1),
+            "endpoint": self.settings.endpoint,
+            "events_endpoint": self.settings.events_endpoint,
+            "config": str(self.settings.source_file) if self.settings.source_file else None,
+            "engine": engine,
+            "engine_error": self.engine_error,
+            "warmup": self.warmup,
+            "voices": len(self.engine.voices()) if self.engine is not None else 0,
+            "queue": {"pending": self.server.pending if self.server else 0},
+            "requests": self.server.stats.to_dict() if self.server else {},
+        }
+
+    def status_line(self) -> str:
+        parts = [self.state]
+        if self.state in ("loading", "warming") and self._progress_msg:
+            parts.append(self._progress_msg)
+        if self.engine is not None:
+            parts.append(f"voices {len(self.engine.voices())}")
+        if self.degraded_reasons:
+            parts.append("degraded: " + ", ".join(sorted(self.degraded_reasons)))
+        return " | ".join(parts)
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        if state != self.state:
+            log.info("state %s", kv(state=state, reason=reason))
+        self.state, self.state_reason = state, reason
+
+    def _degrade(self, key: str, reason: str) -> None:
+        if self.degraded_reasons.get(key) != reason:
+            log.warning("degraded %s", kv(component=key, reason=reason))
+        self.degraded_reasons[key] = reason
+        if self.state == "ready":
+            self._set_state("degraded")
+
+    def _progress(self, message: str) -> None:
+        self._progress_at = time.monotonic()
+        self._progress_msg = message
+        log.debug("progress %s", kv(step=message))
+
+    def _load(self) -> None:
+        from .engine.core import Engine  # torch import happens here, off the serving loop
+
+        try:
+            self._set_state("loading")
+            engine = Engine(self.settings)
+            engine.load(self._progress)
+            self._set_state("warming")
+            report = engine.warmup(self._progress)
+            self.warmup = {
+                "seconds": round(report.seconds, 3),
+                "shapes": list(report.shapes),
+                "compiled": report.compiled,
+                "error": report.error,
+            }
+            log.info("warm-up done %s", kv(seconds=report.seconds, shapes=len(report.shapes), compiled=report.compiled))
+            if report.error:
+                self._degrade("compile", report.error)
+            self.engine = engine
+            self._set_state("degraded" if self.degraded_reasons else "ready")
+        except Exception as exc:
+            self.engine_error = f"model not loaded: {exc}"
+            log.error("engine failed to load %s", kv(error=type(exc).__name__, reason=str(exc)), exc_info=not isinstance(exc, (OSError, ValueError)) and log.isEnabledFor(logging.DEBUG))
+            self.degraded_reasons["engine"] = self.engine_error
+            self._set_state("degraded", self.engine_error)
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def request_reload(self, *_: object) -> None:
+        self._reload.set()
+
+    def _do_reload(self) -> None:
+        """SIGHUP: re-read voices and non-model settings; the model stays loaded."""
+        self.notifier.reloading()
+        try:
+            fresh = load_settings(self.settings.source_file)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration\n%s", exc)
+            self.notifier.ready(self.status_line())
+            return
+        if fresh.engine != self.settings.engine:
+            log.warning("reload: [engine] changes need a restart; they are ignored until then")
+        old_engine = self.settings.engine
+        self.settings = fresh
+        self.settings.engine = old_engine
+        if self.engine is not None:
+            try:
+                self.engine.reload_voices(self.settings)
+            except Exception as exc:
+                log.error("reload: voices not reloaded %s", kv(reason=str(exc)))
+        log.info("reloaded %s", kv(config=self.settings.source_file, voices=len(self.engine.voices()) if self.engine else 0))
+        self.notifier.ready(self.status_line())
+
+    def run(self) -> int:
+        self._lock_fd = _acquire_lock(self.settings.paths.runtime_dir)
+        s = self.settings
+        limits = Limits(s.server.max_message_bytes, s.server.max_text_chars, s.server.max_reference_bytes)
+        self.server = Server(s.endpoint, self, limits, s.server.max_queue)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+        self.server.bind()
+        self.notifier.extend_timeout(EXTEND_BY_SECONDS)
+        self.notifier.status("starting")
+        self._on_start()
+        self._loader = threading.Thread(target=self._load, name="engine-loader", daemon=True)
+        self._loader.start()
+        try:
+            self._serve()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _on_start(self) -> None:
+        """Hook for hardware preflight and telemetry."""
+
+    def _serve(self) -> None:
+        assert self.server is not None
+        watchdog_every = self.notifier.watchdog_interval()
+        last_watchdog = last_status = last_extend = 0.0
+        while not self._stop.is_set():
+            self.server.poll(100)
+            now = time.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+            loading = self._loader is not None and self._loader.is_alive()
+            if loading and now - last_extend > 10 and now - self._progress_at < LOADER_STALL_SECONDS:
+                self.notifier.extend_timeout(EXTEND_BY_SECONDS)
+                last_extend = now
+            if not loading and not self._ready_sent:
+                self._ready_sent = True
+                self.notifier.ready(self.status_line())
+                last_status = now
+                log.info("READY %s", kv(state=self.state, endpoint=self.settings.endpoint))
+            if now - last_status > STATUS_EVERY_SECONDS:
+                self.notifier.status(self.status_line())
+                last_status = now
+            if watchdog_every is not None and now - last_watchdog >= watchdog_every:
+                if self.server.worker_alive(MAX_JOB_SECONDS) and (self.engine is not None or loading or self.engine_error):
+                    self.notifier.watchdog()
+                    last_watchdog = now
+                else:
+                    log.error("synthesis worker is stuck; withholding watchdog pings so systemd restarts us")
+        self._periodic_stop_notice()
+
+    def _periodic_stop_notice(self) -> None:
+        self.notifier.stopping()
+        self._set_state("stopping")
+        log.info("stopping: finishing the running request")
+
+    def _shutdown(self) -> None:
+        if self.server is not None:
+            self.server.drain(timeout_s=30.0)
+            self.server.close()
+        self._on_stop()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        log.info("stopped")
+
+    def _on_stop(self) -> None:
+        """Hook for restoring clocks and closing telemetry."""
+
+
+def serve(config_path: str | None) -> int:
+    from .logs import setup_logging
+
+    settings = load_settings(config_path)
+    setup_logging(settings.log.level)
+    log.info("starting %s", kv(version=__version__, config=settings.source_file or "(defaults)", pid=os.getpid()))
+    return Daemon(settings).run()
