@@ -1,0 +1,220 @@
+"""End to end: the real daemon process, the demo model on CPU, real ipc sockets."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+import zmq
+
+from ishowtts_edge.client import Client, ClientError
+
+
+def raw_request(endpoint: str, frames: list[bytes], timeout_ms: int = 30000) -> tuple[dict, list[bytes]]:
+    """One request on a fresh raw REQ socket; returns the decoded reply header and extra frames."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(frames)
+        assert sock.poll(timeout_ms), "no reply"
+        reply = sock.recv_multipart()
+    finally:
+        sock.close()
+    return json.loads(reply[0]), reply[1:]
+
+
+def test_synthesize_wav_with_client(daemon):
+    with Client(daemon.endpoint, timeout_s=120) as client:
+        out = client.synthesize("Hello from the edge.", seed=3)
+    audio, sr = sf.read(io.BytesIO(out.audio), dtype="float32")
+    h = out.header
+    assert sr == h["sample_rate"] == 24000
+    assert audio.ndim == 1 and len(audio) == h["samples"]
+    assert h["audio_seconds"] == pytest.approx(len(audio) / sr, abs=1e-5)
+    assert h["audio_seconds"] > 0.3
+    assert h["rtf"] == pytest.approx(h["synthesis_seconds"] / h["audio_seconds"], rel=1e-3)
+    assert h["voice"] == "demo" and h["nfe_step"] == 7
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+
+
+def test_raw_req_socket_pcm_and_float(daemon):
+    base = {"v": 1, "op": "synthesize", "text": "Raw socket.", "seed": 5}
+    header16, frames16 = raw_request(daemon.endpoint, [json.dumps({**base, "id": "a", "format": "pcm_s16le"}).encode()])
+    header32, frames32 = raw_request(daemon.endpoint, [json.dumps({**base, "id": "b", "format": "f32le"}).encode()])
+    assert header16["ok"] and header16["id"] == "a" and header16["format"] == "pcm_s16le"
+    assert len(frames16) == 1 and len(frames16[0]) == 2 * header16["samples"]
+    assert len(frames32[0]) == 4 * header32["samples"]
+    # Same seed, same text: the two encodings carry the same waveform.
+    pcm = np.frombuffer(frames16[0], "<i2").astype(np.float32) / 32767
+    f32 = np.frombuffer(frames32[0], "<f4")
+    assert header16["samples"] == header32["samples"]
+    assert np.max(np.abs(pcm - np.clip(f32, -1, 1))) < 2e-4
+
+
+MALFORMED = [
+    ("not json", [b"hello"], "bad_request"),
+    ("invalid utf-8", [b'{"op": "ping", "x": "\xff\xfe"}'], "bad_request"),
+    ("json array", [b"[1, 2]"], "bad_request"),
+    ("missing op", [b'{"v": 1, "id": "x"}'], "bad_request"),
+    ("unknown op", [b'{"op": "sing"}'], "unknown_op"),
+    ("wrong version", [b'{"v": 9, "op": "ping"}'], "unsupported_version"),
+    ("missing text", [b'{"op": "synthesize"}'], "bad_request"),
+    ("text wrong type", [b'{"op": "synthesize", "text": 12}'], "bad_request"),
+    ("nfe wrong type", [b'{"op": "synthesize", "text": "hi", "nfe_step": "7"}'], "bad_request"),
+    ("nfe out of bounds", [b'{"op": "synthesize", "text": "hi", "nfe_step": 1000}'], "bad_request"),
+    ("unknown field", [b'{"op": "synthesize", "text": "hi", "colour": "blue"}'], "bad_request"),
+    ("bad format", [b'{"op": "synthesize", "text": "hi", "format": "mp3"}'], "bad_request"),
+    ("blank text", [b'{"op": "synthesize", "text": "   "}'], "bad_request"),
+    ("too many frames", [b'{"op": "synthesize", "text": "hi", "ref_text": "x"}', b"a", b"b"], "bad_request"),
+    ("frame for ping", [b'{"op": "ping"}', b"extra"], "bad_request"),
+    ("ref_text without audio", [b'{"op": "synthesize", "text": "hi", "ref_text": "x"}'], "bad_request"),
+    ("audio without ref_text", [b'{"op": "synthesize", "text": "hi"}', b"RIFF...."], "bad_request"),
+    ("undecodable reference", [b'{"op": "synthesize", "text": "hi", "ref_text": "hello"}', b"not audio at all"], "bad_reference"),
+    ("text too long", [json.dumps({"op": "synthesize", "text": "a" * 2001}).encode()], "text_too_long"),
+    ("unknown voice", [b'{"op": "synthesize", "text": "hi", "voice": "nobody"}'], "unknown_voice"),
+    ("oversized message", [b'{"op": "synthesize", "text": "hi", "ref_text": "x"}', b"\0" * (17 * 1024 * 1024)], "too_large"),
+    ("empty frame 0", [b""], "bad_request"),
+]
+
+
+@pytest.mark.parametrize("frames,code", [(f, c) for _, f, c in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_malformed_requests_get_one_error_reply_and_daemon_keeps_serving(daemon, frames, code):
+    header, extra = raw_request(daemon.endpoint, frames)
+    assert header["ok"] is False
+    assert header["error"]["code"] == code, header
+    assert header["error"]["message"]
+    assert extra == []
+    with Client(daemon.endpoint, timeout_s=10) as client:
+        assert client.ping()["pong"] is True
+
+
+def test_error_reply_echoes_request_id(daemon):
+    header, _ = raw_request(daemon.endpoint, [b'{"op": "synthesize", "id": "req-77", "text": 3}'])
+    assert header["id"] == "req-77" and header["op"] == "synthesize"
+
+
+def test_status_answers_while_a_synthesis_runs(daemon):
+    long_text = " ".join(["This sentence keeps the engine busy for a while."] * 6)
+    done = threading.Event()
+    order: list[str] = []
+    result: dict = {}
+
+    def synth() -> None:
+        with Client(daemon.endpoint, timeout_s=300) as c:
+            result["out"] = c.synthesize(long_text, seed=1)
+        order.append("synthesize")
+        done.set()
+
+    worker = threading.Thread(target=synth)
+    worker.start()
+    with Client(daemon.endpoint, timeout_s=10) as client:
+        # Wait until the daemon reports the job as running, then ask for status.
+        for _ in range(500):
+            status = client.status()
+            if status["queue"]["pending"] >= 1:
+                break
+        assert status["queue"]["pending"] >= 1, "synthesis never started"
+        health = client.health()
+        order.append("status")
+    assert not done.is_set(), "status should have answered before the long synthesis finished"
+    worker.join(300)
+    assert order == ["status", "synthesize"]
+    assert health["ready"] is True
+    assert result["out"].header["chunks"] >= 1
+
+
+def test_voices_lists_the_demo_voice(daemon):
+    with Client(daemon.endpoint, timeout_s=10) as client:
+        voices = client.voices()
+    ids = [v["id"] for v in voices]
+    assert "demo" in ids
+
+
+def test_status_reports_engine_and_counts(daemon):
+    with Client(daemon.endpoint, timeout_s=10) as client:
+        status = client.status()
+    assert status["state"] in ("ready", "degraded")
+    assert status["engine"]["device"] == "cpu"
+    assert status["engine"]["demo"] is True
+    assert status["requests"]["requests"].get("ping", 0) >= 1
+    assert status["requests"]["errors"].get("bad_request", 0) >= 1
+
+
+def test_adhoc_reference_voice(daemon):
+    sr = 24000
+    t = np.arange(int(sr * 2.5)) / sr
+    ref = (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, ref, sr, format="WAV")
+    with Client(daemon.endpoint, timeout_s=120) as client:
+        out = client.synthesize("Cloned voice.", ref_audio=buf.getvalue(), ref_text="A short reference.", seed=2)
+    assert out.header["voice"] is None
+    assert out.header["samples"] > 0
+
+
+def test_cli_say_and_status(daemon, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = daemon.env
+    wav = tmp_path / "out.wav"
+    say = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "--endpoint", daemon.endpoint, "say", "Command line.", "-o", str(wav)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert say.returncode == 0, say.stderr
+    audio, sr = sf.read(wav)
+    assert sr == 24000 and len(audio) > 0
+    st = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "--endpoint", daemon.endpoint, "status", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert st.returncode == 0, st.stderr
+    assert json.loads(st.stdout)["state"] in ("ready", "degraded")
+    human = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "--endpoint", daemon.endpoint, "status"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert "state:" in human.stdout and "engine:" in human.stdout
+
+
+def test_status_when_daemon_is_not_running(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "--endpoint", f"ipc://{tmp_path}/none.sock", "--timeout", "0.5", "status"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert r.returncode == 3
+    assert "not reachable" in r.stdout
+
+
+def test_client_lazy_pirate_gives_up_after_bounded_retries(tmp_path):
+    endpoint = f"ipc://{tmp_path}/silent.sock"
+    ctx = zmq.Context.instance()
+    silent = ctx.socket(zmq.ROUTER)  # accepts requests, never answers
+    silent.bind(endpoint)
+    try:
+        client = Client(endpoint, timeout_s=0.3, retries=2)
+        with pytest.raises(ClientError) as err:
+            client.ping()
+        assert err.value.code == "timeout"
+        received = 0
+        while silent.poll(200):
+            silent.recv_multipart()
+            received += 1
+        assert received == 3  # first try + two retries, each on a fresh socket
+        client.close()
+    finally:
+        silent.close(linger=0)

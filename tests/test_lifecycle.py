@@ -1,0 +1,151 @@
+"""Daemon life cycle against a real NOTIFY_SOCKET: start, READY, watchdog, reload, graceful stop."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, DaemonProcess, NotifySocket
+from ishowtts_edge.client import Client, ClientError
+
+
+def _index(messages: list[str], prefix: str) -> int:
+    for i, m in enumerate(messages):
+        if m.startswith(prefix):
+            return i
+    raise AssertionError(f"{prefix!r} never sent; got {messages}")
+
+
+def test_notify_order_watchdog_and_graceful_stop(tmp_path, demo_cache):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = DaemonProcess(
+        tmp_path,
+        demo_cache,
+        NOTIFY_SOCKET=str(notify.path),
+        WATCHDOG_USEC="400000",  # ping every 0.2 s
+        ISHOWTTS_EDGE_HARDWARE__ENABLED="false",
+    )
+    try:
+        msgs = notify.collect(lambda m: "READY=1" in m, timeout=240)
+        ready = _index(msgs, "READY=1")
+        assert _index(msgs, "EXTEND_TIMEOUT_USEC=") < ready
+        # After READY: watchdog pings keep coming while the daemon serves.
+        before = len(msgs)
+        msgs = notify.collect(lambda m: sum(x == "WATCHDOG=1" for x in m[before:]) >= 3, timeout=10)
+        status_lines = [m for m in msgs if m.startswith("STATUS=")]
+        assert any("ready" in s or "degraded" in s for s in status_lines)
+
+        # A synthesis in flight when SIGTERM arrives still gets its reply.
+        result: dict = {}
+
+        def synth() -> None:
+            try:
+                with Client(proc.endpoint, timeout_s=300) as c:
+                    result["out"] = c.synthesize(" ".join(["Finish this sentence before stopping."] * 4), seed=1)
+            except ClientError as exc:
+                result["err"] = exc
+
+        t = threading.Thread(target=synth)
+        t.start()
+        with Client(proc.endpoint, timeout_s=10) as c:
+            for _ in range(500):
+                if c.status()["queue"]["pending"]:
+                    break
+        proc.proc.send_signal(signal.SIGTERM)
+        msgs = notify.collect(lambda m: "STOPPING=1" in m, timeout=30)
+        assert _index(msgs, "STOPPING=1") > _index(msgs, "READY=1")
+        t.join(300)
+        assert "out" in result, f"in-flight request lost: {result}"
+        assert proc.proc.wait(60) == 0
+        assert not Path(proc.endpoint[len("ipc://"):]).exists(), "socket file left behind"
+    finally:
+        proc.stop()
+        notify.close()
+
+
+def test_sighup_reloads_voices_without_reloading_model(tmp_path, demo_cache):
+    import numpy as np
+    import soundfile as sf
+
+    config = tmp_path / "edge.toml"
+    config.write_text("[hardware]\nenabled = false\n")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = DaemonProcess(tmp_path, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.collect(lambda m: "READY=1" in m, timeout=240)
+        with Client(proc.endpoint, timeout_s=10) as c:
+            before = {v["id"] for v in c.voices()}
+            warm_before = c.status()["warmup"]
+        voice_dir = tmp_path / "alice"
+        voice_dir.mkdir()
+        sr = 24000
+        t = np.arange(sr * 2) / sr
+        sf.write(voice_dir / "ref.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype("float32"), sr)
+        (voice_dir / "ref.txt").write_text("Alice speaking.")
+        config.write_text(f'[hardware]\nenabled = false\n\n[voices.alice]\ndir = "{voice_dir}"\n')
+        mark = len(notify.messages)
+        proc.proc.send_signal(signal.SIGHUP)
+        msgs = notify.collect(lambda m: "READY=1" in m[mark:], timeout=60)
+        assert _index(msgs[mark:], "RELOADING=1") < _index(msgs[mark:], "READY=1")
+        with Client(proc.endpoint, timeout_s=60) as c:
+            after = {v["id"] for v in c.voices()}
+            assert after == before | {"alice"}
+            assert c.status()["warmup"] == warm_before  # the model was not warmed up again
+            out = c.synthesize("Now with Alice.", voice="alice", seed=1)
+            assert out.header["voice"] == "alice"
+    finally:
+        proc.stop()
+        notify.close()
+
+
+def test_invalid_config_fails_fast_naming_file_and_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[engine]\nnfe_step = "many"\n[monitor]\ncv_treshold = 0.1\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "--config", str(config), "serve"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert r.returncode == 78
+    assert str(config) in r.stderr
+    assert "engine.nfe_step" in r.stderr
+    assert "monitor.cv_treshold: unknown key" in r.stderr
+
+
+def test_toml_syntax_error_is_reported(tmp_path):
+    config = tmp_path / "broken.toml"
+    config.write_text("[engine\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "--config", str(config), "serve"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert r.returncode == 78 and str(config) in r.stderr
+
+
+def test_second_instance_is_refused(daemon):
+    runtime = Path(daemon.endpoint[len("ipc://"):]).parent
+    env = dict(daemon.env)
+    r = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "serve"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert r.returncode == 75
+    assert str(runtime / "daemon.lock") in r.stderr
+    with Client(daemon.endpoint, timeout_s=10) as c:
+        assert c.ping()["pong"]
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:5599", "tcp://192.168.1.4:5599"])
+def test_non_loopback_tcp_needs_explicit_permission(tmp_path, endpoint):
+    from ishowtts_edge.config import ConfigError, load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[server]\nendpoint = "{endpoint}"\n')
+    with pytest.raises(ConfigError, match="allow_remote"):
+        load_settings(config)
+    config.write_text(f'[server]\nendpoint = "{endpoint}"\nallow_remote = true\n')
+    assert load_settings(config).endpoint == endpoint
