@@ -109,7 +109,8 @@ class Server:
         self.limits = limits
         self.context = context or zmq.Context.instance()
         self.stats = ServerStats()
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue + 1)
+        self.max_queue = max_queue
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._pending = 0  # queued + running, counted by the serving loop only
         self._done_endpoint = f"inproc://ishowtts-done-{id(self)}"
         self._router: zmq.Socket | None = None
@@ -192,10 +193,7 @@ class Server:
 
     def close(self) -> None:
         self._closing = True
-        try:
-            self._jobs.put_nowait(None)
-        except queue.Full:
-            pass
+        self._jobs.put_nowait(None)
         for sock in (self._router, self._done):
             if sock is not None:
                 sock.close(linger=500)
@@ -237,12 +235,11 @@ class Server:
             blocked = self.backend.accepting()
             if blocked is not None:
                 raise ServiceError(blocked.code, blocked.message, request_id=request_id)
-            try:
-                self._jobs.put_nowait(_Job(envelope, request))
-            except queue.Full:
+            if self._pending > self.max_queue:  # one running + max_queue waiting
                 raise ServiceError(
                     ErrorCode.BUSY, f"{self._pending} requests already queued or running; retry later", request_id=request_id
-                ) from None
+                )
+            self._jobs.put_nowait(_Job(envelope, request))
             self._pending += 1
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1

@@ -1,0 +1,87 @@
+"""Config validation and request parsing (pure functions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ishowtts_edge.config import ConfigError, load_settings
+from ishowtts_edge.protocol import ErrorCode, Limits, ServiceError, encode_audio, parse_request
+
+LIMITS = Limits(max_message_bytes=4096, max_text_chars=50, max_reference_bytes=1000)
+
+
+def test_repo_default_config_is_valid():
+    from conftest import REPO
+
+    s = load_settings(REPO / "etc" / "ishowtts-edge.toml")
+    assert s.engine.nfe_step == 7
+    assert s.endpoint.startswith("ipc://")
+
+
+def test_env_overrides_file(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text("[engine]\nnfe_step = 9\n")
+    assert load_settings(f).engine.nfe_step == 9
+    monkeypatch.setenv("ISHOWTTS_EDGE_ENGINE__NFE_STEP", "12")
+    assert load_settings(f).engine.nfe_step == 12
+
+
+def test_missing_file_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+    f = tmp_path / "c.toml"
+    f.write_text('[voices.x]\nref_text = "no audio"\n[engine]\ndevice = "tpu"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    text = str(err.value)
+    assert str(f) in text and "voices.x" in text and "engine.device" in text
+
+
+def test_voice_forms(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[voices.a]\ndir = "/v/a"\n[voices.b]\nref_audio = "/v/b.wav"\nref_text = "hi"\n')
+    s = load_settings(f)
+    assert set(s.voices) == {"a", "b"}
+
+
+def frames(**header) -> list[bytes]:
+    return [json.dumps(header).encode()]
+
+
+def test_parse_valid_synthesize():
+    r = parse_request(frames(op="synthesize", id=7, text="hello", speed=1, nfe_step=8), LIMITS)
+    assert r.id == "7" and r.params.text == "hello" and r.params.speed == 1.0 and r.params.nfe_step == 8
+
+
+@pytest.mark.parametrize(
+    "msg,code",
+    [
+        ([b"\x00\x01"], ErrorCode.BAD_REQUEST),
+        (frames(op="synthesize", text="x" * 51), ErrorCode.TEXT_TOO_LONG),
+        (frames(op="synthesize", text="hi", seed=-1), ErrorCode.BAD_REQUEST),
+        (frames(op="synthesize", text="hi", speed=float("inf")) if False else [b'{"op":"synthesize","text":"hi","speed":Infinity}'], ErrorCode.BAD_REQUEST),
+        (frames(op="synthesize", text="hi", id=True), ErrorCode.BAD_REQUEST),
+        (frames(op="synthesize", text="hi", ref_text="r") + [b"x" * 1001], ErrorCode.TOO_LARGE),
+        (frames(op="synthesize", text="hi", voice="v", ref_text="r") + [b"x"], ErrorCode.BAD_REQUEST),
+        (frames(op="ping", pad="x" * 5000), ErrorCode.TOO_LARGE),
+    ],
+)
+def test_parse_errors(msg, code):
+    with pytest.raises(ServiceError) as err:
+        parse_request(msg, LIMITS)
+    assert err.value.code == code
+
+
+def test_encode_audio_formats():
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    x = np.array([0.0, 0.5, -0.5, 2.0], dtype=np.float32)
+    assert np.frombuffer(encode_audio(x, 24000, "pcm_s16le"), "<i2").tolist() == [0, 16384, -16384, 32767]
+    assert np.frombuffer(encode_audio(x, 24000, "f32le"), "<f4").tolist() == [0.0, 0.5, -0.5, 1.0]
+    wav, sr = sf.read(io.BytesIO(encode_audio(x, 24000, "wav")))
+    assert sr == 24000 and len(wav) == 4
