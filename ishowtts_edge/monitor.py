@@ -554,8 +554,9 @@ class RtfMonitor:
         # Spread: request-to-request jitter, which a level shift barely moves (that is
         # the slowdown's job) but floating clocks raise at once.
         spread = whole["jitter"]
-        # A spread estimated from a handful of samples is itself too noisy to act on.
-        spread_trusted = len(ratios) >= 2 * cfg.min_samples
+        # A spread estimated from a handful of samples is itself too noisy to act on, and
+        # under the provisional warm-up baseline it mostly measures that baseline's error.
+        spread_trusted = len(ratios) >= 2 * cfg.min_samples and self._baseline.source == "learned"
         active = self._alerts.get("rtf")
         figures = self._rtf_figures(recs, whole, recent, slowdown, recent_recs)
 
