@@ -427,6 +427,7 @@ class RtfMonitor:
                     "expected_power_mode": _mode_dict(self._expected_mode),
                     "locked_gpu_max_mhz": self._locked_max_mhz,
                     "last_telemetry": _telemetry_brief(tele) if tele else None,
+                    "last_record": self._window[-1].to_dict() if self._window else None,
                     "records_total": self._records_total,
                     "records_rejected": self._rejected_total,
                 }
@@ -652,7 +653,7 @@ class RtfMonitor:
         else:
             message = _cause_detail(cause, figures).lstrip("; ") or cause
         alert = Alert(
-            id=f"{cause}-{next(self._ids)}",
+            id=f"{kind}-{next(self._ids)}",
             kind=kind,
             cause=cause,
             severity=severity,
@@ -678,7 +679,8 @@ class RtfMonitor:
         return event
 
 
-_CLEAR_KEYS = ("slowdown", "jitter", "recent_median_ratio", "gpu_cur_mhz", "jetson_clocks", "nvpmodel")
+_CLEAR_KEYS = ("slowdown", "jitter", "recent_median_ratio", "median_rtf", "gpu_cur_mhz", "gpu_max_mhz",
+               "jetson_clocks", "nvpmodel", "temp_c")
 
 
 def _cause_detail(cause: str, f: dict[str, Any]) -> str:
@@ -704,23 +706,29 @@ def log_event(event: AlertEvent) -> None:
     """One journal line per raise/update/clear, greppable by its key=value fields."""
     alert = event.alert
     f = alert.figures
-    fields = dict(
+    fields: dict[str, Any] = dict(
         event=f"alert_{event.action}",
         id=alert.id,
         cause=alert.cause,
         severity=alert.severity,
         kind=alert.kind,
     )
+    if event.action == "cleared":
+        # The figures at clearing time, plus how long and how bad it was.
+        for key in _CLEAR_KEYS:
+            if f.get(f"cleared_{key}") is not None:
+                fields[key] = f[f"cleared_{key}"]
+        for key in ("peak_slowdown", "duration_s"):
+            if f.get(key) is not None:
+                fields[key] = f[key]
+        logger.info("alert cleared %s", kv(**fields))
+        return
     for key in ("slowdown", "jitter", "median_rtf", "gpu_cur_mhz", "gpu_max_mhz", "jetson_clocks",
-                "nvpmodel", "temp_c", "throttle", "duration_s"):
+                "nvpmodel", "temp_c", "throttle"):
         if f.get(key) is not None:
             fields[key] = f[key]
-    text = f"{alert.summary()} {kv(**fields)}" if event.action != "cleared" else f"alert cleared {kv(**fields)}"
-    if event.action == "cleared":
-        level = logging.INFO
-    else:
-        level = logging.ERROR if alert.severity == "error" else logging.WARNING
-    logger.log(level, "%s", text)
+    level = logging.ERROR if alert.severity == "error" else logging.WARNING
+    logger.log(level, "%s %s", alert.summary(), kv(**fields))
 
 
 # --------------------------------------------------------------------------- remediation
@@ -907,7 +915,7 @@ class Remediator:
         }
         payload = _jsonable(payload)
         self._last_outcome = payload
-        fields = {k: v for k, v in payload.items() if k != "time" and v is not None}
+        fields = {k: v for k, v in payload.items() if k != "time" and v is not None and v != ""}
         logger.log(level, "remediation %s", kv(**fields))
         if self.on_outcome is not None:
             try:
@@ -951,11 +959,15 @@ class MonitorHub:
         wall_clock: Callable[[], float] = time.time,
         expect_clocks_locked: bool = True,
         background_remediation: bool = True,
+        telemetry_max_age_s: float = 5.0,
     ) -> None:
         self.cfg = cfg
         self.publisher = publisher
         self._clock = clock
         self._wall = wall_clock
+        self._telemetry_max_age_s = telemetry_max_age_s
+        self._recent_telemetry: deque[TelemetrySample] = deque(maxlen=256)
+        self._telemetry_lock = threading.Lock()
         self.monitor = RtfMonitor(cfg, clock=clock, wall_clock=wall_clock, expect_clocks_locked=expect_clocks_locked)
         self.remediator: Remediator | None = None
         if apply_fn is not None:
@@ -982,10 +994,17 @@ class MonitorHub:
         *,
         request_id: str = "",
     ) -> list[AlertEvent]:
-        """Record a finished synthesis with the telemetry sample nearest in time."""
+        """Record a finished synthesis with the telemetry sample nearest in time.
+
+        Without ``telemetry`` the hub picks, from the samples given to :meth:`on_telemetry`,
+        the one nearest the middle of the synthesis (none if all are older than
+        ``telemetry_max_age_s`` from it).
+        """
         if not self.cfg.enabled:
             return []
         try:
+            if telemetry is None:
+                telemetry = self.nearest_telemetry(self._clock() - float(result.synthesis_seconds) / 2.0)
             rec = SynthesisRecord.from_result(
                 result, request_id=request_id, telemetry=telemetry, monotonic=self._clock(), wall=self._wall()
             )
@@ -1014,8 +1033,11 @@ class MonitorHub:
         return events
 
     def on_telemetry(self, sample: TelemetrySample) -> list[AlertEvent]:
+        """Feed every telemetry sample (the sampler thread calls this at its interval)."""
         if not self.cfg.enabled:
             return []
+        with self._telemetry_lock:
+            self._recent_telemetry.append(sample)
         try:
             events = self.monitor.observe_telemetry(sample)
             healthy = self.monitor.telemetry_healthy(sample)
@@ -1026,6 +1048,14 @@ class MonitorHub:
             self.remediator.on_telemetry(healthy)
         self._dispatch(events)
         return events
+
+    def nearest_telemetry(self, monotonic: float) -> TelemetrySample | None:
+        with self._telemetry_lock:
+            samples = list(self._recent_telemetry)
+        if not samples:
+            return None
+        best = min(samples, key=lambda t: abs(t.monotonic - monotonic))
+        return best if abs(best.monotonic - monotonic) <= self._telemetry_max_age_s else None
 
     def active_alerts(self) -> list[Alert]:
         return self.monitor.active_alerts()
