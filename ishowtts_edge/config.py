@@ -196,7 +196,7 @@ class MonitorConfig(_Section):
     #: Hottest thermal zone at or above this (deg C) with a lowered GPU clock counts as thermal throttling.
     hot_c: float = Field(default=90.0, gt=0, le=150)
     #: Consecutive telemetry samples that confirm (or clear) clocks_off / power_mode_changed seen directly.
-    telemetry_confirm: int = Field(default=3, ge=1)
+    telemetry_confirm: int = Field(default=5, ge=1)
     #: Raised/cleared alerts kept for ``ishowtts-edge status``.
     history_size: int = Field(default=50, ge=1, le=1000)
     #: On clock drift, clocks off or a changed power mode, ask the helper to re-apply mode and clocks.

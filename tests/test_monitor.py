@@ -269,7 +269,7 @@ def _sample(sim: Simulator, **changes):
 
 
 def test_clocks_off_seen_directly_is_confirmed_and_cleared_with_hysteresis():
-    monitor, sim = make()
+    monitor, sim = make(MonitorConfig(telemetry_confirm=3))
     seq = [True, False, False, True, False, False, False, False, True, True, None, True]
     got = []
     for i, on in enumerate(seq):
@@ -283,7 +283,7 @@ def test_power_mode_expected_from_daemon_overrides_first_seen():
     monitor, sim = make()
     monitor.expect_power_mode(0, "MAXN")
     got = []
-    for _ in range(3):
+    for _ in range(MonitorConfig().telemetry_confirm):
         got += monitor.observe_telemetry(_sample(sim, nvpmodel_id=2, nvpmodel_name="MODE_30W"))
     assert [(e.action, e.alert.cause) for e in got] == [("raised", "power_mode_changed")]
     assert got[0].alert.figures["nvpmodel"] == "MODE_30W"
