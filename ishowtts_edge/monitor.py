@@ -270,7 +270,6 @@ class RtfMonitor:
         self._lock = threading.RLock()
         self._window: deque[SynthesisRecord] = deque(maxlen=cfg.window_count)
         self._learning: list[tuple[float, float]] = []
-        self._learning_gpu_max: list[float] = []
         self._baseline: Baseline | None = None
         self._alerts: dict[str, Alert] = {}  # key: "rtf" or "telemetry:<cause>"
         self._history: deque[dict[str, Any]] = deque(maxlen=cfg.history_size)
@@ -318,7 +317,6 @@ class RtfMonitor:
         with self._lock:
             self._baseline = None if self._baseline is None or self._baseline.source == "learned" else self._baseline
             self._learning.clear()
-            self._learning_gpu_max.clear()
             self._window.clear()
 
     def record(self, rec: SynthesisRecord) -> list[AlertEvent]:
@@ -467,9 +465,10 @@ class RtfMonitor:
             return True  # no telemetry at all (dev machine, dead jtop): learn anyway, status says so
         if tele.throttle:
             return False
-        if self._clocks_off(tele) or self._mode_changed(tele) or self._clock_low(tele):
+        if self._clocks_off(tele) or self._mode_changed(tele):
             return False
-        return True
+        # With clocks deliberately left to the governor, a low clock is normal, not a fault.
+        return not (self.expect_clocks_locked and self._clock_low(tele))
 
     def _maybe_learn(self, rec: SynthesisRecord) -> None:
         if self._baseline is not None and self._baseline.source == "learned":
@@ -1135,6 +1134,60 @@ class MonitorHub:
             self.publisher.publish(topic, payload)
         except Exception as exc:
             logger.warning("event not published %s", kv(topic=topic, error=exc))
+
+
+def format_status(status: dict[str, Any]) -> list[str]:
+    """Human lines for ``ishowtts-edge status`` from :meth:`MonitorHub.status` (or its JSON)."""
+    if not status.get("enabled", True):
+        return ["RTF monitor: off"]
+    lines = []
+    window = status.get("window") or {}
+    baseline = status.get("baseline")
+    learning = status.get("learning")
+    head = "RTF monitor: "
+    if window.get("n"):
+        head += f"median RTF {window['median_rtf']:.3f}, last {window['last_rtf']:.3f} (n={window['n']})"
+        ratio = window.get("ratio")
+        if ratio:
+            head += f"; {ratio['median']:.2f}x baseline, jitter {ratio['jitter'] * 100:.1f}%"
+    else:
+        head += "no syntheses in the window"
+    if baseline is None:
+        head += "; no baseline yet"
+    if learning:
+        head += f"; learning baseline {learning['have']}/{learning['need']}"
+    lines.append(head)
+    active = status.get("active_alerts") or []
+    lines.append("Active alerts:" if active else "Active alerts: none")
+    for alert in active:
+        lines.append(f"  {alert['summary']} (id {alert['id']}, since {_utc(alert['started'])})")
+    history = status.get("history") or []
+    if history:
+        lines.append("Recent alert history:")
+        for item in history:
+            alert = item["alert"]
+            extra = ""
+            if item["action"] == "cleared" and alert["figures"].get("duration_s") is not None:
+                extra = f" after {alert['figures']['duration_s']:.0f} s"
+            lines.append(f"  {_utc(item['time'])} {item['action']:<7} {alert['id']} {alert['severity']} "
+                         f"{alert['cause']}{extra}")
+    rem = status.get("remediation") or {}
+    if rem.get("enabled"):
+        text = (f"Remediation: {rem['phase']}, attempts {rem['attempts']}, recovered {rem['recovered']}, "
+                f"failed {rem['failed']}, not recovered {rem['not_recovered']}")
+        last = rem.get("last_outcome")
+        if last:
+            text += f"; last: {last['outcome']} ({last.get('alert_id')}) at {_utc(last['time'])}"
+        lines.append(text)
+    else:
+        lines.append("Remediation: off")
+    return lines
+
+
+def _utc(wall: float | None) -> str:
+    if wall is None:
+        return "?"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -13,7 +13,7 @@ import zmq
 from ishowtts_edge.config import MonitorConfig
 from ishowtts_edge.events import EventPublisher, EventPublisherError
 from ishowtts_edge.monitor import MonitorHub
-from monitor_sim import BoardState, FakeClock, Phase, Simulator
+from monitor_sim import BoardState, FakeClock, Simulator
 
 
 @pytest.fixture

@@ -225,6 +225,26 @@ def test_baseline_learned_only_from_locked_requests():
     assert monitor.baseline.expected(500, 7) == pytest.approx(0.12 + 2.857e-4 * 3500, rel=0.05)
 
 
+def test_reset_baseline_relearns_after_a_model_change_without_alerting():
+    monitor, sim = make(seed=14)
+    replay(monitor, sim, [Phase(60)])
+    old = monitor.baseline
+    monitor.reset_baseline()
+    assert monitor.baseline is None and monitor.window_stats()["n"] == 0
+    events = replay(monitor, sim, [Phase(100, BoardState(load=1.8))])  # a heavier model
+    assert events == []
+    assert monitor.baseline.source == "learned"
+    assert monitor.baseline.expected(500, 7) == pytest.approx(1.8 * old.expected(500, 7), rel=0.05)
+
+
+def test_unmanaged_clocks_still_learn_a_baseline_from_governor_clocks():
+    clock = FakeClock()
+    sim = Simulator(15, clock)
+    monitor = RtfMonitor(MonitorConfig(), clock=clock, wall_clock=sim.wall, expect_clocks_locked=False)
+    replay(monitor, sim, [Phase(40, BoardState(jetson_clocks=False, unlocked_jitter=True))])
+    assert monitor.baseline is not None and monitor.baseline.source == "learned"
+
+
 def test_calibration_gives_a_baseline_before_any_request_and_learning_replaces_it():
     monitor, sim = make(seed=13)
     b = monitor.calibrate(warmup_points())
