@@ -185,6 +185,9 @@ class MonitorConfig(_Section):
     slowdown_threshold: float = Field(default=0.15, gt=0)
     #: ... and that makes it an error rather than a warning.
     slowdown_error_threshold: float = Field(default=0.40, gt=0)
+    #: Used instead of slowdown_threshold when the daemon does not lock clocks (hardware
+    #: management off): clocks left to the governor vary RTF by +-16 % on their own.
+    unmanaged_slowdown_threshold: float = Field(default=0.30, gt=0)
     #: Consecutive syntheses past a threshold before an alert is raised.
     raise_after: int = Field(default=3, ge=1)
     #: An alert clears when both figures fall below threshold * this factor ...

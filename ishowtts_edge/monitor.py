@@ -549,19 +549,29 @@ class RtfMonitor:
         whole = _stats(ratios)
         recent_recs = recs[-cfg.recent_count :]
         recent = _stats(ratios[-cfg.recent_count :])
-        # Slowdown: the window median is steady, the recent median reacts to a sudden drop.
-        slowdown = max(whole["median"], recent["median"]) - 1.0
+        # Slowdown: the window median is steady, the recent median reacts to a sudden drop
+        # (too noisy to trust when clocks float under the governor by design).
+        if self.expect_clocks_locked:
+            slowdown = max(whole["median"], recent["median"]) - 1.0
+        else:
+            slowdown = whole["median"] - 1.0
         # Spread: request-to-request jitter, which a level shift barely moves (that is
         # the slowdown's job) but floating clocks raise at once.
         spread = whole["jitter"]
-        # A spread estimated from a handful of samples is itself too noisy to act on, and
-        # under the provisional warm-up baseline it mostly measures that baseline's error.
-        spread_trusted = len(ratios) >= 2 * cfg.min_samples and self._baseline.source == "learned"
+        # A spread estimated from a handful of samples is itself too noisy to act on; under
+        # the provisional warm-up baseline it mostly measures that baseline's error; and
+        # with clocks deliberately left to the governor, jitter is the normal state.
+        spread_trusted = (
+            len(ratios) >= 2 * cfg.min_samples
+            and self._baseline.source == "learned"
+            and self.expect_clocks_locked
+        )
+        slow_threshold = cfg.slowdown_threshold if self.expect_clocks_locked else cfg.unmanaged_slowdown_threshold
         active = self._alerts.get("rtf")
         figures = self._rtf_figures(recs, whole, recent, slowdown, recent_recs)
 
         if active is None:
-            if slowdown > cfg.slowdown_threshold or (spread_trusted and spread > cfg.cv_threshold):
+            if slowdown > slow_threshold or (spread_trusted and spread > cfg.cv_threshold):
                 self._unhealthy_streak += 1
                 if self._unhealthy_streak >= cfg.raise_after:
                     self._unhealthy_streak = 0
@@ -575,7 +585,8 @@ class RtfMonitor:
         # Active: recovery is judged on the recent syntheses alone (the window still holds
         # the slow ones), against lower thresholds, for clear_after syntheses in a row.
         recovered = (
-            recent["median"] - 1.0 < cfg.slowdown_threshold * cfg.clear_ratio
+            (recent["median"] if self.expect_clocks_locked else whole["median"]) - 1.0
+            < slow_threshold * cfg.clear_ratio
             and recent["jitter"] < cfg.cv_threshold * cfg.clear_ratio
         )
         if recovered:

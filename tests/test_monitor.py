@@ -237,12 +237,18 @@ def test_reset_baseline_relearns_after_a_model_change_without_alerting():
     assert monitor.baseline.expected(500, 7) == pytest.approx(1.8 * old.expected(500, 7), rel=0.05)
 
 
-def test_unmanaged_clocks_still_learn_a_baseline_from_governor_clocks():
+def test_unmanaged_clocks_learn_from_governor_clocks_and_alert_only_on_slowdown():
     clock = FakeClock()
     sim = Simulator(15, clock)
     monitor = RtfMonitor(MonitorConfig(), clock=clock, wall_clock=sim.wall, expect_clocks_locked=False)
-    replay(monitor, sim, [Phase(40, BoardState(jetson_clocks=False, unlocked_jitter=True))])
+    governor = BoardState(jetson_clocks=False, unlocked_jitter=True)
+    # Floating clocks are this board's normal: jitter alone must not alert...
+    assert replay(monitor, sim, [Phase(300, governor)]) == []
     assert monitor.baseline is not None and monitor.baseline.source == "learned"
+    # ...but getting much slower than that normal still does.
+    slower = BoardState(jetson_clocks=False, unlocked_jitter=True, load=1.6)
+    events = rtf_events(replay(monitor, sim, [Phase(60, slower)]))  # the window median needs half the window
+    assert events and events[0][2].action == "raised"
 
 
 def test_calibration_gives_a_baseline_before_any_request_and_learning_replaces_it():
