@@ -163,22 +163,60 @@ class TelemetryConfig(_Section):
 
 
 class MonitorConfig(_Section):
-    """RTF drift detection.  Defaults are justified in docs/monitoring.md."""
+    """RTF drift detection and remediation.  Defaults are justified in docs/monitoring.md."""
 
     enabled: bool = True
-    window_count: int = Field(default=50, ge=5)
+    #: Rolling window: at most this many syntheses ...
+    window_count: int = Field(default=50, ge=5, le=10000)
+    #: ... and none older than this.
     window_age_s: float = Field(default=600.0, gt=0)
+    #: Syntheses needed in the window before any RTF alert can be raised.
     min_samples: int = Field(default=8, ge=3)
-    #: Coefficient of variation of measured/expected time that raises an alert.
+    #: The most recent syntheses whose median catches a sudden slowdown before the window median moves.
+    recent_count: int = Field(default=8, ge=3)
+    #: Syntheses, taken while clocks are locked and no alert is active, from which the baseline is learned.
+    baseline_samples: int = Field(default=30, ge=3)
+    #: Request-to-request variation (robust coefficient of variation from successive differences)
+    #: of measured/expected time that raises an alert.
     cv_threshold: float = Field(default=0.06, gt=0)
+    #: ... and that makes it an error rather than a warning.
+    cv_error_threshold: float = Field(default=0.15, gt=0)
     #: Median slowdown (measured/expected - 1) that raises an alert.
     slowdown_threshold: float = Field(default=0.15, gt=0)
-    #: An alert clears when both figures fall below threshold * this factor.
+    #: ... and that makes it an error rather than a warning.
+    slowdown_error_threshold: float = Field(default=0.40, gt=0)
+    #: Used instead of slowdown_threshold when the daemon does not lock clocks (hardware
+    #: management off): clocks left to the governor vary RTF by +-16 % on their own.
+    unmanaged_slowdown_threshold: float = Field(default=0.30, gt=0)
+    #: Consecutive syntheses past a threshold before an alert is raised.
+    raise_after: int = Field(default=3, ge=1)
+    #: An alert clears when both figures fall below threshold * this factor ...
     clear_ratio: float = Field(default=0.6, gt=0, lt=1)
+    #: ... in this many consecutive syntheses.
+    clear_after: int = Field(default=5, ge=1)
     #: GPU clock below its locked maximum by more than this fraction counts as drift.
     clock_drop_threshold: float = Field(default=0.05, gt=0, lt=1)
+    #: Hottest thermal zone at or above this (deg C) with a lowered GPU clock counts as thermal throttling.
+    hot_c: float = Field(default=90.0, gt=0, le=150)
+    #: Consecutive telemetry samples that confirm (or clear) clocks_off / power_mode_changed seen directly.
+    telemetry_confirm: int = Field(default=5, ge=1)
+    #: Raised/cleared alerts kept for ``ishowtts-edge status``.
+    history_size: int = Field(default=50, ge=1, le=1000)
+    #: On clock drift, clocks off or a changed power mode, ask the helper to re-apply mode and clocks.
     remediate: bool = True
     remediate_min_interval_s: float = Field(default=120.0, ge=0)
+    #: Attempts per alert before giving up (the alert stays active).
+    remediate_max_attempts: int = Field(default=3, ge=1)
+    #: After re-applying, the alert must clear within this time or the attempt counts as not recovered.
+    remediate_verify_s: float = Field(default=180.0, gt=0)
+
+    @model_validator(mode="after")
+    def _error_above_warning(self) -> "MonitorConfig":
+        if self.cv_error_threshold < self.cv_threshold:
+            raise ValueError("cv_error_threshold must be >= cv_threshold")
+        if self.slowdown_error_threshold < self.slowdown_threshold:
+            raise ValueError("slowdown_error_threshold must be >= slowdown_threshold")
+        return self
 
 
 class LogConfig(_Section):
