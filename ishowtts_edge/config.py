@@ -140,18 +140,28 @@ class EngineConfig(_Section):
 
 
 class HardwareConfig(_Section):
-    """Power mode and clocks, reached through the privileged helper."""
+    """Power mode and clocks, reached through the privileged helper (docs/security.md).
+
+    The helper runs the tools with paths and limits from its own root-owned
+    /etc/ishowtts-edge/hwctl.toml; nothing here can make it run anything else.
+    """
 
     enabled: bool = True
-    #: Power mode by name (preferred: ids differ between boards) or id.
+    #: Power mode by name (preferred: ids differ between boards) or id.  The helper only
+    #: accepts modes listed in hwctl.toml's power_modes.
     power_mode: str | int = "MAXN"
+    #: Preflight asks the helper to apply power_mode + jetson_clocks when they differ.
     apply_at_start: bool = True
+    #: At stop, ask the helper to restore the clocks stored before the first apply.
     restore_at_stop: bool = False
     #: Unix socket of the root helper service (ishowtts-edge-hwctl.socket).
     helper_socket: Path = Path("/run/ishowtts-edge-hwctl.sock")
+    #: Only checked for existence, to tell "not a Jetson" (disabled) from "helper not installed" (degraded).
     nvpmodel: Path = Path("/usr/sbin/nvpmodel")
+    #: Kept for symmetry with nvpmodel: its absence also means "not a Jetson".
     jetson_clocks: Path = Path("/usr/bin/jetson_clocks")
-    tool_timeout_s: float = Field(default=20.0, gt=0)
+    #: How long to wait for one helper reply; an apply runs up to seven tool calls.
+    helper_timeout_s: float = Field(default=120.0, gt=0, le=900)
 
 
 class TelemetryConfig(_Section):

@@ -1,0 +1,223 @@
+"""The daemon's side of hardware management: talk to the root helper, run the start-up preflight.
+
+The daemon is unprivileged (NoNewPrivileges), so it never runs nvpmodel or
+jetson_clocks itself; it asks ``ishowtts-edge-hwctl`` over a unix socket
+(see :mod:`ishowtts_edge.hwctl` and docs/security.md).  Preflight never raises:
+a missing helper or a non-Jetson host is a visible state, not a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import hwctl
+from .config import HardwareConfig
+from .logs import kv
+
+log = logging.getLogger(__name__)
+
+
+class HelperError(Exception):
+    """A helper call failed.  ``kind`` is one of hwctl.HwctlError's kinds or a transport kind:
+    not_installed, not_running, permission, timeout, protocol."""
+
+    def __init__(self, kind: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.details = details or {}
+
+
+class HelperClient:
+    """query() / apply() / restore() through the helper socket; each returns the result dict."""
+
+    def __init__(self, cfg: HardwareConfig):
+        self.cfg = cfg
+
+    def query(self) -> dict[str, Any]:
+        return self._call({"action": "query"})
+
+    def apply(self) -> dict[str, Any]:
+        return self._call({"action": "apply", "power_mode": self.cfg.power_mode})
+
+    def restore(self) -> dict[str, Any]:
+        return self._call({"action": "restore"})
+
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        path = self.cfg.helper_socket
+        action = request["action"]
+        try:
+            reply = hwctl.call(path, request, self.cfg.helper_timeout_s)
+        except FileNotFoundError:
+            raise HelperError(
+                "not_installed",
+                f"hardware helper socket {path} does not exist: ishowtts-edge-hwctl.socket is not installed or not started",
+            ) from None
+        except PermissionError:
+            raise HelperError(
+                "permission",
+                f"permission denied on {path}: the daemon's user must be in the socket's group (ishowtts-edge)",
+            ) from None
+        except ConnectionRefusedError:
+            raise HelperError("not_running", f"nothing accepts connections on {path} (is ishowtts-edge-hwctl.socket stopped?)") from None
+        except TimeoutError:
+            raise HelperError("timeout", f"hardware helper gave no reply to {action} within {self.cfg.helper_timeout_s:g} s") from None
+        except (ConnectionError, OSError) as exc:
+            raise HelperError("protocol", f"hardware helper connection failed during {action}: {exc}") from None
+        except ValueError as exc:
+            raise HelperError("protocol", f"hardware helper sent an unreadable reply to {action}: {exc}") from None
+        if reply.get("ok"):
+            result = reply.get("result")
+            if not isinstance(result, dict):
+                raise HelperError("protocol", f"hardware helper reply to {action} has no result")
+            return result
+        error = reply.get("error") or {}
+        raise HelperError(
+            str(error.get("kind", "protocol")),
+            f"hardware helper {action}: {error.get('message', 'failed without a message')}",
+            error.get("details") if isinstance(error.get("details"), dict) else None,
+        )
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+@dataclass
+class PreflightResult:
+    """What the daemon shows in status.  state: ok | applied | degraded | disabled."""
+
+    state: str
+    message: str
+    power_mode: dict[str, Any] | None = None  # {"id", "name"} after preflight
+    clocks_locked: bool | None = None
+    reboot_required: bool = False
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        return f"{self.state}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "message": self.message,
+            "summary": self.summary,
+            "power_mode": self.power_mode,
+            "clocks_locked": self.clocks_locked,
+            "reboot_required": self.reboot_required,
+            "changes": list(self.changes),
+        }
+
+
+def mode_matches(mode: dict[str, Any] | None, wanted: str | int) -> bool:
+    if not mode:
+        return False
+    if isinstance(wanted, int):
+        return mode.get("id") == wanted
+    return mode.get("name") == wanted
+
+
+def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Human-readable ``what: old -> new`` lines between two helper queries."""
+    changes = []
+    mb, ma = before.get("power_mode") or {}, after.get("power_mode") or {}
+    if mb != ma:
+        changes.append(f"power_mode: {mb.get('name')} -> {ma.get('name')}")
+    if before.get("clocks_locked") != after.get("clocks_locked"):
+        changes.append(f"clocks_locked: {before.get('clocks_locked')} -> {after.get('clocks_locked')}")
+    gb, ga = before.get("gpu") or {}, after.get("gpu") or {}
+    for key in ("min_hz", "max_hz"):
+        if gb.get(key) != ga.get(key):
+            changes.append(f"gpu_{key[:3]}_mhz: {_mhz(gb.get(key))} -> {_mhz(ga.get(key))}")
+    cb = [c.get("min_khz") for c in before.get("cpu") or [] if c.get("online")]
+    ca = [c.get("min_khz") for c in after.get("cpu") or [] if c.get("online")]
+    if cb != ca and ca:
+        changes.append(f"cpu_min_mhz: {_mhz_k(min(cb) if cb else None)} -> {_mhz_k(min(ca))}")
+    eb, ea = before.get("emc") or {}, after.get("emc") or {}
+    if eb.get("override") != ea.get("override"):
+        changes.append(f"emc_locked: {eb.get('override')} -> {ea.get('override')}")
+    return changes
+
+
+def _mhz(hz: Any) -> Any:
+    return round(hz / 1e6, 1) if isinstance(hz, (int, float)) else hz
+
+
+def _mhz_k(khz: Any) -> Any:
+    return round(khz / 1e3, 1) if isinstance(khz, (int, float)) else khz
+
+
+def _degraded_or_disabled(exc: HelperError, cfg: HardwareConfig) -> PreflightResult:
+    if exc.kind in ("not_installed", "not_running") and not cfg.nvpmodel.exists() and not cfg.jetson_clocks.exists():
+        return PreflightResult("disabled", f"not a Jetson (no {cfg.nvpmodel}); hardware management is off")
+    if exc.kind == "tool_missing":
+        return PreflightResult("disabled", f"not a Jetson or tools missing: {exc.message}")
+    return PreflightResult("degraded", exc.message)
+
+
+def preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
+    """Bring power mode and clocks to the target once at start; report, never raise."""
+    try:
+        result = _preflight(client, cfg)
+    except Exception as exc:  # noqa: BLE001 - a preflight bug must not take the TTS service down
+        log.exception("hardware preflight failed unexpectedly")
+        result = PreflightResult("degraded", f"preflight failed: {type(exc).__name__}: {exc}")
+    level = logging.INFO if result.state in ("ok", "applied", "disabled") else logging.WARNING
+    log.log(level, "hardware preflight %s", kv(state=result.state, message=result.message))
+    return result
+
+
+def _preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
+    if not cfg.enabled:
+        return PreflightResult("disabled", "hardware management disabled (hardware.enabled = false)")
+    try:
+        before = client.query()
+    except HelperError as exc:
+        return _degraded_or_disabled(exc, cfg)
+    mode = before.get("power_mode")
+    locked = bool(before.get("clocks_locked"))
+    if mode_matches(mode, cfg.power_mode) and locked:
+        return PreflightResult("ok", f"power mode {mode['name']}, clocks locked", mode, True)
+    wanted = f"power mode {cfg.power_mode} with clocks locked"
+    now = f"power mode {(mode or {}).get('name')}, clocks {'locked' if locked else 'not locked'}"
+    if not cfg.apply_at_start:
+        return PreflightResult("degraded", f"{now} (want {wanted}; hardware.apply_at_start = false)", mode, locked)
+    try:
+        applied = client.apply()
+    except HelperError as exc:
+        log.warning("could not apply %s", kv(want=cfg.power_mode, reason=exc.message))
+        result = _degraded_or_disabled(exc, cfg)
+        if result.state == "degraded":
+            result.message = f"{now}; apply failed: {exc.message}"
+            result.power_mode, result.clocks_locked = mode, locked
+        return result
+    after = applied.get("after") or {}
+    changes = describe_changes(before, after)
+    for change in changes:
+        what, _, values = change.partition(": ")
+        log.info("hardware changed %s", kv(what=what, change=values))
+    store = applied.get("store") or {}
+    if store.get("note"):
+        log.info("clock store %s", kv(store=store.get("store"), note=store.get("note")))
+    after_mode = after.get("power_mode")
+    after_locked = bool(after.get("clocks_locked"))
+    if applied.get("reboot_required"):
+        target = applied.get("target") or {}
+        return PreflightResult(
+            "degraded",
+            f"power mode {target.get('name')} needs a reboot: run `sudo nvpmodel -m {target.get('id')}` and reboot "
+            f"(never confirmed automatically); clocks locked in {(after_mode or {}).get('name')}",
+            after_mode,
+            after_locked,
+            reboot_required=True,
+            changes=changes,
+        )
+    return PreflightResult(
+        "applied",
+        f"power mode {(after_mode or {}).get('name')}, clocks locked ({'; '.join(changes) or 'no visible change'})",
+        after_mode,
+        after_locked,
+        changes=changes,
+    )

@@ -1,0 +1,145 @@
+"""Start-up preflight against the real helper process and the fake board."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+from fakes.board import FakeBoard
+from fakes.helper import HelperProcess, require_root, write_helper_config
+
+from ishowtts_edge.config import HardwareConfig
+from ishowtts_edge.hardware import HelperClient, preflight
+
+
+@pytest.fixture
+def world_tmp():
+    path = Path(tempfile.mkdtemp(prefix="ihwt-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def run_helper(world_tmp):
+    started = []
+
+    def start(board: FakeBoard, **overrides) -> HelperProcess:
+        require_root()
+        config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state", **overrides)
+        helper = HelperProcess(config)
+        started.append(helper)
+        return helper
+
+    yield start
+    for helper in started:
+        helper.stop()
+
+
+def cfg_for(helper: HelperProcess, board: FakeBoard, **extra) -> HardwareConfig:
+    return HardwareConfig(
+        helper_socket=helper.socket, nvpmodel=board.nvpmodel, jetson_clocks=board.jetson_clocks, **extra
+    )
+
+
+def run_preflight(cfg: HardwareConfig):
+    return preflight(HelperClient(cfg), cfg)
+
+
+def test_applies_mode_and_clocks_and_logs_what_changed(world_tmp, run_helper, caplog):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    cfg = cfg_for(run_helper(board), board)
+    with caplog.at_level(logging.INFO, logger="ishowtts_edge.hardware"):
+        result = run_preflight(cfg)
+    assert result.state == "applied", result.message
+    assert result.power_mode == {"id": 0, "name": "MAXN"} and result.clocks_locked is True
+    assert "power_mode: MODE_50W -> MAXN" in result.changes
+    assert "clocks_locked: False -> True" in result.changes
+    assert board.clocks_locked()
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("what=power_mode" in m and 'change="MODE_50W -> MAXN"' in m for m in messages)
+    assert result.to_dict()["summary"].startswith("applied: power mode MAXN")
+
+    second = run_preflight(cfg)  # now already at target
+    assert second.state == "ok" and second.changes == []
+
+
+def test_reboot_needing_mode_is_degraded_with_instructions(world_tmp, run_helper, caplog):
+    board = FakeBoard(world_tmp, power_mode="MODE_30W")
+    with caplog.at_level(logging.WARNING, logger="ishowtts_edge.hardware"):
+        result = run_preflight(cfg_for(run_helper(board), board))
+    assert result.state == "degraded" and result.reboot_required
+    assert "sudo nvpmodel -m 0" in result.message and "reboot" in result.message
+    assert result.power_mode["name"] == "MODE_30W" and result.clocks_locked is True
+    assert any(r.levelno == logging.WARNING and "state=degraded" in r.getMessage() for r in caplog.records)
+
+
+def test_apply_failure_degrades_and_keeps_the_reason(world_tmp, run_helper):
+    board = FakeBoard(world_tmp, power_mode="MAXN")
+    board.set_option(gpu_lock_fails=True)
+    result = run_preflight(cfg_for(run_helper(board), board))
+    assert result.state == "degraded"
+    assert "apply failed" in result.message and "Failed to max GPU frequency" in result.message
+    assert result.power_mode["name"] == "MAXN" and result.clocks_locked is False
+
+
+def test_apply_at_start_off_only_reports(world_tmp, run_helper):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    result = run_preflight(cfg_for(run_helper(board), board, apply_at_start=False))
+    assert result.state == "degraded" and "apply_at_start = false" in result.message
+    assert board.power_mode()[1] == "MODE_50W" and not board.clocks_locked()
+
+
+def test_helper_without_tools_means_not_a_jetson(world_tmp, run_helper):
+    board = FakeBoard(world_tmp)
+    helper = run_helper(board, nvpmodel="/nonexistent/nvpmodel", jetson_clocks="/nonexistent/jetson_clocks")
+    result = run_preflight(cfg_for(helper, board))
+    assert result.state == "disabled" and "/nonexistent/nvpmodel" in result.message
+
+
+def test_missing_helper_on_a_jetson_is_degraded(tmp_path):
+    board = FakeBoard(tmp_path)
+    cfg = HardwareConfig(helper_socket=tmp_path / "none.sock", nvpmodel=board.nvpmodel, jetson_clocks=board.jetson_clocks)
+    result = run_preflight(cfg)
+    assert result.state == "degraded" and "not installed" in result.message
+
+
+def test_missing_helper_off_jetson_is_disabled(tmp_path):
+    cfg = HardwareConfig(
+        helper_socket=tmp_path / "none.sock", nvpmodel=tmp_path / "nvpmodel", jetson_clocks=tmp_path / "jetson_clocks"
+    )
+    result = run_preflight(cfg)
+    assert result.state == "disabled" and "not a Jetson" in result.message
+
+
+def test_disabled_in_config_does_not_touch_the_helper(tmp_path):
+    result = run_preflight(HardwareConfig(enabled=False, helper_socket=tmp_path / "none.sock"))
+    assert result.state == "disabled" and "hardware.enabled = false" in result.message
+
+
+def test_garbage_from_the_socket_degrades_instead_of_raising(tmp_path):
+    import threading
+
+    path = tmp_path / "garbage.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"this is not json\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        result = run_preflight(HardwareConfig(helper_socket=path, helper_timeout_s=5))
+    finally:
+        thread.join(5)
+        server.close()
+    assert result.state == "degraded" and "unreadable reply" in result.message

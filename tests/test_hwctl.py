@@ -1,0 +1,360 @@
+"""The privileged helper, run for real as a separate root process over the fake CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from fakes.board import FakeBoard
+from fakes.helper import (
+    HelperProcess,
+    as_user,
+    create_users,
+    raw_request,
+    repo_env,
+    require_root,
+    user_python,
+    write_helper_config,
+)
+
+from ishowtts_edge.config import HardwareConfig
+from ishowtts_edge.hardware import HelperClient, HelperError
+
+
+@pytest.fixture(scope="module")
+def users():
+    require_root()
+    created = create_users()
+    yield created
+    created.cleanup()
+
+
+@pytest.fixture
+def world_tmp():
+    """A temp dir other users can traverse (pytest's tmp_path is 0700 root)."""
+    path = Path(tempfile.mkdtemp(prefix="ihwt-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_helper(world_tmp: Path, board: FakeBoard, users=None, **overrides) -> HelperProcess:
+    if users is not None:
+        overrides.setdefault("allowed_groups", [users.group])
+    config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state", **overrides)
+    return HelperProcess(config)
+
+
+@pytest.fixture
+def helper_factory(world_tmp):
+    started = []
+
+    def make(board, users=None, **overrides):
+        require_root()
+        helper = start_helper(world_tmp, board, users, **overrides)
+        started.append(helper)
+        return helper
+
+    yield make
+    for helper in started:
+        helper.stop()
+
+
+def client_for(helper: HelperProcess, **cfg) -> HelperClient:
+    return HelperClient(HardwareConfig(helper_socket=helper.socket, helper_timeout_s=60, **cfg))
+
+
+# ----------------------------------------------------------------- actions as root
+
+
+def test_query_reports_mode_clocks_and_fan(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    result = client_for(helper_factory(board)).query()
+    assert result["power_mode"] == {"id": 3, "name": "MODE_50W"}
+    assert result["clocks_locked"] is False
+    assert len(result["cpu"]) == 12 and all(c["online"] for c in result["cpu"])
+    assert result["cpu"][0]["max_khz"] == 1497600
+    assert result["gpu"] == {"min_hz": 306000000, "max_hz": 816000000, "cur_hz": 306000000}
+    assert result["emc"]["override"] is False
+    assert result["fan"] == {"control": "nvfancontrol", "hwmon0_pwm1": 69}
+
+
+def test_apply_switches_mode_live_locks_clocks_and_restore_undoes_the_lock(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    client = client_for(helper_factory(board))
+    result = client.apply()
+    assert result["target"] == {"id": 0, "name": "MAXN"}
+    assert result["mode_changed"] is True and result["reboot_required"] is False
+    assert result["store"]["stored"] is True
+    assert board.power_mode() == (0, "MAXN")
+    assert board.clocks_locked()  # the fake sysfs really changed
+    assert board.gpu()["min"] == board.gpu()["max"] == 1300500000
+    assert result["after"]["clocks_locked"] is True
+    stored = Path(result["store"]["store"])
+    assert stored.is_file() and "min_freq" in stored.read_text()
+
+    again = client.apply()  # idempotent; the first store is kept
+    assert again["mode_changed"] is False and again["store"]["stored"] is False
+    assert board.clocks_locked()
+
+    restored = client.restore()
+    assert restored["after"]["clocks_locked"] is False
+    assert not board.clocks_locked()
+    assert board.gpu()["min"] == 306000000
+
+
+def test_mode_change_that_needs_a_reboot_is_declined_and_reported(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp, power_mode="MODE_30W")  # 8 cores -> MAXN's 12 needs a reboot
+    result = client_for(helper_factory(board)).apply()
+    assert result["reboot_required"] is True and result["mode_changed"] is False
+    assert "Reboot required" in result["mode_output"]
+    assert board.power_mode() == (2, "MODE_30W")
+    assert "rebooted_into" not in board.layout.state()  # never confirmed
+    assert board.clocks_locked()  # still locked at the current mode's maximum
+    assert board.gpu()["min"] == 612000000
+
+
+def test_a_prompt_that_never_returns_times_out_and_the_helper_survives(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp, power_mode="MODE_30W")
+    board.set_option(nvpmodel_prompt_hangs=True)
+    helper = helper_factory(board, timeout_s=1.5)
+    client = client_for(helper)
+    started = time.monotonic()
+    with pytest.raises(HelperError) as info:
+        client.apply()
+    assert info.value.kind == "tool_timeout"
+    assert "nvpmodel -m 0" in info.value.message and "killed" in info.value.message
+    assert time.monotonic() - started < 30
+    assert client.query()["power_mode"]["name"] == "MODE_30W"  # still serving
+
+
+def test_jetson_clocks_error_with_exit_status_zero_is_an_error(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp, power_mode="MAXN")
+    board.set_option(gpu_lock_fails=True)
+    with pytest.raises(HelperError) as info:
+        client_for(helper_factory(board)).apply()
+    assert info.value.kind == "tool_failed"
+    assert "Failed to max GPU frequency" in info.value.message
+
+
+def test_missing_tool_is_named(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp)
+    helper = helper_factory(board, nvpmodel="/nonexistent/nvpmodel")
+    with pytest.raises(HelperError) as info:
+        client_for(helper).query()
+    assert info.value.kind == "tool_missing"
+    assert "/nonexistent/nvpmodel" in info.value.message
+
+
+def test_restore_without_a_store_is_a_clear_error(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp)
+    with pytest.raises(HelperError) as info:
+        client_for(helper_factory(board)).restore()
+    assert info.value.kind == "no_store"
+
+
+def test_mode_not_allowed_by_the_helper_config_is_refused(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    client = client_for(helper_factory(board), power_mode="MODE_15W")
+    with pytest.raises(HelperError) as info:
+        client.apply()
+    assert info.value.kind == "refused" and "MODE_15W" in info.value.message
+    assert board.power_mode() == (3, "MODE_50W") and not board.clocks_locked()
+
+
+def test_unknown_mode_name_lists_the_boards_modes(world_tmp, helper_factory):
+    board = FakeBoard(world_tmp)
+    client = client_for(helper_factory(board, power_modes=["MAXN", "MAXN_SUPER"]), power_mode="MAXN_SUPER")
+    with pytest.raises(HelperError) as info:
+        client.apply()
+    assert info.value.kind == "unknown_mode" and "MODE_30W" in info.value.message
+
+
+# ----------------------------------------------------------------- who may ask, and what
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"action": "reboot"}',
+        '{"action": "query; reboot"}',
+        '{"action": "query", "power_mode": "MAXN"}',
+        '{"action": "apply", "args": ["-f", "/tmp/evil.conf"]}',
+        '{"action": "apply", "power_mode": "MAXN; reboot"}',
+        '{"action": "apply", "power_mode": true}',
+        '{"action": "restore", "file": "/etc/shadow"}',
+        '["query"]',
+        "query",
+        '{"action": "query", "x": "' + "a" * 5000 + '"}',
+    ],
+)
+def test_anything_outside_the_protocol_is_refused(world_tmp, helper_factory, users, line):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    helper = helper_factory(board, users)
+    reply = raw_request(users.member, user_python(users.member), helper.socket, line)
+    assert reply["ok"] is False
+    assert reply["error"]["kind"] in ("refused", "bad_request")
+    assert board.power_mode() == (3, "MODE_50W") and not board.clocks_locked()
+
+
+def test_unauthorised_peer_is_refused_and_changes_nothing(world_tmp, helper_factory, users):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    helper = helper_factory(board, users)
+    python = user_python(users.outsider)
+    for action in ("query", "apply", "restore"):
+        reply = raw_request(users.outsider, python, helper.socket, json.dumps({"action": action}))
+        assert reply["ok"] is False and reply["error"]["kind"] == "refused"
+        assert f"uid={users.outsider.uid}" in reply["error"]["message"]
+    assert board.power_mode() == (3, "MODE_50W") and not board.clocks_locked()
+    assert f"refused peer" in helper.log() and f"uid={users.outsider.uid}" in helper.log()
+
+
+def test_authorised_group_member_can_query_and_apply(world_tmp, helper_factory, users):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    helper = helper_factory(board, users)
+    python = user_python(users.member)
+    reply = raw_request(users.member, python, helper.socket, '{"action": "query"}')
+    assert reply["ok"] is True and reply["result"]["power_mode"]["name"] == "MODE_50W"
+    reply = raw_request(users.member, python, helper.socket, '{"action": "apply", "power_mode": "MAXN"}')
+    assert reply["ok"] is True, reply
+    assert board.power_mode() == (0, "MAXN") and board.clocks_locked()
+
+
+def test_allowed_user_by_name_works_without_the_group(world_tmp, helper_factory, users):
+    board = FakeBoard(world_tmp)
+    helper = helper_factory(board, allowed_users=[users.outsider.name], allowed_groups=[])
+    reply = raw_request(users.outsider, user_python(users.outsider), helper.socket, '{"action": "query"}')
+    assert reply["ok"] is True
+
+
+def test_socket_permissions_keep_others_out_before_peercred(world_tmp, users):
+    """With the unit's SocketMode=0660 an outsider cannot even connect; the client says so."""
+    require_root()
+    board = FakeBoard(world_tmp)
+    config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state", allowed_groups=[users.group])
+    helper = HelperProcess(config, socket_mode="0660")
+    try:
+        os.chown(helper.socket, 0, users.gid)
+        reply = raw_request(users.outsider, user_python(users.outsider), helper.socket, '{"action": "query"}')
+        assert reply == {"connect_error": "PermissionError"}
+        reply = raw_request(users.member, user_python(users.member), helper.socket, '{"action": "query"}')
+        assert reply["ok"] is True
+    finally:
+        helper.stop()
+
+
+# ----------------------------------------------------------------- other ways in
+
+
+def test_stdio_mode_serves_one_accepted_connection(world_tmp):
+    """What systemd's Accept=yes does: the connection is the service's stdin."""
+    require_root()
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state")
+    path = world_tmp / "listen.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(path))
+        conn, _ = listener.accept()
+        with conn, client:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ishowtts_edge.hwctl", "--stdio", "--config", str(config)],
+                stdin=conn.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=repo_env(),
+            )
+            client.sendall(b'{"action": "apply"}\n')
+            client.settimeout(60)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = client.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            assert proc.wait(60) == 0, proc.stderr.read()
+            proc.stderr.close()
+    reply = json.loads(data)
+    assert reply["ok"] is True and reply["action"] == "apply"
+    assert board.power_mode() == (0, "MAXN") and board.clocks_locked()
+
+
+def test_direct_cli_for_root_prints_json(world_tmp):
+    require_root()
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state")
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "ishowtts_edge.hwctl", *a, "--config", str(config)],
+        capture_output=True, text=True, env=repo_env(), timeout=60,
+    )
+    done = run("apply", "--power-mode", "MODE_50W")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["result"]["after"]["clocks_locked"] is True
+    done = run("query")
+    assert json.loads(done.stdout)["result"]["power_mode"]["name"] == "MODE_50W"
+    done = run("apply", "--power-mode", "MODE_15W")
+    assert done.returncode == 1 and json.loads(done.stdout)["error"]["kind"] == "refused"
+
+
+def test_direct_cli_as_non_root_says_so(world_tmp, users):
+    board = FakeBoard(world_tmp)
+    config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state")
+    python = user_python(users.outsider)
+    hwctl = Path(__file__).resolve().parents[1] / "ishowtts_edge" / "hwctl.py"
+    copy = world_tmp / "hwctl.py"  # the repo itself may not be readable by the user
+    shutil.copy(hwctl, copy)
+    copy.chmod(0o644)
+    done = as_user(users.outsider, [python, str(copy), "query", "--config", str(config)])
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["error"]["kind"] == "not_root"
+
+
+def test_group_writable_config_is_refused(world_tmp, helper_factory):
+    require_root()
+    board = FakeBoard(world_tmp)
+    config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state")
+    config.chmod(0o666)
+    done = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.hwctl", "query", "--config", str(config)],
+        capture_output=True, text=True, env=repo_env(), timeout=60,
+    )
+    assert done.returncode == 1
+    assert "must be owned by root" in json.loads(done.stdout)["error"]["message"]
+
+
+# ----------------------------------------------------------------- client transport errors
+
+
+def test_client_reports_missing_socket_as_helper_not_installed(tmp_path):
+    client = HelperClient(HardwareConfig(helper_socket=tmp_path / "nope.sock"))
+    with pytest.raises(HelperError) as info:
+        client.query()
+    assert info.value.kind == "not_installed" and "not installed" in info.value.message
+
+
+def test_client_reports_a_dead_socket_as_not_running(tmp_path):
+    path = tmp_path / "dead.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.close()  # the file stays, nobody listens
+    with pytest.raises(HelperError) as info:
+        HelperClient(HardwareConfig(helper_socket=path)).query()
+    assert info.value.kind == "not_running"
+
+
+def test_client_times_out_on_a_silent_helper(tmp_path):
+    path = tmp_path / "silent.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+        client = HelperClient(HardwareConfig(helper_socket=path, helper_timeout_s=0.3))
+        with pytest.raises(HelperError) as info:
+            client.query()
+    assert info.value.kind == "timeout"
