@@ -118,37 +118,21 @@ def format_status(s: dict[str, Any]) -> str:
     if w:
         lines.append(f"  warm-up:   {w.get('seconds')} s, {len(w.get('shapes') or [])} shape(s)")
     lines.append(f"  voices:    {s.get('voices', 0)}    endpoint: {s.get('endpoint')}")
-    rtf = s.get("rtf") or {}
-    if rtf:
-        lines.append(
-            "  RTF:       last {last}  median {median}  p90 {p90}  cv {cv}  (n={n})".format(
-                **{k: _fmt(rtf.get(k)) for k in ("last", "median", "p90", "cv", "n")}
-            )
-        )
     hw = s.get("hardware") or {}
     if hw:
-        lines.append(f"  hardware:  {hw.get('summary', hw)}")
+        lines.append(f"  hardware:  {hw.get('summary', hw.get('state'))}")
     t = s.get("telemetry") or {}
     if t:
-        lines.append(f"  telemetry: {t.get('summary', t)}")
-    alerts = s.get("alerts") or []
-    for a in alerts:
-        lines.append(f"  ALERT:     {a.get('summary') or a}")
-    history = s.get("alert_history") or []
-    if history:
-        lines.append("  recent alerts:")
-        for a in history[-5:]:
-            lines.append(f"    {a.get('summary') or a}")
+        lines.append(f"  telemetry: {t.get('summary') or t.get('source') or t}")
+    monitor = s.get("monitor")
+    if monitor:
+        from .monitor import format_status as monitor_lines
+
+        lines.extend("  " + line for line in monitor_lines(monitor))
     req = (s.get("requests") or {}).get("requests") or {}
     if req:
         lines.append("  requests:  " + ", ".join(f"{k} {v}" for k, v in sorted(req.items())))
     return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def cmd_model_fetch(args: argparse.Namespace) -> int:

@@ -77,6 +77,11 @@ class Daemon:
         self._ready_sent = False
         self._lock_fd: int | None = None
         self.server: Server | None = None
+        self.publisher: Any = None
+        self.hub: Any = None
+        self.helper: Any = None
+        self.preflight: Any = None
+        self.sampler: Any = None
 
     # -- SynthesisBackend ------------------------------------------------------------
 
@@ -115,7 +120,8 @@ class Daemon:
         return header, frames
 
     def _after_synthesis(self, request: Request, result: Any) -> None:
-        """Hook for the RTF monitor."""
+        if self.hub is not None:
+            self.hub.on_synthesis(result, request_id=request.id)
 
     def control(self, request: Request) -> dict[str, Any]:
         if request.op == "ping":
@@ -159,7 +165,17 @@ class Daemon:
             "voices": len(self.engine.voices()) if self.engine is not None else 0,
             "queue": {"pending": self.server.pending if self.server else 0},
             "requests": self.server.stats.to_dict() if self.server else {},
+            "monitor": self.hub.status() if self.hub is not None else None,
+            "hardware": self._hardware_status(),
+            "telemetry": self.sampler.status() if self.sampler is not None else None,
         }
+
+    def _hardware_status(self) -> dict[str, Any]:
+        if not self.settings.hardware.enabled:
+            return {"state": "disabled", "summary": "disabled in the config"}
+        if self.preflight is None:
+            return {"state": "pending", "summary": "preflight not run yet"}
+        return self.preflight.to_dict()
 
     def status_line(self) -> str:
         parts = [self.state]
@@ -167,6 +183,11 @@ class Daemon:
             parts.append(self._progress_msg)
         if self.engine is not None:
             parts.append(f"voices {len(self.engine.voices())}")
+        if self.hub is not None and self.engine is not None:
+            parts.append(self.hub.status_line())
+        latest = self.sampler.latest() if self.sampler is not None else None
+        if latest is not None and latest.gpu_cur_mhz is not None:
+            parts.append(f"GPU {latest.gpu_cur_mhz:.0f}/{latest.gpu_max_mhz or 0:.0f} MHz")
         if self.degraded_reasons:
             parts.append("degraded: " + ", ".join(sorted(self.degraded_reasons)))
         return " | ".join(parts)
@@ -174,9 +195,12 @@ class Daemon:
     # -- life cycle ----------------------------------------------------------------
 
     def _set_state(self, state: str, reason: str = "") -> None:
-        if state != self.state:
-            log.info("state %s", kv(state=state, reason=reason))
+        changed = state != self.state
         self.state, self.state_reason = state, reason
+        if changed:
+            log.info("state %s", kv(state=state, reason=reason))
+            if self.publisher is not None:
+                self.publisher.publish("state", {"state": state, "reason": reason, "degraded": dict(self.degraded_reasons)})
 
     def _degrade(self, key: str, reason: str) -> None:
         if self.degraded_reasons.get(key) != reason:
@@ -193,6 +217,7 @@ class Daemon:
     def _load(self) -> None:
         from .engine.core import Engine  # torch import happens here, off the serving loop
 
+        self._run_preflight()
         try:
             self._set_state("loading")
             engine = Engine(self.settings)
@@ -208,6 +233,12 @@ class Daemon:
             log.info("warm-up done %s", kv(seconds=report.seconds, shapes=len(report.shapes), compiled=report.compiled))
             if report.error:
                 self._degrade("compile", report.error)
+            points = getattr(report, "timings", None)
+            if self.hub is not None and points:
+                try:
+                    self.hub.calibrate(points)
+                except ValueError as exc:
+                    log.info("warm-up timings not usable as an RTF baseline %s", kv(reason=str(exc)))
             self.engine = engine
             self._set_state("degraded" if self.degraded_reasons else "ready")
         except Exception as exc:
@@ -215,6 +246,21 @@ class Daemon:
             log.error("engine failed to load %s", kv(error=type(exc).__name__, reason=str(exc)), exc_info=not isinstance(exc, (OSError, ValueError)) and log.isEnabledFor(logging.DEBUG))
             self.degraded_reasons["engine"] = self.engine_error
             self._set_state("degraded", self.engine_error)
+
+    def _run_preflight(self) -> None:
+        """Bring the board to its performance state before warm-up, so kernels are tuned and timed at locked clocks."""
+        cfg = self.settings.hardware
+        if not cfg.enabled:
+            return
+        from .hardware import HelperClient, preflight
+
+        self._progress("hardware preflight")
+        self.helper = HelperClient(cfg)
+        self.preflight = preflight(self.helper, cfg)
+        if self.preflight.state == "degraded":
+            self._degrade("hardware", self.preflight.message)
+        if self.hub is not None and self.preflight.power_mode:
+            self.hub.monitor.expect_power_mode(self.preflight.power_mode.get("id"), self.preflight.power_mode.get("name"))
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -265,7 +311,41 @@ class Daemon:
         return 0
 
     def _on_start(self) -> None:
-        """Hook for hardware preflight and telemetry."""
+        """Events socket, RTF monitor and telemetry: all optional, all degrade rather than stop us."""
+        from .events import EventPublisher, EventPublisherError
+        from .monitor import MonitorHub
+
+        s = self.settings
+        try:
+            self.publisher = EventPublisher(s.events_endpoint)
+        except EventPublisherError as exc:
+            self._degrade("events", str(exc))
+        hw = s.hardware
+        self.hub = MonitorHub(
+            s.monitor,
+            publisher=self.publisher,
+            apply_fn=self._reapply if hw.enabled else None,
+            expect_clocks_locked=hw.enabled and hw.apply_at_start,
+        )
+        self._start_telemetry()
+
+    def _reapply(self) -> dict[str, Any]:
+        """Remediation: ask the helper to apply the power mode and clocks again."""
+        if self.helper is None:
+            from .hardware import HelperClient
+
+            self.helper = HelperClient(self.settings.hardware)
+        return self.helper.apply()
+
+    def _start_telemetry(self) -> None:
+        try:
+            from .telemetry import TelemetrySampler
+        except ImportError:
+            return
+        self.sampler = TelemetrySampler(self.settings.telemetry)
+        if self.hub is not None:
+            self.sampler.on_sample.append(self.hub.on_telemetry)
+        self.sampler.start()
 
     def _serve(self) -> None:
         assert self.server is not None
@@ -312,7 +392,18 @@ class Daemon:
         log.info("stopped")
 
     def _on_stop(self) -> None:
-        """Hook for restoring clocks and closing telemetry."""
+        if self.sampler is not None:
+            self.sampler.stop()
+        if self.hub is not None:
+            self.hub.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.settings.hardware.enabled and self.settings.hardware.restore_at_stop and self.helper is not None:
+            try:
+                self.helper.restore()
+                log.info("clocks restored at stop")
+            except Exception as exc:
+                log.warning("clocks not restored at stop %s", kv(reason=str(exc)))
 
 
 def serve(config_path: str | None) -> int:
