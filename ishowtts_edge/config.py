@@ -128,6 +128,9 @@ class EngineConfig(_Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "max-autotune-no-cudagraphs"
     )
+    #: inductor generates kernels (the CUDA path).  eager/aot_eager only trace with dynamo and are for
+    #: testing: with them the transformer is "compiled" on CPU too, so tests can check shapes/recompiles.
+    compile_backend: Literal["inductor", "eager", "aot_eager"] = "inductor"
     warmup: bool = True
     nfe_step: int = Field(default=7, ge=1, le=64)
     cfg_strength: float = Field(default=2.0, ge=0.0, le=10.0)

@@ -152,9 +152,16 @@ class Engine:
         self.vocoder = vocoder
         self.arch, self.checkpoint_path = arch, checkpoint
 
-        compile_mode = cfg.compile_mode if (cfg.compile and self.device.type == "cuda") else None
+        # CPU runs eager unless a tracing-only backend is asked for (tests of the compiled path).
+        compiling = cfg.compile and (self.device.type == "cuda" or cfg.compile_backend != "inductor")
+        compile_mode = cfg.compile_mode if compiling else None
         pad = cfg.pad_to_buckets == "always" or (cfg.pad_to_buckets == "auto" and compile_mode is not None)
-        self.sampler = FlowSampler(self.model, buckets=cfg.length_buckets if pad else None, compile_mode=compile_mode)
+        self.sampler = FlowSampler(
+            self.model,
+            buckets=cfg.length_buckets if pad else None,
+            compile_mode=compile_mode,
+            compile_backend=cfg.compile_backend,
+        )
         self.clock = ClockEmulator(cfg.emulate_clock_devfreq) if cfg.emulate_clock_devfreq else None
         if self.clock is not None:
             log.warning("clock emulation is on (testing only) %s", kv(devfreq=cfg.emulate_clock_devfreq))
@@ -442,7 +449,8 @@ class Engine:
             "demo": self.demo,
             "loaded": self.loaded,
             "compiled": bool(sampler and sampler.compiled),
-            "compile_mode": self.config.compile_mode if sampler and sampler.compile_mode else None,
+            "compile_mode": self.config.compile_mode if sampler and sampler.compiled else None,
+            "compile_backend": self.config.compile_backend if sampler and sampler.compiled else None,
             "buckets": list(sampler.buckets) if sampler else [],
             "recompiles_since_ready": self.recompiles_since_ready(),
             "warmup_seconds": round(self.warmup_report.seconds, 3) if self.warmup_report else None,

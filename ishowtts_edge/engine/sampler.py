@@ -66,6 +66,7 @@ class FlowSampler:
         *,
         buckets: list[int] | None = None,
         compile_mode: str | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         self.model = model
         self.transformer = model.transformer
@@ -86,9 +87,15 @@ class FlowSampler:
         self.compile_mode = compile_mode
         self._forward: Callable[..., torch.Tensor] = self._guided_dit
         self.compiled = False
+        self.compile_backend = compile_backend
         if compile_mode is not None and self.is_dit:
-            self._forward = torch.compile(self._guided_dit, mode=compile_mode, dynamic=False)
+            # dynamic=False: one graph per bucket, specialised and autotuned for that length.
+            options = {"mode": compile_mode} if compile_backend == "inductor" else {}
+            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=False, **options)
             self.compiled = True
+        elif compile_mode is not None:
+            log.warning("torch.compile skipped: only the DiT backbone has a compiled path %s",
+                        kv(backbone=type(self.transformer).__name__))
 
     def disable_compile(self) -> None:
         self._forward = self._guided_dit
