@@ -146,6 +146,9 @@ class EngineConfig(_Section):
     #: to, so a compiled transformer sees only these shapes; warm-up compiles each one.  Longer
     #: sequences run eager at their exact length.  Padding is exact only for models with
     #: text_mask_padding (F5TTS_v1_*); for others it is switched off.
+    #: CUDA only, with compile and buckets: capture each bucket's whole sampling loop at the
+    #: default nfe_step as one CUDA graph (engine/graphs.py); other step counts run per step.
+    cuda_graphs: bool = True
     length_buckets: list[int] = Field(default_factory=lambda: [512, 768, 1024, 1280, 1536, 2048, 2560])
     #: auto = pad to buckets only when the transformer is compiled (CUDA); always/never for testing
     #: and measurements.

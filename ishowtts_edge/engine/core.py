@@ -161,6 +161,7 @@ class Engine:
             buckets=cfg.length_buckets if pad else None,
             compile_mode=compile_mode,
             compile_backend=cfg.compile_backend,
+            cuda_graphs=cfg.cuda_graphs and self.device.type == "cuda" and compile_mode is not None,
         )
         self.clock = ClockEmulator(cfg.emulate_clock_devfreq) if cfg.emulate_clock_devfreq else None
         if self.clock is not None:
@@ -376,6 +377,8 @@ class Engine:
                 shapes.append(self._warm_once())
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        if sampler.graphs is not None:  # type: ignore[union-attr]
+            sampler.graphs.freeze()  # type: ignore[union-attr]
         self._counters_at_ready = compile_counters()
         report = WarmupReport(
             seconds=time.perf_counter() - started,
@@ -396,7 +399,10 @@ class Engine:
         vocab_size = max(len(self._vocab), 1)
         text = torch.randint(0, vocab_size, (1, max(1, frames // 6)), generator=generator, device=self.device)
         out = self.sampler.sample(  # type: ignore[union-attr]
-            cond, text, frames, steps=min(2, self.config.nfe_step), cfg_strength=self.config.cfg_strength,
+            cond, text, frames,
+            # With CUDA graphs the default step count is captured here; otherwise 2 steps compile as well.
+            steps=self.config.nfe_step if self.sampler.graphs is not None else min(2, self.config.nfe_step),  # type: ignore[union-attr]
+            cfg_strength=self.config.cfg_strength,
             sway_sampling_coef=self.config.sway_sampling_coef, generator=generator,
         )
         with torch.inference_mode():

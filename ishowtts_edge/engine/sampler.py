@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ishowtts_edge.engine.graphs import GraphedLoops
 from ishowtts_edge.engine.upstream import ensure_f5_model_importable
 from ishowtts_edge.logs import kv
 
@@ -67,6 +68,7 @@ class FlowSampler:
         buckets: list[int] | None = None,
         compile_mode: str | None = None,
         compile_backend: str = "inductor",
+        cuda_graphs: bool = False,
     ) -> None:
         self.model = model
         self.transformer = model.transformer
@@ -96,10 +98,14 @@ class FlowSampler:
         elif compile_mode is not None:
             log.warning("torch.compile skipped: only the DiT backbone has a compiled path %s",
                         kv(backbone=type(self.transformer).__name__))
+        # Whole-loop CUDA graphs need fixed shapes, so only with buckets (see graphs.py).
+        self.graphs = GraphedLoops(self._forward) if cuda_graphs and self.buckets and self.is_dit else None
 
     def disable_compile(self) -> None:
         self._forward = self._guided_dit
         self.compiled = False
+        if self.graphs is not None:
+            self.graphs = GraphedLoops(self._forward)
 
     def bucket_for(self, frames: int) -> int | None:
         """The smallest bucket holding ``frames``; None = run at the exact length."""
@@ -167,9 +173,23 @@ class FlowSampler:
             mask = (torch.arange(length, device=device) < duration).unsqueeze(0)
 
         t = epss_timesteps(steps, sway_sampling_coef, device, dtype)
-        velocity = self._velocity_fn(step_cond, text, length, cfg_strength, mask, padded is not None)
+        graphed = None
+        if self.graphs is not None and padded is not None and after_step is None and cfg_strength >= 1e-5:
+            tr = self.transformer
+            graphed = self.graphs.run(
+                y,
+                step_cond,
+                tr.text_embed(text, seq_len=length, drop_text=False),
+                tr.text_embed(text, seq_len=length, drop_text=True),
+                mask,
+                t,
+                cfg_strength,
+            )
+        if graphed is not None:
+            y = graphed
+        velocity = None if graphed is not None else self._velocity_fn(step_cond, text, length, cfg_strength, mask, padded is not None)
         timing = after_step is not None
-        for i in range(len(t) - 1):
+        for i in range(0 if graphed is not None else len(t) - 1):
             started = time.perf_counter() if timing else 0.0
             t0, t1 = t[i], t[i + 1]
             y = y + (t1 - t0) * velocity(t0.to(y.abs().dtype), y)
@@ -221,7 +241,12 @@ class FlowSampler:
         return guided
 
     def describe(self) -> dict[str, Any]:
-        return {"buckets": list(self.buckets), "exact_padding": self.exact_padding, "compiled": self.compiled}
+        return {
+            "buckets": list(self.buckets),
+            "exact_padding": self.exact_padding,
+            "compiled": self.compiled,
+            "cuda_graphs": [f"{n}x{steps}" for n, steps in self.graphs.keys()] if self.graphs is not None else None,
+        }
 
 
 def _dit_single(tr, x, cond, text_embed, time, mask):
