@@ -1,4 +1,10 @@
-"""Shared fixtures: a small random-weight checkpoint written through the engine's own save path."""
+"""Engine test helpers: a small random-weight checkpoint written through the engine's own save path.
+
+Kept out of conftest.py so that it merges cleanly beside other suites; test modules
+import the fixtures they use.  Torch runs single-threaded here: the models are tiny,
+and on a busy 2-core CI machine OpenMP threads spinning against each other made the
+suite several times slower.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from ishowtts_edge.config import EngineConfig, PathsConfig, Settings, VoiceConfig
 from ishowtts_edge.engine.demo import DemoBundle, synth_reference_wave, write_demo_bundle
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
