@@ -225,6 +225,18 @@ class Engine:
         return resampler(audio)
 
     def _prepare_voice(self, audio_bytes: bytes, ref_text: str, label: str) -> PreparedVoice:
+        """Prepare a reference; anything odd about the audio becomes BAD_REFERENCE, never a crash."""
+        try:
+            return self._prepare_voice_unchecked(audio_bytes, ref_text, label)
+        except (ServiceError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as exc:  # e.g. an absurd sample rate that the resampler refuses
+            log.warning("reference preparation failed %s", kv(voice=label, error=f"{type(exc).__name__}: {exc}"))
+            raise ServiceError(
+                ErrorCode.BAD_REFERENCE, f"{label} audio cannot be used: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _prepare_voice_unchecked(self, audio_bytes: bytes, ref_text: str, label: str) -> PreparedVoice:
         """upstream's reference path: clip, mono, loudness lift, 24 kHz, mel -- done once per voice."""
         decoded = decode_audio(audio_bytes, what=f"{label} audio")
         clipped = clip_reference(decoded, self.config.max_ref_seconds)
