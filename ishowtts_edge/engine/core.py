@@ -64,7 +64,8 @@ class VoicePrompt:
     cond: torch.Tensor  # (1, frames, n_mels), model dtype
     ref_audio_len: int  # samples // hop, as upstream counts it
     rms: torch.Tensor  # loudness before the lift to target_rms
-    prompt_text: str  # normalised transcript plus upstream's trailing space
+    ref_text: str  # the transcript with upstream's sentence stop (what sets the chunk size)
+    prompt_text: str  # ref_text plus upstream's trailing space (what is tokenised)
     prompt_tokens: list[str]
 
 
@@ -266,6 +267,7 @@ class Engine:
             cond=mel,
             ref_audio_len=audio.shape[-1] // self.arch.hop_length,  # type: ignore[union-attr]
             rms=rms,
+            ref_text=normalized,
             prompt_text=prompt_text,
             prompt_tokens=convert_char_to_pinyin([prompt_text])[0],
         )
@@ -367,8 +369,7 @@ class Engine:
         voice_seconds = time.perf_counter() - voice_started
         prompt: VoicePrompt = voice.payload
         opts = self._options(params)
-        normalized = normalize_ref_text(voice.ref_text)
-        chunks = chunk_text(params.text, max_chunk_bytes(normalized, voice.ref_seconds, opts["speed"]))
+        chunks = chunk_text(params.text, max_chunk_bytes(prompt.ref_text, voice.ref_seconds, opts["speed"]))
         if not chunks:
             raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
         sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
