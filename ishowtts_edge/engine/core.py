@@ -89,7 +89,10 @@ def _heartbeat(progress: Progress, message: str) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
-            progress(f"{message} ({time.monotonic() - started:.0f} s)")
+            try:
+                progress(f"{message} ({time.monotonic() - started:.0f} s)")
+            except Exception:  # a failing callback must not kill the heartbeat silently
+                log.exception("progress callback failed")
 
     progress(message)
     thread = threading.Thread(target=beat, name="engine-progress", daemon=True)
@@ -200,6 +203,11 @@ class Engine:
         with _heartbeat(progress, "preparing voices"):
             self.registry.configure(self.settings.voices, self._demo_voice_dir)
         self.loaded = True
+        if self.settings.default_voice not in {v["id"] for v in self.registry.list()}:
+            log.warning(
+                "default_voice is not a configured voice: requests without a voice will fail %s",
+                kv(default_voice=self.settings.default_voice),
+            )
         log.info(
             "engine loaded %s",
             kv(device=self.device.type, dtype=_dtype_name(self.dtype), model=arch.name, demo=self.demo,
