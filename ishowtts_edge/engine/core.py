@@ -12,11 +12,12 @@ tests compare against upstream).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,44 @@ class VoicePrompt:
     cond: torch.Tensor  # (1, frames, n_mels), model dtype
     ref_audio_len: int  # samples // hop, as upstream counts it
     rms: torch.Tensor  # loudness before the lift to target_rms
-    prompt_text: str  # normalised transcript plus upstream's trailing space
+    ref_text: str  # the transcript with upstream's sentence stop (what sets the chunk size)
+    prompt_text: str  # ref_text plus upstream's trailing space (what is tokenised)
     prompt_tokens: list[str]
 
 
 def _noop(_: str) -> None:
     pass
+
+
+#: Seconds between progress calls while one long step (a compile, a model load) runs.
+HEARTBEAT_S = 5.0
+
+
+@contextlib.contextmanager
+def _heartbeat(progress: Progress, message: str) -> Iterator[None]:
+    """Call ``progress`` now and then every few seconds from a helper thread until the step ends.
+
+    A max-autotune compile of one bucket can take minutes; systemd's start timeout is
+    extended only as long as the daemon keeps reporting.
+    """
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                progress(f"{message} ({time.monotonic() - started:.0f} s)")
+            except Exception:  # a failing callback must not kill the heartbeat silently
+                log.exception("progress callback failed")
+
+    progress(message)
+    thread = threading.Thread(target=beat, name="engine-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class Engine:
@@ -115,9 +148,9 @@ class Engine:
         self._resolve_device()
         cfg = self.config
         if self.demo:
-            progress("preparing the demo checkpoint")
             try:
-                bundle = ensure_demo_bundle(self.settings.paths.cache_dir)
+                with _heartbeat(progress, "preparing the demo checkpoint"):
+                    bundle = ensure_demo_bundle(self.settings.paths.cache_dir)
             except OSError as exc:
                 raise EngineLoadError(
                     f"{self.settings.paths.cache_dir}: cannot write the demo checkpoint: {exc}"
@@ -142,11 +175,11 @@ class Engine:
                     f"engine.vocoder_dir is not set and {vocoder_dir} does not exist: give the local Vocos "
                     "directory (config.yaml + pytorch_model.bin)"
                 )
-        progress(f"loading model {arch.name}")
-        self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+        with _heartbeat(progress, f"loading model {arch.name}"):
+            self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
         self._vocab = self.model.vocab_char_map or {}
-        progress("loading vocoder")
-        vocoder = load_vocos(vocoder_dir, self.device)
+        with _heartbeat(progress, "loading vocoder"):
+            vocoder = load_vocos(vocoder_dir, self.device)
         if self.dtype != torch.float32:
             vocoder.backbone.to(self.dtype)  # the ISTFT head stays float32
         self.vocoder = vocoder
@@ -167,10 +200,15 @@ class Engine:
         if self.clock is not None:
             log.warning("clock emulation is on (testing only) %s", kv(devfreq=cfg.emulate_clock_devfreq))
 
-        progress("preparing voices")
         self.registry = VoiceRegistry(self._prepare_voice, cfg.adhoc_voice_cache)
-        self.registry.configure(self.settings.voices, self._demo_voice_dir)
+        with _heartbeat(progress, "preparing voices"):
+            self.registry.configure(self.settings.voices, self._demo_voice_dir)
         self.loaded = True
+        if self.settings.default_voice not in {v["id"] for v in self.registry.list()}:
+            log.warning(
+                "default_voice is not a configured voice: requests without a voice will fail %s",
+                kv(default_voice=self.settings.default_voice),
+            )
         log.info(
             "engine loaded %s",
             kv(device=self.device.type, dtype=_dtype_name(self.dtype), model=arch.name, demo=self.demo,
@@ -197,6 +235,18 @@ class Engine:
         return resampler(audio)
 
     def _prepare_voice(self, audio_bytes: bytes, ref_text: str, label: str) -> PreparedVoice:
+        """Prepare a reference; anything odd about the audio becomes BAD_REFERENCE, never a crash."""
+        try:
+            return self._prepare_voice_unchecked(audio_bytes, ref_text, label)
+        except (ServiceError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as exc:  # e.g. an absurd sample rate that the resampler refuses
+            log.warning("reference preparation failed %s", kv(voice=label, error=f"{type(exc).__name__}: {exc}"))
+            raise ServiceError(
+                ErrorCode.BAD_REFERENCE, f"{label} audio cannot be used: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _prepare_voice_unchecked(self, audio_bytes: bytes, ref_text: str, label: str) -> PreparedVoice:
         """upstream's reference path: clip, mono, loudness lift, 24 kHz, mel -- done once per voice."""
         decoded = decode_audio(audio_bytes, what=f"{label} audio")
         clipped = clip_reference(decoded, self.config.max_ref_seconds)
@@ -226,6 +276,7 @@ class Engine:
             cond=mel,
             ref_audio_len=audio.shape[-1] // self.arch.hop_length,  # type: ignore[union-attr]
             rms=rms,
+            ref_text=normalized,
             prompt_text=prompt_text,
             prompt_tokens=convert_char_to_pinyin([prompt_text])[0],
         )
@@ -301,46 +352,55 @@ class Engine:
         }
 
     def synthesize(self, params: SynthesizeParams, ref: bytes | None = None) -> SynthesisResult:
-        """One request; ServiceError for unknown voices, bad references and CUDA OOM."""
+        """One request; ServiceError for unknown voices, bad references and CUDA OOM.
+
+        ``synthesis_seconds`` counts only the model work (chunks, vocoder, cross-fade), not
+        preparing a new voice or waiting for the engine, so the RTF the monitor tracks
+        reflects the hardware, not the request mix.
+        """
         self._require_loaded()
-        started = time.perf_counter()
+        try:
+            return self._synthesize(params, ref)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.warning("CUDA out of memory during synthesis %s", kv(chars=len(params.text)))
+            raise ServiceError(
+                ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this request; try a shorter text"
+            ) from None
+
+    def _synthesize(self, params: SynthesizeParams, ref: bytes | None) -> SynthesisResult:
         registry = self.registry
+        voice_started = time.perf_counter()
         if ref is not None:
             voice = registry.adhoc(ref, params.ref_text or "")  # type: ignore[union-attr]
         else:
             voice = registry.get(params.voice or self.settings.default_voice)  # type: ignore[union-attr]
+        voice_seconds = time.perf_counter() - voice_started
         prompt: VoicePrompt = voice.payload
         opts = self._options(params)
-        normalized = normalize_ref_text(voice.ref_text)
-        chunks = chunk_text(params.text, max_chunk_bytes(normalized, voice.ref_seconds, opts["speed"]))
+        chunks = chunk_text(params.text, max_chunk_bytes(prompt.ref_text, voice.ref_seconds, opts["speed"]))
         if not chunks:
             raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
+        sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
         with self._lock:
+            started = time.perf_counter()
             generator = torch.Generator(device=self.device).manual_seed(opts["seed"])
             waves, frames = [], 0
-            try:
-                for gen_text in chunks:
-                    wave, count = self._chunk(prompt, gen_text, opts, generator)
-                    waves.append(wave)
-                    frames += count
-            except torch.cuda.OutOfMemoryError:
-                waves.clear()
-                torch.cuda.empty_cache()
-                log.warning("CUDA out of memory during synthesis %s", kv(chars=len(params.text), chunks=len(chunks)))
-                raise ServiceError(
-                    ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this request; try a shorter text"
-                ) from None
-        sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
-        audio = cross_fade(waves, self.config.cross_fade_s, sample_rate)
-        audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+            for gen_text in chunks:
+                wave, count = self._chunk(prompt, gen_text, opts, generator)
+                waves.append(wave)
+                frames += count
+            audio = np.clip(cross_fade(waves, self.config.cross_fade_s, sample_rate), -1.0, 1.0).astype(np.float32)
+            elapsed = time.perf_counter() - started
         return SynthesisResult(
             audio=audio,
             sample_rate=sample_rate,
-            synthesis_seconds=time.perf_counter() - started,
+            synthesis_seconds=elapsed,
             mel_frames=frames,
             nfe_step=opts["nfe_step"],
             chunks=len(chunks),
             seed=opts["seed"],
+            voice_seconds=voice_seconds,
         )
 
     # -- warm-up ------------------------------------------------------------------------------------
@@ -358,9 +418,10 @@ class Engine:
                 pass
             elif sampler.buckets:  # type: ignore[union-attr]
                 for bucket in sampler.buckets:  # type: ignore[union-attr]
-                    progress(f"warming up {bucket} frames{' (compiling)' if sampler.compiled else ''}")
+                    message = f"warming up {bucket} frames{' (compiling)' if sampler.compiled else ''}"
                     try:
-                        self._warm_bucket(bucket)
+                        with _heartbeat(progress, message):
+                            self._warm_bucket(bucket)
                     except torch.cuda.OutOfMemoryError:
                         torch.cuda.empty_cache()
                         raise
@@ -370,11 +431,12 @@ class Engine:
                         error = f"torch.compile failed, running eager: {type(exc).__name__}: {exc}"[:500]
                         log.warning("%s", error)
                         sampler.disable_compile()  # type: ignore[union-attr]
-                        self._warm_bucket(bucket)
+                        with _heartbeat(progress, f"warming up {bucket} frames (eager)"):
+                            self._warm_bucket(bucket)
                     shapes.append(bucket)
             else:
-                progress("warming up")
-                shapes.append(self._warm_once())
+                with _heartbeat(progress, "warming up"):
+                    shapes.append(self._warm_once())
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         if sampler.graphs is not None:  # type: ignore[union-attr]
