@@ -149,7 +149,10 @@ class EngineConfig(_Section):
     #: CUDA only, with compile and buckets: capture each bucket's whole sampling loop at the
     #: default nfe_step as one CUDA graph (engine/graphs.py); other step counts run per step.
     cuda_graphs: bool = True
-    length_buckets: list[int] = Field(default_factory=lambda: [512, 768, 1024, 1280, 1536, 2048, 2560])
+    #: Compile once with a symbolic sequence length for all buckets (warm-up ~1 compile);
+    #: false = one specialised compile per bucket (warm-up grows with the bucket count).
+    compile_dynamic: bool = True
+    length_buckets: list[int] = Field(default_factory=lambda: list(range(256, 2561, 128)))
     #: auto = pad to buckets only when the transformer is compiled (CUDA); always/never for testing
     #: and measurements.
     pad_to_buckets: Literal["auto", "always", "never"] = "auto"

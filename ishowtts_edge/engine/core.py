@@ -195,6 +195,7 @@ class Engine:
             compile_mode=compile_mode,
             compile_backend=cfg.compile_backend,
             cuda_graphs=cfg.cuda_graphs and self.device.type == "cuda" and compile_mode is not None,
+            dynamic=cfg.compile_dynamic,
         )
         self.clock = ClockEmulator(cfg.emulate_clock_devfreq) if cfg.emulate_clock_devfreq else None
         if self.clock is not None:
@@ -434,6 +435,11 @@ class Engine:
                         with _heartbeat(progress, f"warming up {bucket} frames (eager)"):
                             self._warm_bucket(bucket)
                     shapes.append(bucket)
+                # One real request end to end: text front end (pinyin/jieba dictionaries load on
+                # first use), voice tensors and the vocoder, so the first request after READY
+                # costs what every later one does.
+                with _heartbeat(progress, "warming up the text front end"):
+                    self._warm_once()
             else:
                 with _heartbeat(progress, "warming up"):
                     shapes.append(self._warm_once())

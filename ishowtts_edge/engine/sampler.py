@@ -69,6 +69,7 @@ class FlowSampler:
         compile_mode: str | None = None,
         compile_backend: str = "inductor",
         cuda_graphs: bool = False,
+        dynamic: bool = False,
     ) -> None:
         self.model = model
         self.transformer = model.transformer
@@ -91,9 +92,10 @@ class FlowSampler:
         self.compiled = False
         self.compile_backend = compile_backend
         if compile_mode is not None and self.is_dit:
-            # dynamic=False: one graph per bucket, specialised and autotuned for that length.
+            # dynamic=True: one compile serves every bucket (the CUDA graphs then fix each shape);
+            # dynamic=False: one specialised, separately autotuned compile per bucket (slower warm-up).
             options = {"mode": compile_mode} if compile_backend == "inductor" else {}
-            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=False, **options)
+            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=dynamic, **options)
             self.compiled = True
         elif compile_mode is not None:
             log.warning("torch.compile skipped: only the DiT backbone has a compiled path %s",
