@@ -458,7 +458,8 @@ class Engine:
         vocab_size = max(len(self._vocab), 1)
         text = torch.randint(0, vocab_size, (1, max(1, frames // 6)), generator=generator, device=self.device)
         out = self.sampler.sample(  # type: ignore[union-attr]
-            cond, text, frames, steps=min(2, self.config.nfe_step), cfg_strength=self.config.cfg_strength,
+            # three calls: enough for cudagraph trees (reduce-overhead) to warm up, record and replay
+            cond, text, frames, steps=min(3, self.config.nfe_step), cfg_strength=self.config.cfg_strength,
             sway_sampling_coef=self.config.sway_sampling_coef, generator=generator,
         )
         with torch.inference_mode():

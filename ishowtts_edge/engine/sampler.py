@@ -172,7 +172,8 @@ class FlowSampler:
         for i in range(len(t) - 1):
             started = time.perf_counter() if timing else 0.0
             t0, t1 = t[i], t[i + 1]
-            y = y + (t1 - t0) * velocity(t0.to(y.abs().dtype), y)
+            # torchdiffeq casts t to y's (real) dtype before calling the model; dt stays in t's dtype
+            y = y + (t1 - t0) * velocity(t0.to(y.dtype), y)
             if timing:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
