@@ -175,11 +175,16 @@ class Engine:
                     f"engine.vocoder_dir is not set and {vocoder_dir} does not exist: give the local Vocos "
                     "directory (config.yaml + pytorch_model.bin)"
                 )
-        with _heartbeat(progress, f"loading model {arch.name}"):
-            self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+        try:
+            with _heartbeat(progress, f"loading model {arch.name}"):
+                self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+            with _heartbeat(progress, "loading vocoder"):
+                vocoder = load_vocos(vocoder_dir, self.device)
+        except torch.cuda.OutOfMemoryError:
+            self.model = None
+            torch.cuda.empty_cache()
+            raise EngineLoadError(f"{checkpoint}: not enough GPU memory to load {arch.name}") from None
         self._vocab = self.model.vocab_char_map or {}
-        with _heartbeat(progress, "loading vocoder"):
-            vocoder = load_vocos(vocoder_dir, self.device)
         if self.dtype != torch.float32:
             vocoder.backbone.to(self.dtype)  # the ISTFT head stays float32
         self.vocoder = vocoder

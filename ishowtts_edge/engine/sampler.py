@@ -75,9 +75,10 @@ class FlowSampler:
         self.exact_padding = self.is_dit and bool(getattr(self.transformer.text_embed, "mask_padding", False))
         self.buckets = sorted(set(buckets or [])) if self.exact_padding else []
         if buckets and not self.buckets:
+            reason = "only DiT has the masked path" if not self.is_dit else "text_mask_padding is false"
             log.warning(
                 "length buckets disabled: padding would change this model's output %s",
-                kv(backbone=type(self.transformer).__name__, text_mask_padding=False),
+                kv(backbone=type(self.transformer).__name__, reason=reason),
             )
         if self.buckets:
             # Padded frames must be masked out of attention; upstream passes no mask at batch 1,
