@@ -90,9 +90,11 @@ class FlowSampler:
         self.compiled = False
         self.compile_backend = compile_backend
         if compile_mode is not None and self.is_dit:
-            # dynamic=False: one graph per bucket, specialised and autotuned for that length.
+            # With buckets, dynamic=False: one graph per bucket, specialised and autotuned for that
+            # length.  Without, every new length would recompile, so let dynamo go dynamic.
             options = {"mode": compile_mode} if compile_backend == "inductor" else {}
-            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=False, **options)
+            dynamic = False if self.buckets else None
+            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=dynamic, **options)
             self.compiled = True
         elif compile_mode is not None:
             log.warning("torch.compile skipped: only the DiT backbone has a compiled path %s",
