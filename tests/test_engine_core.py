@@ -19,7 +19,7 @@ from ishowtts_edge.engine.core import Engine
 from ishowtts_edge.engine.demo import DEMO_ARCH, demo_bundle_valid, write_demo_bundle
 from ishowtts_edge.engine.sampler import FlowSampler, compile_counters
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
-from tests.engine_support import engine_settings, write_reference, tiny_bundle  # noqa: F401 (fixture)
+from tests.engine_support import engine_settings, tiny_bundle  # noqa: F401 (fixture)
 
 TEXT = "Hello world, this is a test of the engine."
 

@@ -175,11 +175,16 @@ class Engine:
                     f"engine.vocoder_dir is not set and {vocoder_dir} does not exist: give the local Vocos "
                     "directory (config.yaml + pytorch_model.bin)"
                 )
-        with _heartbeat(progress, f"loading model {arch.name}"):
-            self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+        try:
+            with _heartbeat(progress, f"loading model {arch.name}"):
+                self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+            with _heartbeat(progress, "loading vocoder"):
+                vocoder = load_vocos(vocoder_dir, self.device)
+        except torch.cuda.OutOfMemoryError:
+            self.model = None
+            torch.cuda.empty_cache()
+            raise EngineLoadError(f"{checkpoint}: not enough GPU memory to load {arch.name}") from None
         self._vocab = self.model.vocab_char_map or {}
-        with _heartbeat(progress, "loading vocoder"):
-            vocoder = load_vocos(vocoder_dir, self.device)
         if self.dtype != torch.float32:
             vocoder.backbone.to(self.dtype)  # the ISTFT head stays float32
         self.vocoder = vocoder
@@ -468,8 +473,9 @@ class Engine:
         text = torch.randint(0, vocab_size, (1, max(1, frames // 6)), generator=generator, device=self.device)
         out = self.sampler.sample(  # type: ignore[union-attr]
             cond, text, frames,
-            # With CUDA graphs the default step count is captured here; otherwise 2 steps compile as well.
-            steps=self.config.nfe_step if self.sampler.graphs is not None else min(2, self.config.nfe_step),  # type: ignore[union-attr]
+            # With CUDA graphs the default step count is captured here; otherwise three calls:
+            # enough for cudagraph trees (reduce-overhead) to warm up, record and replay.
+            steps=self.config.nfe_step if self.sampler.graphs is not None else min(3, self.config.nfe_step),  # type: ignore[union-attr]
             cfg_strength=self.config.cfg_strength,
             sway_sampling_coef=self.config.sway_sampling_coef, generator=generator,
         )
