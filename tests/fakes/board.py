@@ -93,8 +93,8 @@ class FakeBoard:
     def set_temp(self, zone: str, celsius: float | None) -> None:
         """``None`` makes the zone's temp unreadable (EINVAL-like read error) as an idle GPU's is."""
         path = self._zone(zone) / "temp"
-        if path.is_symlink() or path.is_dir():
-            path.unlink() if path.is_symlink() else path.rmdir()
+        if path.is_symlink() or path.exists():
+            path.unlink()
         if celsius is None:
             path.symlink_to(path.parent / "does-not-exist")
         else:
