@@ -636,15 +636,18 @@ def serve_connection(conn: socket.socket, hardware: Hardware) -> dict[str, Any]:
 def listen(path: Path, hardware: Hardware, *, mode: int = 0o660, group: str | int | None = None,
            stop: threading.Event | None = None) -> None:
     """Standalone server (tests, non-systemd hosts): one thread per connection."""
-    if path.is_socket():
-        path.unlink()
+    # Bind and listen under a temporary name, then rename: a client that sees the path
+    # must never meet a bound-but-not-listening socket (ECONNREFUSED) or loose permissions.
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    os.chmod(path, mode)
+    server.bind(str(staging))
+    os.chmod(staging, mode)
     if group is not None:
         gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
-        os.chown(path, -1, gid)
+        os.chown(staging, -1, gid)
     server.listen(16)
+    os.replace(staging, path)
     server.settimeout(0.5)
     log.info("listening on %s", path)
     try:

@@ -240,9 +240,9 @@ def test_socket_permissions_keep_others_out_before_peercred(world_tmp, users):
     require_root()
     board = FakeBoard(world_tmp)
     config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state", allowed_groups=[users.group])
-    helper = HelperProcess(config, socket_mode="0660")
+    helper = HelperProcess(config, socket_mode="0660", socket_group=users.group)
     try:
-        os.chown(helper.socket, 0, users.gid)
+        assert (helper.socket.stat().st_mode & 0o777, helper.socket.stat().st_gid) == (0o660, users.gid)
         reply = raw_request(users.outsider, user_python(users.outsider), helper.socket, '{"action": "query"}')
         assert reply == {"connect_error": "PermissionError"}
         reply = raw_request(users.member, user_python(users.member), helper.socket, '{"action": "query"}')

@@ -142,7 +142,7 @@ def write_helper_config(path: Path, board, state_dir: Path, **overrides) -> Path
 class HelperProcess:
     """``python -m ishowtts_edge.hwctl --listen SOCK`` as root, in a world-traversable temp dir."""
 
-    def __init__(self, config: Path, socket_mode: str = "0666"):
+    def __init__(self, config: Path, socket_mode: str = "0666", socket_group: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="hwctl-"))
         self.dir.chmod(0o755)
         self.socket = self.dir / "hwctl.sock"
@@ -150,7 +150,8 @@ class HelperProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ishowtts_edge.hwctl", "--listen", str(self.socket),
-             "--config", str(config), "--socket-mode", socket_mode],
+             "--config", str(config), "--socket-mode", socket_mode,
+             *(["--socket-group", socket_group] if socket_group else [])],
             env=repo_env(), stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
