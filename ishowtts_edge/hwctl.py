@@ -457,11 +457,11 @@ class Hardware:
         boot_id = _boot_id()
         if store.is_file() and boot_file.is_file() and boot_file.read_text().strip() == boot_id:
             return {"stored": False, "store": str(store), "note": "kept the state stored earlier this boot"}
+        for stale in (store, boot_file):
+            stale.unlink(missing_ok=True)  # an earlier boot's state; also --store would ask to overwrite
         if locked_now:
             return {"stored": False, "store": None, "note": "clocks were already locked before the first apply; nothing to store"}
         self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for stale in (store, boot_file):
-            stale.unlink(missing_ok=True)  # else --store asks to overwrite and, with no stdin, fails
         result = self._run(self.settings.jetson_clocks, "--store", str(store))
         _check_exit(result)
         errors = _error_lines(result.text)

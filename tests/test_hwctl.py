@@ -358,3 +358,28 @@ def test_client_times_out_on_a_silent_helper(tmp_path):
         with pytest.raises(HelperError) as info:
             client.query()
     assert info.value.kind == "timeout"
+
+
+def test_store_is_per_boot_and_skipped_when_clocks_were_already_locked(tmp_path, monkeypatch):
+    """Runs the helper's actions in-process (as root) to swap the boot id."""
+    require_root()
+    from ishowtts_edge import hwctl
+
+    board = FakeBoard(tmp_path, power_mode="MAXN")
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("boot-1\n")
+    monkeypatch.setattr(hwctl, "BOOT_ID_PATH", boot_id)
+    settings = hwctl.HelperSettings.load(write_helper_config(tmp_path / "hwctl.toml", board, tmp_path / "state"))
+    hardware = hwctl.Hardware(settings)
+    assert hardware.apply()["store"]["stored"] is True
+    assert hardware.apply()["store"]["stored"] is False  # same boot: kept
+
+    boot_id.write_text("boot-2\n")  # a reboot; say something locked the clocks before us
+    result = hardware.apply()
+    assert result["store"] == {
+        "stored": False, "store": None, "note": "clocks were already locked before the first apply; nothing to store"
+    }
+    assert not hardware.store_path().exists()  # the earlier boot's state is gone
+    with pytest.raises(hwctl.HwctlError) as info:
+        hardware.restore()
+    assert info.value.kind == "no_store"
