@@ -339,13 +339,30 @@ class JtopSource(TelemetrySource):
         self.throttle = ThrottleDetector(cfg.hot_tj_c)
         self.jetson: Any = None
 
+    #: How long connecting may take before the attempt counts as failed.
+    START_TIMEOUT_S = 15.0
+
     def open(self) -> None:
         jetson = self.factory(self.cfg.interval_s)
-        try:
-            jetson.start()
-        except Exception as exc:  # JtopException and the socket errors it lets through
+        # Connect from a fresh thread every time: multiprocessing's proxies cache one
+        # connection per thread and address, so after jtop.service restarts, a retry from
+        # the same thread reuses the dead connection and fails with BrokenPipeError
+        # (observed with jetson-stats 7.2.2 and a restarted service).
+        failure: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                jetson.start()
+            except BaseException as exc:  # noqa: BLE001 - JtopException and the socket errors it lets through
+                failure.append(exc)
+
+        thread = threading.Thread(target=connect, name="jtop-connect", daemon=True)
+        thread.start()
+        thread.join(self.START_TIMEOUT_S)
+        if thread.is_alive() or failure:
             _close_quietly(jetson)
-            raise SourceUnavailable(_first_line(exc)) from None
+            reason = _first_line(failure[0]) if failure else f"no answer within {self.START_TIMEOUT_S:g} s"
+            raise SourceUnavailable(reason)
         self.jetson = jetson
         self.throttle.reset()
 

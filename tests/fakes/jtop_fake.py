@@ -1,15 +1,13 @@
 """A stand-in for jetson-stats' ``jtop`` client, reading a FakeBoard.
 
-Why not the real jtop.service: it hard-codes /run/jtop.sock, /usr/bin/jetson_clocks,
-/fake_sys and /sys/devices/virtual/thermal, so running it needs a mount namespace
-with overlays over /usr/bin, /etc, /run and /sys (reference section 2) and ~4 s per
-start; that did not fit this CI budget.  Instead this object reproduces the client's
-observable behaviour from reference section 1: start() errors with jtop's own
-JtopException texts, ok() blocking for the next sample and raising
-``Lost connection with jtop server`` after the service dies, and property shapes
-and units (kHz, mW, degC, -256 for offline zones) as dumped from jetson-stats 7.2.2.
-The real client is still exercised where it can be: with no service at all
-(test_telemetry.py::test_real_jtop_client_without_service_falls_back_to_sysfs).
+The real client and service are exercised in test_telemetry_jtop_service.py (a mount
+namespace, root only, a few seconds).  This stand-in keeps the fast unit tests of the
+error paths (version mismatch, service death and restart, mapping of every field)
+independent of root and namespaces.  It reproduces the client's observable behaviour
+from reference section 1: start() errors with jtop's own JtopException texts, ok()
+blocking for the next sample and raising ``Lost connection with jtop server`` after the
+service dies, and the property shapes and units (kHz, mW, degC, -256 for offline zones)
+that jetson-stats 7.2.2 returned against this same fake board.
 """
 
 from __future__ import annotations
