@@ -68,6 +68,18 @@ def helper_factory(world_tmp):
         helper.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_helper(users):
+    """One board + helper for the many refusal cases (a helper start costs ~0.5 s on CI)."""
+    base = Path(tempfile.mkdtemp(prefix="ihwt-"))
+    base.chmod(0o755)
+    board = FakeBoard(base, power_mode="MODE_50W")
+    helper = start_helper(base, board, users)
+    yield board, helper
+    helper.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
 def client_for(helper: HelperProcess, **cfg) -> HelperClient:
     return HelperClient(HardwareConfig(helper_socket=helper.socket, helper_timeout_s=60, **cfg))
 
@@ -196,9 +208,8 @@ def test_unknown_mode_name_lists_the_boards_modes(world_tmp, helper_factory):
         '{"action": "query", "x": "' + "a" * 5000 + '"}',
     ],
 )
-def test_anything_outside_the_protocol_is_refused(world_tmp, helper_factory, users, line):
-    board = FakeBoard(world_tmp, power_mode="MODE_50W")
-    helper = helper_factory(board, users)
+def test_anything_outside_the_protocol_is_refused(shared_helper, users, line):
+    board, helper = shared_helper
     reply = raw_request(users.member, user_python(users.member), helper.socket, line)
     assert reply["ok"] is False
     assert reply["error"]["kind"] in ("refused", "bad_request")

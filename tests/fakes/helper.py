@@ -7,6 +7,7 @@ client runs under setpriv with their uid/gid.  Everything that needs root skips
 
 from __future__ import annotations
 
+import functools
 import grp
 import json
 import os
@@ -62,7 +63,7 @@ def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-@dataclass
+@dataclass(frozen=True)
 class User:
     name: str
     uid: int
@@ -100,6 +101,7 @@ def create_users() -> TestUsers:
     return users
 
 
+@functools.lru_cache(maxsize=None)
 def user_python(user: User) -> str:
     """An interpreter the user can execute (the venv may live under a 0700 /root)."""
     for candidate in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
