@@ -24,6 +24,8 @@ The peer is identified by SO_PEERCRED, which the kernel fills in at connect time
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import grp
 import json
 import logging
@@ -380,7 +382,19 @@ class Hardware:
 
     def __init__(self, settings: HelperSettings):
         self.settings = settings
-        self._lock = threading.Lock()  # apply/restore from two connections must not interleave
+        self._lock = threading.Lock()  # --listen: connections are threads of one process
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """apply/restore must not interleave.  With Accept=yes every connection is its own
+        process, so a thread lock is not enough: flock a file in the state directory."""
+        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self._lock, open(self.settings.state_dir / "lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _run(self, tool: Path, *args: str, stdin_text: str | None = None) -> ToolOutput:
         return run_tool([str(tool), *args], self.settings.timeout_s, stdin_text)
@@ -485,7 +499,7 @@ class Hardware:
         return {"changed": True, "reboot_required": False}
 
     def apply(self, wanted: str | int | None = None) -> dict[str, Any]:
-        with self._lock:
+        with self._exclusive():
             target = self.resolve_mode(wanted)
             before = self.query()
             store = self._store_once(before["clocks_locked"])
@@ -517,7 +531,7 @@ class Hardware:
             }
 
     def restore(self) -> dict[str, Any]:
-        with self._lock:
+        with self._exclusive():
             store = self.store_path()
             if not store.is_file():
                 raise HwctlError("no_store", f"no stored clock state at {store}: apply has not stored one")

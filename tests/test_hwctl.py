@@ -394,3 +394,16 @@ def test_store_is_per_boot_and_skipped_when_clocks_were_already_locked(tmp_path,
     with pytest.raises(hwctl.HwctlError) as info:
         hardware.restore()
     assert info.value.kind == "no_store"
+
+
+def test_helper_imports_nothing_heavy():
+    """The root helper must stay small to audit and quick to start."""
+    code = (
+        "import sys, ishowtts_edge.hwctl\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'pydantic', 'pydantic_settings', 'numpy', 'zmq', 'jtop'))\n"
+        "own = sorted(m for m in sys.modules if m.startswith('ishowtts_edge.') and m != 'ishowtts_edge.hwctl')\n"
+        "print(heavy, own)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=repo_env(), timeout=60)
+    assert done.stdout.strip() == "[] []", done.stdout + done.stderr
