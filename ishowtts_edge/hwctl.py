@@ -722,7 +722,32 @@ def call(socket_path: Path | str, request: dict[str, Any], timeout_s: float) -> 
 # --------------------------------------------------------------------------- entry point
 
 
-def _log_setup(verbose: bool) -> None:
+def _stderr_is_the_connection() -> bool:
+    """With StandardInput=socket and no StandardError=journal, systemd points stderr at the
+    connection too; a log line there would corrupt the one-line reply."""
+    try:
+        err, conn = os.fstat(2), os.fstat(0)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(err.st_mode) and (err.st_dev, err.st_ino) == (conn.st_dev, conn.st_ino)
+
+
+def _log_setup(verbose: bool, stdio: bool = False) -> None:
+    if stdio and _stderr_is_the_connection():
+        import logging.handlers
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # nothing but the reply may reach the peer, not even a traceback
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        logging.raiseExceptions = False
+        try:
+            handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+        except OSError:
+            handler = logging.NullHandler()
+        logging.getLogger().handlers[:] = [handler]
+        logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+        return
     handler = logging.StreamHandler(sys.stderr)
     # same <N> syslog prefixes as the daemon (ishowtts_edge.logs), without importing it
     levels = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -756,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give exactly one of: an action, --stdio, --listen PATH")
     if args.power_mode is not None and args.action != "apply":
         parser.error("--power-mode only goes with apply")
-    _log_setup(args.verbose)
+    _log_setup(args.verbose, stdio=args.stdio)
 
     try:
         settings = HelperSettings.load(args.config)

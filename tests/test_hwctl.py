@@ -278,9 +278,10 @@ def test_stdio_mode_serves_one_accepted_connection(world_tmp):
         client.connect(str(path))
         conn, _ = listener.accept()
         with conn, client:
+            # stdout and stderr on the connection too: systemd's default with StandardInput=socket
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ishowtts_edge.hwctl", "--stdio", "--config", str(config)],
-                stdin=conn.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=repo_env(),
+                stdin=conn.fileno(), stdout=conn.fileno(), stderr=conn.fileno(), env=repo_env(),
             )
             client.sendall(b'{"action": "apply"}\n')
             client.settimeout(60)
@@ -290,8 +291,8 @@ def test_stdio_mode_serves_one_accepted_connection(world_tmp):
                 if not chunk:
                     break
                 data += chunk
-            assert proc.wait(60) == 0, proc.stderr.read()
-            proc.stderr.close()
+            assert proc.wait(60) == 0, data
+    assert data.count(b"\n") == 1, data  # exactly the reply: no log lines mixed in
     reply = json.loads(data)
     assert reply["ok"] is True and reply["action"] == "apply"
     assert board.power_mode() == (0, "MAXN") and board.clocks_locked()
