@@ -734,7 +734,7 @@ def _stderr_is_the_connection() -> bool:
 
 def _log_setup(verbose: bool, stdio: bool = False) -> None:
     if stdio and _stderr_is_the_connection():
-        import logging.handlers
+        from logging.handlers import SysLogHandler
 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)  # nothing but the reply may reach the peer, not even a traceback
@@ -742,7 +742,7 @@ def _log_setup(verbose: bool, stdio: bool = False) -> None:
         os.close(devnull)
         logging.raiseExceptions = False
         try:
-            handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler: logging.Handler = SysLogHandler(address="/dev/log")
         except OSError:
             handler = logging.NullHandler()
         logging.getLogger().handlers[:] = [handler]

@@ -156,8 +156,9 @@ class HelperProcess:
         deadline = time.monotonic() + 20
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                output = self.log()
                 self.stop()
-                raise RuntimeError(f"hwctl did not start: {self.log()}")
+                raise RuntimeError(f"hwctl did not start: {output}")
             time.sleep(0.02)
 
     def log(self) -> str:
