@@ -72,12 +72,14 @@ def helper_factory(world_tmp):
 def shared_helper(users):
     """One board + helper for the many refusal cases (a helper start costs ~0.5 s on CI)."""
     base = Path(tempfile.mkdtemp(prefix="ihwt-"))
-    base.chmod(0o755)
-    board = FakeBoard(base, power_mode="MODE_50W")
-    helper = start_helper(base, board, users)
-    yield board, helper
-    helper.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        base.chmod(0o755)
+        board = FakeBoard(base, power_mode="MODE_50W")
+        helper = start_helper(base, board, users)
+        yield board, helper
+        helper.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def client_for(helper: HelperProcess, **cfg) -> HelperClient:
