@@ -195,11 +195,23 @@ class HardwareConfig(_Section):
 
 
 class TelemetryConfig(_Section):
+    """Clocks, thermals and power sampling (ishowtts_edge.telemetry)."""
+
     interval_s: float = Field(default=1.0, ge=0.05, le=60)
     #: Tried in order; the first that works is used, the next on failure.
     sources: list[Literal["jtop", "sysfs", "nvml"]] = ["jtop", "sysfs", "nvml"]
     #: Root of the sysfs tree (tests point this at a fake board).
     sysfs_root: Path = Path("/")
+    #: Seconds of samples kept for nearest(); covers a long synthesis plus slack.
+    buffer_s: float = Field(default=300.0, ge=5, le=3600)
+    #: latest() returns None once the newest sample is this old: stale data is not shown as live.
+    stale_after_s: float = Field(default=10.0, gt=0)
+    #: A failed source is retried after this many seconds, doubling up to reconnect_max_s.
+    reconnect_min_s: float = Field(default=2.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    #: tj at or above this (deg C) while the GPU runs below its minimum counts as thermal throttling.
+    #: Orin's software throttling starts in the mid 90s; this flags the approach.
+    hot_tj_c: float = Field(default=90.0, gt=0, le=150)
 
 
 class MonitorConfig(_Section):

@@ -24,6 +24,8 @@ The peer is identified by SO_PEERCRED, which the kernel fills in at connect time
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import grp
 import json
 import logging
@@ -380,7 +382,19 @@ class Hardware:
 
     def __init__(self, settings: HelperSettings):
         self.settings = settings
-        self._lock = threading.Lock()  # apply/restore from two connections must not interleave
+        self._lock = threading.Lock()  # --listen: connections are threads of one process
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """apply/restore must not interleave.  With Accept=yes every connection is its own
+        process, so a thread lock is not enough: flock a file in the state directory."""
+        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self._lock, open(self.settings.state_dir / "lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _run(self, tool: Path, *args: str, stdin_text: str | None = None) -> ToolOutput:
         return run_tool([str(tool), *args], self.settings.timeout_s, stdin_text)
@@ -457,11 +471,11 @@ class Hardware:
         boot_id = _boot_id()
         if store.is_file() and boot_file.is_file() and boot_file.read_text().strip() == boot_id:
             return {"stored": False, "store": str(store), "note": "kept the state stored earlier this boot"}
+        for stale in (store, boot_file):
+            stale.unlink(missing_ok=True)  # an earlier boot's state; also --store would ask to overwrite
         if locked_now:
             return {"stored": False, "store": None, "note": "clocks were already locked before the first apply; nothing to store"}
         self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for stale in (store, boot_file):
-            stale.unlink(missing_ok=True)  # else --store asks to overwrite and, with no stdin, fails
         result = self._run(self.settings.jetson_clocks, "--store", str(store))
         _check_exit(result)
         errors = _error_lines(result.text)
@@ -485,7 +499,7 @@ class Hardware:
         return {"changed": True, "reboot_required": False}
 
     def apply(self, wanted: str | int | None = None) -> dict[str, Any]:
-        with self._lock:
+        with self._exclusive():
             target = self.resolve_mode(wanted)
             before = self.query()
             store = self._store_once(before["clocks_locked"])
@@ -517,7 +531,7 @@ class Hardware:
             }
 
     def restore(self) -> dict[str, Any]:
-        with self._lock:
+        with self._exclusive():
             store = self.store_path()
             if not store.is_file():
                 raise HwctlError("no_store", f"no stored clock state at {store}: apply has not stored one")
@@ -636,15 +650,18 @@ def serve_connection(conn: socket.socket, hardware: Hardware) -> dict[str, Any]:
 def listen(path: Path, hardware: Hardware, *, mode: int = 0o660, group: str | int | None = None,
            stop: threading.Event | None = None) -> None:
     """Standalone server (tests, non-systemd hosts): one thread per connection."""
-    if path.is_socket():
-        path.unlink()
+    # Bind and listen under a temporary name, then rename: a client that sees the path
+    # must never meet a bound-but-not-listening socket (ECONNREFUSED) or loose permissions.
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    os.chmod(path, mode)
+    server.bind(str(staging))
+    os.chmod(staging, mode)
     if group is not None:
         gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
-        os.chown(path, -1, gid)
+        os.chown(staging, -1, gid)
     server.listen(16)
+    os.replace(staging, path)
     server.settimeout(0.5)
     log.info("listening on %s", path)
     try:
@@ -705,7 +722,32 @@ def call(socket_path: Path | str, request: dict[str, Any], timeout_s: float) -> 
 # --------------------------------------------------------------------------- entry point
 
 
-def _log_setup(verbose: bool) -> None:
+def _stderr_is_the_connection() -> bool:
+    """With StandardInput=socket and no StandardError=journal, systemd points stderr at the
+    connection too; a log line there would corrupt the one-line reply."""
+    try:
+        err, conn = os.fstat(2), os.fstat(0)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(err.st_mode) and (err.st_dev, err.st_ino) == (conn.st_dev, conn.st_ino)
+
+
+def _log_setup(verbose: bool, stdio: bool = False) -> None:
+    if stdio and _stderr_is_the_connection():
+        from logging.handlers import SysLogHandler
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # nothing but the reply may reach the peer, not even a traceback
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        logging.raiseExceptions = False
+        try:
+            handler: logging.Handler = SysLogHandler(address="/dev/log")
+        except OSError:
+            handler = logging.NullHandler()
+        logging.getLogger().handlers[:] = [handler]
+        logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+        return
     handler = logging.StreamHandler(sys.stderr)
     # same <N> syslog prefixes as the daemon (ishowtts_edge.logs), without importing it
     levels = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -739,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give exactly one of: an action, --stdio, --listen PATH")
     if args.power_mode is not None and args.action != "apply":
         parser.error("--power-mode only goes with apply")
-    _log_setup(args.verbose)
+    _log_setup(args.verbose, stdio=args.stdio)
 
     try:
         settings = HelperSettings.load(args.config)

@@ -68,6 +68,20 @@ def helper_factory(world_tmp):
         helper.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_helper(users):
+    """One board + helper for the many refusal cases (a helper start costs ~0.5 s on CI)."""
+    base = Path(tempfile.mkdtemp(prefix="ihwt-"))
+    try:
+        base.chmod(0o755)
+        board = FakeBoard(base, power_mode="MODE_50W")
+        helper = start_helper(base, board, users)
+        yield board, helper
+        helper.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def client_for(helper: HelperProcess, **cfg) -> HelperClient:
     return HelperClient(HardwareConfig(helper_socket=helper.socket, helper_timeout_s=60, **cfg))
 
@@ -196,9 +210,8 @@ def test_unknown_mode_name_lists_the_boards_modes(world_tmp, helper_factory):
         '{"action": "query", "x": "' + "a" * 5000 + '"}',
     ],
 )
-def test_anything_outside_the_protocol_is_refused(world_tmp, helper_factory, users, line):
-    board = FakeBoard(world_tmp, power_mode="MODE_50W")
-    helper = helper_factory(board, users)
+def test_anything_outside_the_protocol_is_refused(shared_helper, users, line):
+    board, helper = shared_helper
     reply = raw_request(users.member, user_python(users.member), helper.socket, line)
     assert reply["ok"] is False
     assert reply["error"]["kind"] in ("refused", "bad_request")
@@ -240,9 +253,9 @@ def test_socket_permissions_keep_others_out_before_peercred(world_tmp, users):
     require_root()
     board = FakeBoard(world_tmp)
     config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state", allowed_groups=[users.group])
-    helper = HelperProcess(config, socket_mode="0660")
+    helper = HelperProcess(config, socket_mode="0660", socket_group=users.group)
     try:
-        os.chown(helper.socket, 0, users.gid)
+        assert (helper.socket.stat().st_mode & 0o777, helper.socket.stat().st_gid) == (0o660, users.gid)
         reply = raw_request(users.outsider, user_python(users.outsider), helper.socket, '{"action": "query"}')
         assert reply == {"connect_error": "PermissionError"}
         reply = raw_request(users.member, user_python(users.member), helper.socket, '{"action": "query"}')
@@ -267,9 +280,10 @@ def test_stdio_mode_serves_one_accepted_connection(world_tmp):
         client.connect(str(path))
         conn, _ = listener.accept()
         with conn, client:
+            # stdout and stderr on the connection too: systemd's default with StandardInput=socket
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ishowtts_edge.hwctl", "--stdio", "--config", str(config)],
-                stdin=conn.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=repo_env(),
+                stdin=conn.fileno(), stdout=conn.fileno(), stderr=conn.fileno(), env=repo_env(),
             )
             client.sendall(b'{"action": "apply"}\n')
             client.settimeout(60)
@@ -279,8 +293,8 @@ def test_stdio_mode_serves_one_accepted_connection(world_tmp):
                 if not chunk:
                     break
                 data += chunk
-            assert proc.wait(60) == 0, proc.stderr.read()
-            proc.stderr.close()
+            assert proc.wait(60) == 0, data
+    assert data.count(b"\n") == 1, data  # exactly the reply: no log lines mixed in
     reply = json.loads(data)
     assert reply["ok"] is True and reply["action"] == "apply"
     assert board.power_mode() == (0, "MAXN") and board.clocks_locked()
@@ -358,3 +372,41 @@ def test_client_times_out_on_a_silent_helper(tmp_path):
         with pytest.raises(HelperError) as info:
             client.query()
     assert info.value.kind == "timeout"
+
+
+def test_store_is_per_boot_and_skipped_when_clocks_were_already_locked(tmp_path, monkeypatch):
+    """Runs the helper's actions in-process (as root) to swap the boot id."""
+    require_root()
+    from ishowtts_edge import hwctl
+
+    board = FakeBoard(tmp_path, power_mode="MAXN")
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("boot-1\n")
+    monkeypatch.setattr(hwctl, "BOOT_ID_PATH", boot_id)
+    settings = hwctl.HelperSettings.load(write_helper_config(tmp_path / "hwctl.toml", board, tmp_path / "state"))
+    hardware = hwctl.Hardware(settings)
+    assert hardware.apply()["store"]["stored"] is True
+    assert hardware.apply()["store"]["stored"] is False  # same boot: kept
+
+    boot_id.write_text("boot-2\n")  # a reboot; say something locked the clocks before us
+    result = hardware.apply()
+    assert result["store"] == {
+        "stored": False, "store": None, "note": "clocks were already locked before the first apply; nothing to store"
+    }
+    assert not hardware.store_path().exists()  # the earlier boot's state is gone
+    with pytest.raises(hwctl.HwctlError) as info:
+        hardware.restore()
+    assert info.value.kind == "no_store"
+
+
+def test_helper_imports_nothing_heavy():
+    """The root helper must stay small to audit and quick to start."""
+    code = (
+        "import sys, ishowtts_edge.hwctl\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'pydantic', 'pydantic_settings', 'numpy', 'zmq', 'jtop'))\n"
+        "own = sorted(m for m in sys.modules if m.startswith('ishowtts_edge.') and m != 'ishowtts_edge.hwctl')\n"
+        "print(heavy, own)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=repo_env(), timeout=60)
+    assert done.stdout.strip() == "[] []", done.stdout + done.stderr

@@ -93,8 +93,8 @@ class FakeBoard:
     def set_temp(self, zone: str, celsius: float | None) -> None:
         """``None`` makes the zone's temp unreadable (EINVAL-like read error) as an idle GPU's is."""
         path = self._zone(zone) / "temp"
-        if path.is_symlink() or path.is_dir():
-            path.unlink() if path.is_symlink() else path.rmdir()
+        if path.is_symlink() or path.exists():
+            path.unlink()
         if celsius is None:
             path.symlink_to(path.parent / "does-not-exist")
         else:
@@ -260,6 +260,7 @@ class FakeBoard:
                 put(hw / f"curr{n}_crit", 30000)
                 put(hw / f"curr{n}_max_alarm", 0)
                 put(hw / f"curr{n}_crit_alarm", 0)
+            put(dev / "name", "ina3221")  # the i2c device's own name file, which jtop matches
             put(hw / "in7_label", "sum of shunt voltages")
             put(hw / "in7_input", 0)
             link(self.root / "sys/bus/i2c/devices" / addr, dev)
@@ -271,6 +272,13 @@ class FakeBoard:
         hwmons.append(lay.oc_hwmon)
         for hw in hwmons:
             link(self.root / "sys/class/hwmon" / hw.name, hw)
+
+        # What jetson-stats' JTOP_TESTING mode reads besides sysfs proper (/fake_sys/stat is
+        # its stand-in for /proc/stat; DMI is how it names an x86 "board").
+        stat_lines = ["cpu  100 0 100 10000 0 0 0 0 0 0"] + [f"cpu{c} 10 0 10 1000 0 0 0 0 0 0" for c in range(orin.CPUS)]
+        put(self.root / "sys/stat", "\n".join(stat_lines))
+        put(self.root / "sys/devices/virtual/dmi/id/product_name", "FakeBoard")
+        (self.root / "sys/class/power_supply").mkdir(parents=True, exist_ok=True)
 
         # nvpmodel's persistent status and config (the sysfs source reads mode names from it)
         put(lay.nvpmodel_status, f"pmode:{orin.DEFAULT_MODE:04d} fmode:cool")

@@ -7,6 +7,7 @@ client runs under setpriv with their uid/gid.  Everything that needs root skips
 
 from __future__ import annotations
 
+import functools
 import grp
 import json
 import os
@@ -49,9 +50,6 @@ print(buf.decode().strip() or json.dumps({"closed": True}))
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: runs the root helper, creates users and switches uid (CI runs as root)")
-    for tool in ("useradd", "userdel", "groupadd", "groupdel", "setpriv"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} to create an unprivileged peer")
 
 
 def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -62,7 +60,7 @@ def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-@dataclass
+@dataclass(frozen=True)
 class User:
     name: str
     uid: int
@@ -100,6 +98,7 @@ def create_users() -> TestUsers:
     return users
 
 
+@functools.lru_cache(maxsize=None)
 def user_python(user: User) -> str:
     """An interpreter the user can execute (the venv may live under a 0700 /root)."""
     for candidate in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
@@ -142,7 +141,7 @@ def write_helper_config(path: Path, board, state_dir: Path, **overrides) -> Path
 class HelperProcess:
     """``python -m ishowtts_edge.hwctl --listen SOCK`` as root, in a world-traversable temp dir."""
 
-    def __init__(self, config: Path, socket_mode: str = "0666"):
+    def __init__(self, config: Path, socket_mode: str = "0666", socket_group: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="hwctl-"))
         self.dir.chmod(0o755)
         self.socket = self.dir / "hwctl.sock"
@@ -150,14 +149,16 @@ class HelperProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ishowtts_edge.hwctl", "--listen", str(self.socket),
-             "--config", str(config), "--socket-mode", socket_mode],
+             "--config", str(config), "--socket-mode", socket_mode,
+             *(["--socket-group", socket_group] if socket_group else [])],
             env=repo_env(), stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                output = self.log()
                 self.stop()
-                raise RuntimeError(f"hwctl did not start: {self.log()}")
+                raise RuntimeError(f"hwctl did not start: {output}")
             time.sleep(0.02)
 
     def log(self) -> str:

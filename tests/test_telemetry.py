@@ -1,0 +1,224 @@
+"""Telemetry sampler and its sources against the fake board (and a jtop client stand-in)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from fakes.board import FakeBoard
+from fakes.jtop_fake import FakeJtopService
+
+from ishowtts_edge.config import TelemetryConfig
+from ishowtts_edge.telemetry import JtopSource, SourceUnavailable, SysfsSource, TelemetrySampler
+
+
+def wait_for(condition, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def cfg_for(root: Path, **extra) -> TelemetryConfig:
+    values = {"interval_s": 0.05, "sysfs_root": root, "reconnect_min_s": 0.1, "reconnect_max_s": 0.4}
+    values.update(extra)
+    return TelemetryConfig(**values)
+
+
+@pytest.fixture
+def sampler_factory():
+    made = []
+
+    def make(cfg, **kwargs):
+        sampler = TelemetrySampler(cfg, **kwargs)
+        made.append(sampler)
+        sampler.start()
+        return sampler
+
+    yield make
+    for sampler in made:
+        sampler.stop()
+
+
+def jtop_sources(service: FakeJtopService, cfg: TelemetryConfig) -> dict:
+    return {"jtop": lambda: JtopSource(cfg, factory=service.factory)}
+
+
+# ----------------------------------------------------------------- sysfs
+
+
+@pytest.mark.parametrize("jetpack", [5, 6])
+def test_sysfs_source_reads_the_orin_tree(tmp_path, jetpack):
+    board = FakeBoard(tmp_path, jetpack=jetpack, power_mode="MODE_30W")
+    source = SysfsSource(cfg_for(board.sysfs_root))
+    source.open()
+    sample = source.read()
+    assert sample.source == "sysfs"
+    assert (sample.gpu_cur_mhz, sample.gpu_min_mhz, sample.gpu_max_mhz) == (306.0, 306.0, 612.0)
+    assert sample.gpu_hw_max_mhz == 1300.5
+    assert sample.cpu_cur_mhz == [1190.4] * 8  # four cores offline in MODE_30W
+    assert sample.emc_cur_mhz == 2133.0
+    tj = "tj"
+    assert sample.temperatures_c[tj] == 46.0
+    assert not {"gpu", "GPU", "cv0", "CV0"} & set(sample.temperatures_c)  # -256 zones are offline, not alarms
+    assert sample.power_mw == pytest.approx((4984 * 1208 + 4984 * 604 + 4976 * 912 + 4992 * 206) / 1000)
+    assert sample.fan_pct == pytest.approx(27.1)
+    assert (sample.nvpmodel_id, sample.nvpmodel_name) == (2, "MODE_30W")
+    assert sample.jetson_clocks is False and sample.throttle == []
+
+
+def test_unreadable_zone_is_skipped(tmp_path):
+    board = FakeBoard(tmp_path)
+    board.set_temp("cpu", None)
+    source = SysfsSource(cfg_for(board.sysfs_root))
+    source.open()
+    assert "cpu" not in source.read().temperatures_c
+
+
+def test_throttle_indications(tmp_path):
+    board = FakeBoard(tmp_path)
+    board.set_gpu_freq(min_hz=1300500000, max_hz=1300500000, cur_hz=1300500000)  # locked
+    source = SysfsSource(cfg_for(board.sysfs_root, hot_tj_c=90))
+    source.open()
+    assert source.read().throttle == []
+    board.add_oc_events(3, 27)
+    board.set_gpu_freq(cur_hz=918000000)
+    assert source.read().throttle == ["oc3", "gpu_below_min"]
+    board.set_temp("tj", 95.5)
+    assert source.read().throttle == ["gpu_below_min", "thermal"]  # oc3 did not rise again
+
+
+def test_sysfs_without_a_gpu_node_is_unavailable(tmp_path):
+    board = FakeBoard(tmp_path)
+    board.remove_gpu()
+    with pytest.raises(SourceUnavailable, match="no Jetson GPU devfreq node"):
+        SysfsSource(cfg_for(board.sysfs_root)).open()
+
+
+# ----------------------------------------------------------------- sampler
+
+
+def test_sampler_sees_a_lowered_gpu_clock(tmp_path, sampler_factory):
+    board = FakeBoard(tmp_path)
+    sampler = sampler_factory(cfg_for(board.sysfs_root, sources=["sysfs"]))
+    wait_for(lambda: sampler.latest(), what="a first sample")
+    board.set_gpu_freq(min_hz=1300500000, max_hz=1300500000, cur_hz=1300500000)
+    wait_for(lambda: sampler.latest().gpu_cur_mhz == 1300.5, what="locked clock")
+    board.set_gpu_freq(cur_hz=612000000)
+    sample = wait_for(lambda: (s := sampler.latest()) and s.gpu_cur_mhz == 612.0 and s, what="lowered clock")
+    assert "gpu_below_min" in sample.throttle
+    status = sampler.status()
+    assert status["available"] and status["source"] == "sysfs" and status["age_s"] < 5
+    assert status["summary"].startswith("sysfs, last sample")
+
+
+def test_nearest_picks_the_closest_buffered_sample(tmp_path, sampler_factory):
+    board = FakeBoard(tmp_path)
+    sampler = sampler_factory(cfg_for(board.sysfs_root, sources=["sysfs"]))
+    wait_for(lambda: sampler.status()["samples"] >= 6, what="six samples")
+    sampler.stop()
+    samples = list(sampler._buffer)
+    middle = samples[3]
+    assert sampler.nearest(middle.monotonic + 0.001) is middle
+    assert sampler.nearest(samples[-1].monotonic + 100) is None  # too far from anything
+    assert sampler.nearest(samples[-1].monotonic + 100, max_gap_s=1000) is samples[-1]
+    assert sampler.latest() is None  # stopped: nothing live to show
+
+
+def test_callbacks_get_samples_and_a_failing_one_does_not_stop_sampling(tmp_path, sampler_factory):
+    board = FakeBoard(tmp_path)
+    seen = []
+
+    def broken(sample):
+        raise RuntimeError("callback bug")
+
+    sampler = sampler_factory(cfg_for(board.sysfs_root, sources=["sysfs"]), on_sample=[broken, seen.append])
+    wait_for(lambda: len(seen) >= 3, what="three callbacks")
+    assert all(s.source == "sysfs" for s in seen)
+
+
+def test_no_source_means_unavailable_not_invented(tmp_path, sampler_factory):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = cfg_for(empty, sources=["sysfs", "nvml"])
+    probe = __import__("ishowtts_edge.telemetry", fromlist=["NvmlSource"]).NvmlSource(cfg)
+    try:
+        probe.open()
+    except SourceUnavailable:
+        pass
+    else:
+        probe.close()
+        pytest.skip("this machine has a working NVML GPU")
+    sampler = sampler_factory(cfg)
+    status = wait_for(lambda: (s := sampler.status())["source_errors"].keys() >= {"sysfs", "nvml"} and s,
+                      what="both sources to fail")
+    assert sampler.latest() is None and status["available"] is False and status["source"] is None
+    assert "no Jetson GPU devfreq node" in status["source_errors"]["sysfs"]
+    assert status["source_errors"]["nvml"].startswith(("NVML", "nvidia-ml-py"))
+    assert status["summary"].startswith("unavailable (sysfs: no Jetson GPU devfreq node")
+
+
+# ----------------------------------------------------------------- jtop
+
+
+def test_jtop_source_maps_jtop_shapes(tmp_path):
+    board = FakeBoard(tmp_path, power_mode="MODE_50W")
+    cfg = cfg_for(board.sysfs_root)
+    source = JtopSource(cfg, factory=FakeJtopService(board).factory)
+    source.open()
+    sample = source.read()
+    reference = SysfsSource(cfg)
+    reference.open()
+    expected = reference.read()
+    assert sample.source == "jtop"
+    for name in ("gpu_cur_mhz", "gpu_min_mhz", "gpu_max_mhz", "gpu_hw_max_mhz", "cpu_cur_mhz", "emc_cur_mhz",
+                 "nvpmodel_id", "nvpmodel_name", "jetson_clocks", "fan_pct"):
+        assert getattr(sample, name) == getattr(expected, name), name
+    assert sample.temperatures_c == expected.temperatures_c
+    assert sample.power_mw == pytest.approx(expected.power_mw, abs=4)  # jtop rounds each rail to mW
+    source.close()
+
+
+def test_jtop_death_falls_back_to_sysfs_and_comes_back(tmp_path, sampler_factory, caplog):
+    board = FakeBoard(tmp_path)
+    service = FakeJtopService(board)
+    cfg = cfg_for(board.sysfs_root, sources=["jtop", "sysfs"])
+    sampler = sampler_factory(cfg, source_factories=jtop_sources(service, cfg))
+    wait_for(lambda: (s := sampler.latest()) and s.source == "jtop", what="jtop samples")
+
+    service.kill()
+    wait_for(lambda: (s := sampler.latest()) and s.source == "sysfs", what="fallback to sysfs")
+    status = sampler.status()
+    assert status["source"] == "sysfs"
+    assert "Lost connection with jtop server" in status["source_errors"]["jtop"]
+    assert any(sw["from"] == "jtop" and sw["to"] is None for sw in status["switches"])
+    assert any("source=sysfs" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+    service.restart()
+    wait_for(lambda: (s := sampler.latest()) and s.source == "jtop", what="jtop again")
+    assert service.clients[0]._closed  # the dead client was closed, a new one made
+    assert len(service.clients) >= 2
+    sampler.stop()
+    assert service.clients[-1]._closed
+
+
+def test_jtop_version_mismatch_is_reported_and_sysfs_used(tmp_path, sampler_factory):
+    board = FakeBoard(tmp_path)
+    service = FakeJtopService(board, version="7.1.0")
+    cfg = cfg_for(board.sysfs_root, sources=["jtop", "sysfs"])
+    sampler = sampler_factory(cfg, source_factories=jtop_sources(service, cfg))
+    wait_for(lambda: (s := sampler.latest()) and s.source == "sysfs", what="sysfs samples")
+    assert "Mismatch version jtop service: [7.1.0]" in sampler.status()["source_errors"]["jtop"]
+
+
+@pytest.mark.skipif(os.path.exists("/run/jtop.sock"), reason="a real jtop.service runs here")
+def test_real_jtop_client_without_service_falls_back_to_sysfs(tmp_path, sampler_factory):
+    board = FakeBoard(tmp_path)
+    sampler = sampler_factory(cfg_for(board.sysfs_root, sources=["jtop", "sysfs"]))
+    wait_for(lambda: (s := sampler.latest()) and s.source == "sysfs", what="sysfs samples")
+    assert "The jtop.service is not active" in sampler.status()["source_errors"]["jtop"]
