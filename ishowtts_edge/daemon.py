@@ -338,10 +338,8 @@ class Daemon:
         return self.helper.apply()
 
     def _start_telemetry(self) -> None:
-        try:
-            from .telemetry import TelemetrySampler
-        except ImportError:
-            return
+        from .telemetry import TelemetrySampler
+
         self.sampler = TelemetrySampler(self.settings.telemetry)
         if self.hub is not None:
             self.sampler.on_sample.append(self.hub.on_telemetry)
