@@ -66,6 +66,7 @@ find "$site" -mindepth 2 -type d -name tests -prune -exec rm -rf {} +
 rm -rf "$site/joblib/test"
 find "$site" -type f \( -name '*.py' -o -name '*.sh' -o -name '*.pyx' \) -perm /111 -exec chmod a-x {} +
 find "$site" -name .gitignore -type f -delete
+rmdir --ignore-fail-on-non-empty "$stage/include/python"* "$stage/include" 2>/dev/null || true
 
 # Build-path and reproducibility residue.
 find "$stage" -name __pycache__ -type d -prune -exec rm -rf {} +
