@@ -194,6 +194,20 @@ else
     fail "bundled libraries do not import: $out"
 fi
 
+# torch comes from the system: the venv must see the system-wide dist-packages that
+# `sudo pip3 install torch-*.whl` fills, behind its own site-packages.
+if out=$(in_root /usr/lib/ishowtts-edge/venv/bin/python -c '
+import sys, sysconfig
+own = sysconfig.get_paths()["purelib"]
+local = "/usr/local/lib/python%d.%d/dist-packages" % sys.version_info[:2]
+assert local in sys.path, (local, sys.path)
+assert sys.path.index(own) < sys.path.index(local), sys.path
+print(local)' 2>&1); then
+    ok "venv sees system-wide packages after its own: $out"
+else
+    fail "venv does not see the system-wide dist-packages: $out"
+fi
+
 step "reinstall (upgrade path)"
 in_root env DEBIAN_FRONTEND=noninteractive dpkg -i "/tmp/$(basename "$deb")" >"$work/reinstall.log" 2>&1 \
     && ok "dpkg -i over itself" || { cat "$work/reinstall.log"; fail "reinstall"; }
