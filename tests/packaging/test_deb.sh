@@ -127,14 +127,19 @@ for path in /usr/bin/ishowtts-edge /usr/bin/ishowtts-edge-hwctl \
             /usr/lib/ishowtts-edge/venv/pyvenv.cfg; do
     [ -e "$root$path" ] && ok "$path" || fail "missing $path"
 done
-in_root dpkg-query -W -f='${Conffiles}\n' ishowtts-edge | grep -q ' /etc/ishowtts-edge/ishowtts-edge.toml ' \
-    && ok "ishowtts-edge.toml is a conffile" || fail "/etc/ishowtts-edge/ishowtts-edge.toml is not a conffile"
+# Every etc/*.toml of the source tree (the daemon's, the helper's hwctl.toml) is a
+# root-owned conffile; the helper refuses a config anyone else can write.
+for toml in "$repo"/etc/*.toml; do
+    conf="/etc/ishowtts-edge/$(basename "$toml")"
+    in_root dpkg-query -W -f='${Conffiles}\n' ishowtts-edge | grep -q " $conf " \
+        && ok "$conf is a conffile" || fail "$conf is not a conffile"
+done
 expect_stat() {  # path, "mode owner:group"
     local got
     got=$(in_root stat -c '%a %U:%G' "$1" 2>/dev/null || echo "absent")
     [ "$got" = "$2" ] && ok "$1 $got" || fail "$1 is '$got', expected '$2'"
 }
-expect_stat /etc/ishowtts-edge/ishowtts-edge.toml "644 root:root"
+for toml in "$repo"/etc/*.toml; do expect_stat "/etc/ishowtts-edge/$(basename "$toml")" "644 root:root"; done
 expect_stat /var/lib/ishowtts-edge "750 ishowtts-edge:ishowtts-edge"
 expect_stat /var/lib/ishowtts-edge/voices "750 ishowtts-edge:ishowtts-edge"
 expect_stat /var/lib/ishowtts-edge/models "750 ishowtts-edge:ishowtts-edge"
