@@ -125,9 +125,9 @@ class EngineConfig(_Section):
     #: checkpoint (fetch_model's layout).  The demo checkpoint brings its own.
     vocoder_dir: Path | None = None
     compile: bool = True
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
-        "max-autotune-no-cudagraphs"
-    )
+    #: "default" measured best overall (docs/benchmarks.md).  reduce-overhead and max-autotune
+    #: bring inductor's own CUDA graphs, which replace ours (cuda_graphs is then ignored).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     #: inductor generates kernels (the CUDA path).  eager/aot_eager only trace with dynamo and are for
     #: testing: with them the transformer is "compiled" on CPU too, so tests can check shapes/recompiles.
     compile_backend: Literal["inductor", "eager", "aot_eager"] = "inductor"

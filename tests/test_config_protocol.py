@@ -85,3 +85,37 @@ def test_encode_audio_formats():
     assert np.frombuffer(encode_audio(x, 24000, "f32le"), "<f4").tolist() == [0.0, 0.5, -0.5, 1.0]
     wav, sr = sf.read(io.BytesIO(encode_audio(x, 24000, "wav")))
     assert sr == 24000 and len(wav) == 4
+
+
+def test_shipped_config_documents_the_real_defaults():
+    """Every commented `# key = value` in etc/ishowtts-edge.toml names a real key and its real default."""
+    import re
+    import tomllib
+
+    from conftest import REPO
+    from ishowtts_edge.config import Settings
+
+    defaults = Settings()
+    section = None
+    checked = 0
+    for line in (REPO / "etc" / "ishowtts-edge.toml").read_text().splitlines():
+        header = re.match(r"^(?:# )?\[(\w+)[\].]", line)
+        if header:
+            section = header.group(1)
+            continue
+        m = re.match(r"^# (\w+) = (.+?)(?:\s{2,}#.*)?$", line)
+        if not m or section is None or section == "voices" or not hasattr(defaults, section):
+            continue
+        key, raw = m.groups()
+        model = getattr(defaults, section)
+        assert key in type(model).model_fields, f"[{section}] {key} is not a setting"
+        value = tomllib.loads(f"v = {raw}")["v"]
+        if key in ("checkpoint", "vocab", "vocoder_dir"):
+            continue  # examples of real paths, not defaults
+        actual = getattr(model, key)
+        if key in ("endpoint", "events_endpoint"):
+            assert value == "" and actual == ""
+        else:
+            assert type(actual)(value) == actual if not isinstance(actual, list) else value == actual, (section, key)
+        checked += 1
+    assert checked > 30

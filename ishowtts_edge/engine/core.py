@@ -199,7 +199,10 @@ class Engine:
             buckets=cfg.length_buckets if pad else None,
             compile_mode=compile_mode,
             compile_backend=cfg.compile_backend,
-            cuda_graphs=cfg.cuda_graphs and self.device.type == "cuda" and compile_mode is not None,
+            cuda_graphs=cfg.cuda_graphs
+            and self.device.type == "cuda"
+            and compile_mode is not None
+            and compile_mode not in ("reduce-overhead", "max-autotune"),  # those capture their own graphs
             dynamic=cfg.compile_dynamic,
         )
         self.clock = ClockEmulator(cfg.emulate_clock_devfreq) if cfg.emulate_clock_devfreq else None
