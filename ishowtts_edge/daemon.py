@@ -243,7 +243,8 @@ class Daemon:
             self._set_state("degraded" if self.degraded_reasons else "ready")
         except Exception as exc:
             self.engine_error = f"model not loaded: {exc}"
-            log.error("engine failed to load %s", kv(error=type(exc).__name__, reason=str(exc)), exc_info=not isinstance(exc, (OSError, ValueError)) and log.isEnabledFor(logging.DEBUG))
+            log.error("engine failed to load %s", kv(error=type(exc).__name__, reason=str(exc)))
+            log.debug("engine load traceback", exc_info=True)
             self.degraded_reasons["engine"] = self.engine_error
             self._set_state("degraded", self.engine_error)
 
@@ -373,9 +374,9 @@ class Daemon:
                     last_watchdog = now
                 else:
                     log.error("synthesis worker is stuck; withholding watchdog pings so systemd restarts us")
-        self._periodic_stop_notice()
+        self._announce_stop()
 
-    def _periodic_stop_notice(self) -> None:
+    def _announce_stop(self) -> None:
         self.notifier.stopping()
         self._set_state("stopping")
         log.info("stopping: finishing the running request")
