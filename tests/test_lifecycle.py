@@ -149,3 +149,25 @@ def test_non_loopback_tcp_needs_explicit_permission(tmp_path, endpoint):
         load_settings(config)
     config.write_text(f'[server]\nendpoint = "{endpoint}"\nallow_remote = true\n')
     assert load_settings(config).endpoint == endpoint
+
+
+def test_missing_checkpoint_degrades_visibly_and_keeps_answering(tmp_path, demo_cache):
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[hardware]\nenabled = false\n[engine]\ncheckpoint = "{tmp_path / "nope.safetensors"}"\n')
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = DaemonProcess(tmp_path, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.collect(lambda m: "READY=1" in m, timeout=120)
+        with Client(proc.endpoint, timeout_s=10) as c:
+            health = c.health()
+            assert health["state"] == "degraded" and health["ready"] is False
+            assert "nope.safetensors" in health["reasons"]["engine"]
+            with pytest.raises(ClientError) as err:
+                c.synthesize("hello")
+            assert err.value.code == "not_ready" and "nope.safetensors" in err.value.message
+            assert c.ping()["pong"]
+        assert any(m.startswith("STATUS=degraded") for m in notify.messages)
+        assert "<3>" in proc.log()  # the reason is in the journal at error priority
+    finally:
+        proc.stop()
+        notify.close()

@@ -166,6 +166,8 @@ class Engine:
         else:
             arch = read_arch(cfg.model)
             checkpoint = cfg.checkpoint
+            if not checkpoint.is_file():  # the most likely mistake: say it before anything derived from it
+                raise EngineLoadError(f"engine.checkpoint {checkpoint}: file not found")
             vocab = cfg.vocab or (checkpoint.parent / "vocab.txt")
             if cfg.vocab is None and not vocab.is_file():
                 vocab = f5_default_vocab()
