@@ -114,18 +114,23 @@ class EngineConfig(_Section):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     #: auto = float16 on CUDA, float32 on CPU.
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    #: Architecture name from f5-tts's configs (F5TTS_v1_Base, F5TTS_Base, ...) or "demo-tiny".
+    #: Architecture: a name from f5-tts's configs (F5TTS_v1_Base, F5TTS_Base, ...) or the path of a
+    #: yaml in that format.  Not used by the demo checkpoint, which carries its own model.yaml.
     model: str = "F5TTS_v1_Base"
-    #: model_*.safetensors or .pt; empty = the generated, untrained demo checkpoint.
+    #: model_*.safetensors or .pt; empty = the generated, untrained demo checkpoint (noise, not speech).
     checkpoint: Path | None = None
     #: vocab.txt; empty = the one next to the checkpoint, else f5-tts's Emilia vocab.
     vocab: Path | None = None
-    #: Local Vocos directory with config.yaml + pytorch_model.bin; empty = demo vocoder.
+    #: Local Vocos directory with config.yaml + pytorch_model.bin; empty = "vocos/" next to the
+    #: checkpoint (fetch_model's layout).  The demo checkpoint brings its own.
     vocoder_dir: Path | None = None
     compile: bool = True
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "max-autotune-no-cudagraphs"
     )
+    #: inductor generates kernels (the CUDA path).  eager/aot_eager only trace with dynamo and are for
+    #: testing: with them the transformer is "compiled" on CPU too, so tests can check shapes/recompiles.
+    compile_backend: Literal["inductor", "eager", "aot_eager"] = "inductor"
     warmup: bool = True
     nfe_step: int = Field(default=7, ge=1, le=64)
     cfg_strength: float = Field(default=2.0, ge=0.0, le=10.0)
@@ -137,6 +142,25 @@ class EngineConfig(_Section):
     max_ref_seconds: float = Field(default=12.0, ge=1.0, le=30.0)
     #: Request-supplied reference voices kept prepared in memory.
     adhoc_voice_cache: int = Field(default=16, ge=0)
+    #: Total mel-frame lengths (reference + generated, 93.75 frames/s) that sequences are padded up
+    #: to, so a compiled transformer sees only these shapes; warm-up compiles each one.  Longer
+    #: sequences run eager at their exact length.  Padding is exact only for models with
+    #: text_mask_padding (F5TTS_v1_*); for others it is switched off.
+    length_buckets: list[int] = Field(default_factory=lambda: [512, 768, 1024, 1280, 1536, 2048, 2560])
+    #: auto = pad to buckets only when the transformer is compiled (CUDA); always/never for testing
+    #: and measurements.
+    pad_to_buckets: Literal["auto", "always", "never"] = "auto"
+    #: Testing/demo only: a (fake) devfreq directory; after every ODE step the engine reads its
+    #: cur_freq and max_freq and sleeps step_time * (max/cur - 1), so synthesis slows in proportion
+    #: to a lowered GPU clock as it would on the real board.
+    emulate_clock_devfreq: Path | None = None
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _positive_buckets(cls, value: list[int]) -> list[int]:
+        if any(b < 16 or b > 65536 for b in value):
+            raise ValueError("every bucket must be between 16 and 65536 frames")
+        return sorted(set(value))
 
 
 class HardwareConfig(_Section):

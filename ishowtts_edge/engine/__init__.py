@@ -30,6 +30,7 @@ class SynthesisResult:
     mel_frames: int
     nfe_step: int
     chunks: int = 1
+    seed: int | None = None  # the noise seed used (drawn at random when the request gave none)
 
     @property
     def audio_seconds(self) -> float:

@@ -41,7 +41,7 @@ from ishowtts_edge.logs import kv
 log = logging.getLogger(__name__)
 
 #: Bump when the generated content changes, so old caches are regenerated.
-DEMO_FORMAT = 1
+DEMO_FORMAT = 2
 DEMO_VOICE_TEXT = "This is the untrained demo voice of the speech appliance."
 
 #: Same mel settings as the released models (the vocoder depends on them); tiny transformer.
@@ -153,10 +153,10 @@ def write_demo_bundle(
         vocoder = build_vocos(vocos)
     _randomize(model, generator, weight_std)
     with torch.no_grad():
-        # Quiet vocoder: log-magnitude bias well below zero keeps the noise in [-1, 1].
+        # Moderate log-magnitude bias: audible noise that stays well inside [-1, 1].
         out = vocoder.head.out
         out.weight.mul_(0.2)
-        out.bias[: vocos.n_fft // 2 + 1] = -4.0
+        out.bias[: vocos.n_fft // 2 + 1] = 0.5
     save_checkpoint(model, bundle.checkpoint)
     save_vocos(vocoder, vocos, bundle.vocoder_dir)
 

@@ -1,0 +1,467 @@
+"""The engine the daemon drives: load, warm up, synthesize (contract in ``engine/__init__``).
+
+One request follows upstream f5-tts's ``infer_process`` -> ``infer_batch_process``:
+chunk the text by the reference's pace, then per chunk tokenise ``ref_text +
+gen_text``, compute the duration, sample the flow ODE (EPSS, NFE 7 by default),
+cut off the reference frames, vocode, undo the loudness lift, and cross-fade the
+chunks.  The expensive per-voice work (reference mel, its tokens) is done once per
+voice by :class:`~.voices.VoiceRegistry`.  CUDA gets FP16 and a compiled transformer
+over fixed length buckets; the CPU runs eager FP32 (and is what the equivalence
+tests compare against upstream).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ishowtts_edge.config import Settings
+from ishowtts_edge.engine import EngineLoadError, SynthesisResult, WarmupReport
+from ishowtts_edge.engine.checkpoint import ModelArch, load_model, load_vocos, read_arch
+from ishowtts_edge.engine.clock import ClockEmulator
+from ishowtts_edge.engine.demo import ensure_demo_bundle
+from ishowtts_edge.engine.reference import (
+    MIN_REFERENCE_SECONDS,
+    clip_reference,
+    decode_audio,
+    normalize_ref_text,
+)
+from ishowtts_edge.engine.sampler import FlowSampler, compile_counters
+from ishowtts_edge.engine.text import (
+    chunk_text,
+    cross_fade,
+    duration_frames,
+    max_chunk_bytes,
+    prompt_ref_text,
+)
+from ishowtts_edge.engine.upstream import ensure_f5_model_importable, f5_default_vocab
+from ishowtts_edge.engine.voices import PreparedVoice, VoiceRegistry
+from ishowtts_edge.logs import kv
+from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+#: upstream's appended 50 ms of silence is not voice; it does not count towards the minimum length.
+_TAIL_SECONDS = 0.05
+
+
+@dataclass
+class VoicePrompt:
+    """A reference ready for sampling: its mel on the device and its prompt tokens."""
+
+    cond: torch.Tensor  # (1, frames, n_mels), model dtype
+    ref_audio_len: int  # samples // hop, as upstream counts it
+    rms: torch.Tensor  # loudness before the lift to target_rms
+    prompt_text: str  # normalised transcript plus upstream's trailing space
+    prompt_tokens: list[str]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = settings.engine
+        self.loaded = False
+        self.demo = self.config.checkpoint is None
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.arch: ModelArch | None = None
+        self.checkpoint_path: Path | None = None
+        self.model: torch.nn.Module | None = None
+        self.vocoder: torch.nn.Module | None = None
+        self.sampler: FlowSampler | None = None
+        self.registry: VoiceRegistry | None = None
+        self.clock: ClockEmulator | None = None
+        self.warmup_report: WarmupReport | None = None
+        self._counters_at_ready: dict[str, int] | None = None
+        self._demo_voice_dir: Path | None = None
+        self._vocab: dict[str, int] = {}
+        self._resamplers: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    def _resolve_device(self) -> None:
+        want = self.config.device
+        if want == "cuda" and not torch.cuda.is_available():
+            raise EngineLoadError("engine.device = cuda, but torch sees no CUDA device")
+        use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        if self.device.type == "cpu":
+            if self.config.dtype not in ("auto", "float32"):
+                log.warning("engine.dtype %s ignored on CPU: running float32", self.config.dtype)
+            self.dtype = torch.float32
+        else:
+            self.dtype = torch.float16 if self.config.dtype == "auto" else _DTYPES[self.config.dtype]
+
+    def load(self, progress: Progress | None = None) -> None:
+        """Model, vocoder and voices; raises EngineLoadError naming the file and the reason."""
+        progress = progress or _noop
+        ensure_f5_model_importable()
+        self._resolve_device()
+        cfg = self.config
+        if self.demo:
+            progress("preparing the demo checkpoint")
+            try:
+                bundle = ensure_demo_bundle(self.settings.paths.cache_dir)
+            except OSError as exc:
+                raise EngineLoadError(
+                    f"{self.settings.paths.cache_dir}: cannot write the demo checkpoint: {exc}"
+                ) from None
+            log.warning(
+                "no engine.checkpoint configured: using the UNTRAINED demo model; it produces "
+                "non-speech noise %s",
+                kv(dir=bundle.root),
+            )
+            arch = read_arch(bundle.arch_path)
+            checkpoint, vocab, vocoder_dir = bundle.checkpoint, bundle.vocab, bundle.vocoder_dir
+            self._demo_voice_dir = bundle.voice_dir
+        else:
+            arch = read_arch(cfg.model)
+            checkpoint = cfg.checkpoint
+            vocab = cfg.vocab or (checkpoint.parent / "vocab.txt")
+            if cfg.vocab is None and not vocab.is_file():
+                vocab = f5_default_vocab()
+            vocoder_dir = cfg.vocoder_dir or (checkpoint.parent / "vocos")
+            if cfg.vocoder_dir is None and not vocoder_dir.is_dir():
+                raise EngineLoadError(
+                    f"engine.vocoder_dir is not set and {vocoder_dir} does not exist: give the local Vocos "
+                    "directory (config.yaml + pytorch_model.bin)"
+                )
+        progress(f"loading model {arch.name}")
+        self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+        self._vocab = self.model.vocab_char_map or {}
+        progress("loading vocoder")
+        vocoder = load_vocos(vocoder_dir, self.device)
+        if self.dtype != torch.float32:
+            vocoder.backbone.to(self.dtype)  # the ISTFT head stays float32
+        self.vocoder = vocoder
+        self.arch, self.checkpoint_path = arch, checkpoint
+
+        # CPU runs eager unless a tracing-only backend is asked for (tests of the compiled path).
+        compiling = cfg.compile and (self.device.type == "cuda" or cfg.compile_backend != "inductor")
+        compile_mode = cfg.compile_mode if compiling else None
+        pad = cfg.pad_to_buckets == "always" or (cfg.pad_to_buckets == "auto" and compile_mode is not None)
+        self.sampler = FlowSampler(
+            self.model,
+            buckets=cfg.length_buckets if pad else None,
+            compile_mode=compile_mode,
+            compile_backend=cfg.compile_backend,
+        )
+        self.clock = ClockEmulator(cfg.emulate_clock_devfreq) if cfg.emulate_clock_devfreq else None
+        if self.clock is not None:
+            log.warning("clock emulation is on (testing only) %s", kv(devfreq=cfg.emulate_clock_devfreq))
+
+        progress("preparing voices")
+        self.registry = VoiceRegistry(self._prepare_voice, cfg.adhoc_voice_cache)
+        self.registry.configure(self.settings.voices, self._demo_voice_dir)
+        self.loaded = True
+        log.info(
+            "engine loaded %s",
+            kv(device=self.device.type, dtype=_dtype_name(self.dtype), model=arch.name, demo=self.demo,
+               voices=self.registry.available()),
+        )
+
+    def reload_voices(self, settings: Settings) -> None:
+        """SIGHUP: re-read the voice list and files; the model stays."""
+        self._require_loaded()
+        self.settings = settings
+        self.registry.configure(settings.voices, self._demo_voice_dir)  # type: ignore[union-attr]
+
+    # -- voices -------------------------------------------------------------------------------------
+
+    def _resample(self, audio: torch.Tensor, rate: int) -> torch.Tensor:
+        target = self.arch.sample_rate  # type: ignore[union-attr]
+        if rate == target:
+            return audio
+        resampler = self._resamplers.get(rate)
+        if resampler is None:
+            import torchaudio
+
+            resampler = self._resamplers[rate] = torchaudio.transforms.Resample(rate, target)
+        return resampler(audio)
+
+    def _prepare_voice(self, audio_bytes: bytes, ref_text: str, label: str) -> PreparedVoice:
+        """upstream's reference path: clip, mono, loudness lift, 24 kHz, mel -- done once per voice."""
+        decoded = decode_audio(audio_bytes, what=f"{label} audio")
+        clipped = clip_reference(decoded, self.config.max_ref_seconds)
+        voiced = clipped.seconds - _TAIL_SECONDS
+        if voiced < MIN_REFERENCE_SECONDS:
+            raise ServiceError(
+                ErrorCode.BAD_REFERENCE,
+                f"{label} audio has {max(voiced, 0.0):.2f} s of sound after trimming silence; "
+                f"at least {MIN_REFERENCE_SECONDS} s is needed",
+            )
+        normalized = normalize_ref_text(ref_text)
+        audio = torch.from_numpy(clipped.samples)
+        if audio.shape[0] > 1:
+            audio = torch.mean(audio, dim=0, keepdim=True)
+        rms = torch.sqrt(torch.mean(torch.square(audio)))
+        target_rms = self.config.target_rms
+        if rms < target_rms:
+            audio = audio * target_rms / rms
+        audio = self._resample(audio, clipped.sample_rate).to(self.device)
+        with torch.inference_mode():
+            mel = self.model.mel_spec(audio).permute(0, 2, 1).to(self.dtype)  # type: ignore[union-attr]
+        ensure_f5_model_importable()
+        from f5_tts.model.utils import convert_char_to_pinyin
+
+        prompt_text = prompt_ref_text(normalized)
+        prompt = VoicePrompt(
+            cond=mel,
+            ref_audio_len=audio.shape[-1] // self.arch.hop_length,  # type: ignore[union-attr]
+            rms=rms,
+            prompt_text=prompt_text,
+            prompt_tokens=convert_char_to_pinyin([prompt_text])[0],
+        )
+        return PreparedVoice(
+            content_hash="", ref_text=normalized.strip(), ref_seconds=clipped.seconds, payload=prompt
+        )
+
+    def _text_ids(self, prompt: VoicePrompt, gen_text: str) -> torch.Tensor:
+        """Token ids of ref_text + gen_text, as upstream's convert_char_to_pinyin + list_str_to_idx.
+
+        When the prompt ends in whitespace (always for single-byte endings) jieba cannot
+        join a word across it, so the reference's cached tokens are reused; otherwise the
+        whole string is converted.
+        """
+        from f5_tts.model.utils import convert_char_to_pinyin
+
+        if prompt.prompt_text[-1].isspace():
+            tokens = prompt.prompt_tokens + convert_char_to_pinyin([gen_text])[0]
+        else:
+            tokens = convert_char_to_pinyin([prompt.prompt_text + gen_text])[0]
+        ids = [self._vocab.get(c, 0) for c in tokens]
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+    def voices(self) -> list[dict[str, Any]]:
+        return self.registry.list() if self.registry else []
+
+    # -- synthesis ----------------------------------------------------------------------------------
+
+    def _require_loaded(self) -> None:
+        if not self.loaded:
+            raise ServiceError(ErrorCode.NOT_READY, "the engine is not loaded yet")
+
+    def _vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """(1, n_mels, frames) float32 -> (1, samples); the FP16 backbone feeds a float32 ISTFT head."""
+        vocoder = self.vocoder
+        if self.dtype == torch.float32:
+            return vocoder.decode(mel)  # type: ignore[union-attr]
+        features = vocoder.backbone(mel.to(self.dtype))  # type: ignore[union-attr]
+        return vocoder.head(features.float())  # type: ignore[union-attr]
+
+    def _chunk(self, prompt: VoicePrompt, gen_text: str, opts: dict[str, Any], generator) -> tuple[np.ndarray, int]:
+        text = self._text_ids(prompt, gen_text)
+        duration = duration_frames(prompt.ref_audio_len, prompt.prompt_text, gen_text, opts["speed"])
+        out = self.sampler.sample(  # type: ignore[union-attr]
+            prompt.cond,
+            text,
+            duration,
+            steps=opts["nfe_step"],
+            cfg_strength=opts["cfg_strength"],
+            sway_sampling_coef=opts["sway_sampling_coef"],
+            generator=generator,
+            after_step=self.clock.after_step if self.clock else None,
+        )
+        with torch.inference_mode():
+            generated = out.to(torch.float32)[:, prompt.ref_audio_len :, :].permute(0, 2, 1)
+            wave = self._vocode(generated)
+            if prompt.rms < self.config.target_rms:
+                wave = wave * prompt.rms / self.config.target_rms
+        return wave.squeeze().cpu().numpy(), int(generated.shape[-1])
+
+    def _options(self, params: SynthesizeParams) -> dict[str, Any]:
+        cfg = self.config
+
+        def pick(value, default):
+            return default if value is None else value
+
+        return {
+            "nfe_step": pick(params.nfe_step, cfg.nfe_step),
+            "cfg_strength": pick(params.cfg_strength, cfg.cfg_strength),
+            "sway_sampling_coef": pick(params.sway_sampling_coef, cfg.sway_sampling_coef),
+            "speed": pick(params.speed, cfg.speed),
+            "seed": params.seed if params.seed is not None else secrets.randbelow(2**31),
+        }
+
+    def synthesize(self, params: SynthesizeParams, ref: bytes | None = None) -> SynthesisResult:
+        """One request; ServiceError for unknown voices, bad references and CUDA OOM."""
+        self._require_loaded()
+        started = time.perf_counter()
+        registry = self.registry
+        if ref is not None:
+            voice = registry.adhoc(ref, params.ref_text or "")  # type: ignore[union-attr]
+        else:
+            voice = registry.get(params.voice or self.settings.default_voice)  # type: ignore[union-attr]
+        prompt: VoicePrompt = voice.payload
+        opts = self._options(params)
+        normalized = normalize_ref_text(voice.ref_text)
+        chunks = chunk_text(params.text, max_chunk_bytes(normalized, voice.ref_seconds, opts["speed"]))
+        if not chunks:
+            raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
+        with self._lock:
+            generator = torch.Generator(device=self.device).manual_seed(opts["seed"])
+            waves, frames = [], 0
+            try:
+                for gen_text in chunks:
+                    wave, count = self._chunk(prompt, gen_text, opts, generator)
+                    waves.append(wave)
+                    frames += count
+            except torch.cuda.OutOfMemoryError:
+                waves.clear()
+                torch.cuda.empty_cache()
+                log.warning("CUDA out of memory during synthesis %s", kv(chars=len(params.text), chunks=len(chunks)))
+                raise ServiceError(
+                    ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this request; try a shorter text"
+                ) from None
+        sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
+        audio = cross_fade(waves, self.config.cross_fade_s, sample_rate)
+        audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+        return SynthesisResult(
+            audio=audio,
+            sample_rate=sample_rate,
+            synthesis_seconds=time.perf_counter() - started,
+            mel_frames=frames,
+            nfe_step=opts["nfe_step"],
+            chunks=len(chunks),
+            seed=opts["seed"],
+        )
+
+    # -- warm-up ------------------------------------------------------------------------------------
+
+    def warmup(self, progress: Progress | None = None) -> WarmupReport:
+        """Run every shape a request can produce, so nothing compiles after READY."""
+        self._require_loaded()
+        progress = progress or _noop
+        started = time.perf_counter()
+        sampler = self.sampler
+        error: str | None = None
+        shapes: list[int] = []
+        with self._lock:
+            if not self.config.warmup:
+                pass
+            elif sampler.buckets:  # type: ignore[union-attr]
+                for bucket in sampler.buckets:  # type: ignore[union-attr]
+                    progress(f"warming up {bucket} frames{' (compiling)' if sampler.compiled else ''}")
+                    try:
+                        self._warm_bucket(bucket)
+                    except torch.cuda.OutOfMemoryError:
+                        torch.cuda.empty_cache()
+                        raise
+                    except Exception as exc:  # inductor/triton failures come in many types
+                        if not sampler.compiled:  # type: ignore[union-attr]
+                            raise
+                        error = f"torch.compile failed, running eager: {type(exc).__name__}: {exc}"[:500]
+                        log.warning("%s", error)
+                        sampler.disable_compile()  # type: ignore[union-attr]
+                        self._warm_bucket(bucket)
+                    shapes.append(bucket)
+            else:
+                progress("warming up")
+                shapes.append(self._warm_once())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self._counters_at_ready = compile_counters()
+        report = WarmupReport(
+            seconds=time.perf_counter() - started,
+            shapes=shapes,
+            compiled=bool(sampler.compiled),  # type: ignore[union-attr]
+            error=error,
+        )
+        self.warmup_report = report
+        log.info("warm-up done %s", kv(seconds=report.seconds, shapes=len(shapes), compiled=report.compiled))
+        return report
+
+    def _warm_bucket(self, frames: int) -> None:
+        """One sample at exactly ``frames`` (fills the bucket) plus the vocoder on its output length."""
+        n_mels = self.model.num_channels  # type: ignore[union-attr]
+        ref_frames = max(1, frames // 3)
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        cond = torch.randn(1, ref_frames, n_mels, generator=generator, device=self.device).to(self.dtype)
+        vocab_size = max(len(self._vocab), 1)
+        text = torch.randint(0, vocab_size, (1, max(1, frames // 6)), generator=generator, device=self.device)
+        out = self.sampler.sample(  # type: ignore[union-attr]
+            cond, text, frames, steps=min(2, self.config.nfe_step), cfg_strength=self.config.cfg_strength,
+            sway_sampling_coef=self.config.sway_sampling_coef, generator=generator,
+        )
+        with torch.inference_mode():
+            self._vocode(out.to(torch.float32)[:, ref_frames:, :].permute(0, 2, 1))
+
+    def _warm_once(self) -> int:
+        """CPU / no buckets: one short real synthesis (default voice if it works, else a synthetic one)."""
+        result = self._synthesize_with(self._warmup_voice(), SynthesizeParams(text="Warm up.", seed=0))
+        return result.mel_frames
+
+    def _warmup_voice(self) -> PreparedVoice:
+        try:
+            return self.registry.get(self.settings.default_voice)  # type: ignore[union-attr]
+        except ServiceError:
+            import io
+
+            import soundfile as sf
+
+            from ishowtts_edge.engine.demo import synth_reference_wave
+
+            buf = io.BytesIO()
+            sf.write(buf, synth_reference_wave(), 24000, format="WAV", subtype="PCM_16")
+            return self._prepare_voice(buf.getvalue(), "Warm up reference.", "warm-up")
+
+    def _synthesize_with(self, voice: PreparedVoice, params: SynthesizeParams) -> SynthesisResult:
+        opts = self._options(params)
+        generator = torch.Generator(device=self.device).manual_seed(opts["seed"])
+        wave, frames = self._chunk(voice.payload, params.text, opts, generator)
+        return SynthesisResult(wave, self.arch.sample_rate, 0.0, frames, opts["nfe_step"])  # type: ignore[union-attr]
+
+    # -- status -------------------------------------------------------------------------------------
+
+    def recompiles_since_ready(self) -> int | None:
+        if self._counters_at_ready is None:
+            return None
+        now = compile_counters()
+        return now["graphs"] - self._counters_at_ready["graphs"]
+
+    def describe(self) -> dict[str, Any]:
+        arch = self.arch
+        sampler = self.sampler
+        return {
+            "device": self.device.type,
+            "dtype": _dtype_name(self.dtype),
+            "model": arch.name if arch else self.config.model,
+            "arch": {"backbone": arch.backbone, **{k: arch.arch.get(k) for k in ("dim", "depth", "heads")}}
+            if arch
+            else None,
+            "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
+            "demo": self.demo,
+            "loaded": self.loaded,
+            "compiled": bool(sampler and sampler.compiled),
+            "compile_mode": self.config.compile_mode if sampler and sampler.compiled else None,
+            "compile_backend": self.config.compile_backend if sampler and sampler.compiled else None,
+            "buckets": list(sampler.buckets) if sampler else [],
+            "recompiles_since_ready": self.recompiles_since_ready(),
+            "warmup_seconds": round(self.warmup_report.seconds, 3) if self.warmup_report else None,
+            "warmup_error": self.warmup_report.error if self.warmup_report else None,
+            "voices": len(self.registry) if self.registry else 0,
+            "voices_available": self.registry.available() if self.registry else 0,
+            "sample_rate": arch.sample_rate if arch else None,
+            "nfe_step": self.config.nfe_step,
+            "clock_emulation": str(self.config.emulate_clock_devfreq) if self.clock else None,
+        }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,237 @@
+"""Flow-matching sampling: upstream CFM.sample for one request, made compile-friendly.
+
+This is ``CFM.sample`` with batch 1, ``odeint(method="euler")`` and EPSS timesteps,
+unrolled so that
+
+* the guided (cond + uncond) DiT forward is one batch-2 call with the text embeddings
+  computed once per request, a pure tensor function that torch.compile can capture
+  without graph breaks (upstream's cache lives in a threading.local);
+* sequences can be padded up to a few fixed lengths ("buckets") so a compiled graph
+  never sees a new shape after warm-up.  Padding is exact only when the padded frames
+  cannot influence the real ones: the attention must mask them (we switch on the
+  processors' ``attn_mask_enabled`` and pass a mask), the conv position embedding
+  already zeroes masked frames, and the text convolutions must zero filler tokens,
+  which only models with ``text_mask_padding: true`` do (F5TTS_v1_*).  For other
+  models :attr:`FlowSampler.exact_padding` is False and no padding is done;
+* each ODE step can be followed by a hook (the clock emulation slows steps down).
+
+tests/test_engine_equivalence.py holds it to upstream within float noise.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ishowtts_edge.engine.upstream import ensure_f5_model_importable
+from ishowtts_edge.logs import kv
+
+log = logging.getLogger(__name__)
+
+#: CFM.sample's cap on the total frame count.
+MAX_DURATION = 65536
+
+
+def epss_timesteps(steps: int, sway_sampling_coef: float | None, device, dtype) -> torch.Tensor:
+    ensure_f5_model_importable()
+    from f5_tts.model.utils import get_epss_timesteps
+
+    t = get_epss_timesteps(steps, device=device, dtype=dtype)
+    if sway_sampling_coef is not None:
+        t = t + sway_sampling_coef * (torch.cos(torch.pi / 2 * t) - 1 + t)
+    return t
+
+
+def compile_counters() -> dict[str, int]:
+    """dynamo's running totals: compiled graphs and frames (a recompile adds a graph)."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # pragma: no cover - torch without dynamo
+        return {"graphs": 0, "frames": 0}
+    return {"graphs": int(counters["stats"]["unique_graphs"]), "frames": int(counters["frames"]["ok"])}
+
+
+class FlowSampler:
+    """Runs the ODE for one prompt; owns the compiled forward and the length buckets."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        buckets: list[int] | None = None,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
+    ) -> None:
+        self.model = model
+        self.transformer = model.transformer
+        package = ensure_f5_model_importable()
+        self.is_dit = isinstance(self.transformer, package.DiT)
+        self.exact_padding = self.is_dit and bool(getattr(self.transformer.text_embed, "mask_padding", False))
+        self.buckets = sorted(set(buckets or [])) if self.exact_padding else []
+        if buckets and not self.buckets:
+            log.warning(
+                "length buckets disabled: padding would change this model's output %s",
+                kv(backbone=type(self.transformer).__name__, text_mask_padding=False),
+            )
+        if self.buckets:
+            # Padded frames must be masked out of attention; upstream passes no mask at batch 1,
+            # so this flag changes nothing on its own path.
+            for block in self.transformer.transformer_blocks:
+                block.attn.processor.attn_mask_enabled = True
+        self.compile_mode = compile_mode
+        self._forward: Callable[..., torch.Tensor] = self._guided_dit
+        self.compiled = False
+        self.compile_backend = compile_backend
+        if compile_mode is not None and self.is_dit:
+            # dynamic=False: one graph per bucket, specialised and autotuned for that length.
+            options = {"mode": compile_mode} if compile_backend == "inductor" else {}
+            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=False, **options)
+            self.compiled = True
+        elif compile_mode is not None:
+            log.warning("torch.compile skipped: only the DiT backbone has a compiled path %s",
+                        kv(backbone=type(self.transformer).__name__))
+
+    def disable_compile(self) -> None:
+        self._forward = self._guided_dit
+        self.compiled = False
+
+    def bucket_for(self, frames: int) -> int | None:
+        """The smallest bucket holding ``frames``; None = run at the exact length."""
+        index = bisect.bisect_left(self.buckets, frames)
+        return self.buckets[index] if index < len(self.buckets) else None
+
+    # -- the transformer ----------------------------------------------------------------------
+
+    def _guided_dit(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        text_cond: torch.Tensor,
+        text_uncond: torch.Tensor,
+        time: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """DiT.forward(cfg_infer=True) with precomputed text embeddings -> (2, n, mel)."""
+        tr = self.transformer
+        batch, seq_len = x.shape[0], x.shape[1]
+        t = tr.time_embed(time.repeat(batch))
+        x_cond = tr.input_embed(x, cond, text_cond, drop_audio_cond=False, audio_mask=mask)
+        x_uncond = tr.input_embed(x, cond, text_uncond, drop_audio_cond=True, audio_mask=mask)
+        h = torch.cat((x_cond, x_uncond), dim=0)
+        t = torch.cat((t, t), dim=0)
+        if mask is not None:
+            mask = torch.cat((mask, mask), dim=0)
+        rope = tr.rotary_embed.forward_from_seq_len(seq_len)
+        residual = h
+        for block in tr.transformer_blocks:
+            h = block(h, t, mask=mask, rope=rope)
+        if tr.long_skip_connection is not None:
+            h = tr.long_skip_connection(torch.cat((h, residual), dim=-1))
+        h = tr.norm_out(h, t)
+        return tr.proj_out(h)
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+        duration: int,
+        *,
+        steps: int,
+        cfg_strength: float,
+        sway_sampling_coef: float | None,
+        generator: torch.Generator | None,
+        after_step: Callable[[float], None] | None = None,
+    ) -> torch.Tensor:
+        """``cond`` (1, n_ref, mel) in the model dtype, ``text`` (1, nt) ids -> (1, duration, mel)."""
+        device, dtype = cond.device, cond.dtype
+        ref_frames = cond.shape[1]
+        duration = max(max(int(text.shape[1]), ref_frames) + 1, int(duration))
+        duration = min(duration, MAX_DURATION)
+        padded = self.bucket_for(duration) if self.buckets else None
+        length = padded or duration
+
+        y = torch.randn(duration, cond.shape[-1], device=device, dtype=dtype, generator=generator).unsqueeze(0)
+        step_cond = F.pad(cond, (0, 0, 0, length - ref_frames), value=0.0)
+        mask = None
+        if padded is not None:
+            y = F.pad(y, (0, 0, 0, length - duration), value=0.0)
+            mask = (torch.arange(length, device=device) < duration).unsqueeze(0)
+
+        t = epss_timesteps(steps, sway_sampling_coef, device, dtype)
+        velocity = self._velocity_fn(step_cond, text, length, cfg_strength, mask, padded is not None)
+        timing = after_step is not None
+        for i in range(len(t) - 1):
+            started = time.perf_counter() if timing else 0.0
+            t0, t1 = t[i], t[i + 1]
+            y = y + (t1 - t0) * velocity(t0.to(y.abs().dtype), y)
+            if timing:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                after_step(time.perf_counter() - started)
+        if not self.is_dit:
+            self.transformer.clear_cache()
+
+        out = y[:, :duration]
+        cond_mask = (torch.arange(duration, device=device) < ref_frames).view(1, -1, 1)
+        return torch.where(cond_mask, F.pad(cond, (0, 0, 0, duration - ref_frames)), out)
+
+    def _velocity_fn(
+        self, step_cond: torch.Tensor, text: torch.Tensor, length: int, cfg_strength: float, mask, bucketed: bool
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        tr = self.transformer
+        if not self.is_dit:  # UNetT / MMDiT: upstream's own forward, eager, exact lengths
+            def generic(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                if cfg_strength < 1e-5:
+                    return tr(x=x, cond=step_cond, text=text, time=t, mask=None, cache=True)
+                pred, null = torch.chunk(
+                    tr(x=x, cond=step_cond, text=text, time=t, mask=None, cfg_infer=True, cache=True), 2, dim=0
+                )
+                return pred + (pred - null) * cfg_strength
+
+            return generic
+
+        text_cond = tr.text_embed(text, seq_len=length, drop_text=False)
+        if cfg_strength < 1e-5 and not self.compiled:
+            # upstream's unguided call, at batch 1 (exact)
+            def unguided(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                return _dit_single(tr, x, step_cond, text_cond, t, mask)
+
+            return unguided
+
+        text_uncond = tr.text_embed(text, seq_len=length, drop_text=True)
+        forward = self._forward if (bucketed or not self.buckets) else self._guided_dit
+        if self.compiled and not bucketed and self.buckets:
+            log.warning("sequence longer than the largest bucket: running eager %s", kv(frames=length, largest=self.buckets[-1]))
+
+        def guided(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            pred, null = torch.chunk(forward(x, step_cond, text_cond, text_uncond, t, mask), 2, dim=0)
+            if cfg_strength < 1e-5:
+                return pred
+            return pred + (pred - null) * cfg_strength
+
+        return guided
+
+    def describe(self) -> dict[str, Any]:
+        return {"buckets": list(self.buckets), "exact_padding": self.exact_padding, "compiled": self.compiled}
+
+
+def _dit_single(tr, x, cond, text_embed, time, mask):
+    """DiT.forward without guidance (drop flags False) on precomputed text embeddings."""
+    t = tr.time_embed(time.repeat(x.shape[0]))
+    h = tr.input_embed(x, cond, text_embed, drop_audio_cond=False, audio_mask=mask)
+    rope = tr.rotary_embed.forward_from_seq_len(x.shape[1])
+    residual = h
+    for block in tr.transformer_blocks:
+        h = block(h, t, mask=mask, rope=rope)
+    if tr.long_skip_connection is not None:
+        h = tr.long_skip_connection(torch.cat((h, residual), dim=-1))
+    return tr.proj_out(tr.norm_out(h, t))

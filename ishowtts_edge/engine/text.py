@@ -1,0 +1,72 @@
+"""Upstream f5-tts's text rules, reimplemented so the daemon never imports utils_infer.
+
+``f5_tts.infer.utils_infer`` pulls in transformers, matplotlib and pydub at import;
+these few rules are all the engine needs from it.  tests/test_engine_equivalence.py
+checks each against upstream.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[;:,.!?])\s+|(?<=[；：，。！？])")
+
+
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def chunk_text(text: str, max_chars: int = 135) -> list[str]:
+    """upstream chunk_text: greedy sentences into chunks of at most ``max_chars`` UTF-8 bytes."""
+    chunks: list[str] = []
+    current = ""
+    for sentence in _SENTENCE_SPLIT.split(text):
+        if not sentence:
+            continue
+        piece = sentence + " " if _nbytes(sentence[-1]) == 1 else sentence
+        if _nbytes(current) + _nbytes(sentence) <= max_chars:
+            current += piece
+        else:
+            if current:
+                chunks.append(current.strip())
+            current = piece
+    if current:
+        chunks.append(current.strip())
+    return chunks
+
+
+def max_chunk_bytes(ref_text: str, ref_seconds: float, speed: float) -> int:
+    """upstream infer_process: the reference's bytes/second times the ~22 s left for generation."""
+    return int(_nbytes(ref_text) / ref_seconds * (22 - ref_seconds) * speed)
+
+
+def prompt_ref_text(ref_text: str) -> str:
+    """upstream infer_batch_process: a space after a final single-byte character."""
+    return ref_text + " " if _nbytes(ref_text[-1]) == 1 else ref_text
+
+
+def duration_frames(ref_audio_len: int, ref_text: str, gen_text: str, speed: float) -> int:
+    """upstream's total frame count: reference frames plus the reference's pace applied to the new text.
+
+    ``ref_text`` is the prompt text (after :func:`prompt_ref_text`).  Very short texts
+    (< 10 bytes) are spoken at speed 0.3, as upstream does.
+    """
+    local_speed = 0.3 if _nbytes(gen_text) < 10 else speed
+    return ref_audio_len + int(ref_audio_len / _nbytes(ref_text) * _nbytes(gen_text) / local_speed)
+
+
+def cross_fade(waves: list[np.ndarray], cross_fade_seconds: float, sample_rate: int) -> np.ndarray:
+    """upstream's linear cross-fade between consecutive chunk waveforms."""
+    if cross_fade_seconds <= 0:
+        return np.concatenate(waves)
+    final = waves[0]
+    for following in waves[1:]:
+        samples = min(int(cross_fade_seconds * sample_rate), len(final), len(following))
+        if samples <= 0:
+            final = np.concatenate([final, following])
+            continue
+        overlap = final[-samples:] * np.linspace(1, 0, samples) + following[:samples] * np.linspace(0, 1, samples)
+        final = np.concatenate([final[:-samples], overlap, following[samples:]])
+    return final

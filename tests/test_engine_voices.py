@@ -1,0 +1,159 @@
+"""Voice registry: configured voices re-read when their files change, ad-hoc LRU, clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ishowtts_edge.config import VoiceConfig
+from ishowtts_edge.engine.core import Engine
+from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
+from tests.conftest import engine_settings, tone, write_reference
+
+
+def _wav_bytes(tmp_path: Path, name: str, seconds: float = 1.5, seed: int = 0) -> bytes:
+    return write_reference(tmp_path / name, seconds=seconds, seed=seed).read_bytes()
+
+
+@pytest.fixture
+def voice_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "alice"
+    folder.mkdir()
+    write_reference(folder / "ref.wav", seconds=2.0)
+    (folder / "ref.txt").write_text("Alice speaks here.\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def engine(tiny_bundle, tmp_path: Path, voice_dir: Path) -> Engine:
+    (tmp_path / "broken.wav").write_bytes(b"this is not audio at all" * 10)
+    voices = {
+        "alice": VoiceConfig(dir=voice_dir),
+        "bob": VoiceConfig(ref_audio=write_reference(tmp_path / "bob.wav", seconds=1.8, seed=3), ref_text="Bob here"),
+        "broken": VoiceConfig(ref_audio=tmp_path / "broken.wav", ref_text="Nothing"),
+    }
+    eng = Engine(engine_settings(tiny_bundle, tmp_path, voices, adhoc_voice_cache=2))
+    eng.load()
+    return eng
+
+
+def _bump_mtime(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
+def test_broken_voice_is_listed_unavailable_and_others_work(engine: Engine) -> None:
+    listing = {v["id"]: v for v in engine.voices()}
+    assert listing["alice"]["available"] and listing["bob"]["available"]
+    assert listing["alice"]["ref_text"] == "Alice speaks here."
+    assert listing["broken"]["available"] is False
+    assert "cannot be decoded" in listing["broken"]["error"]
+    assert "demo" not in listing  # a real checkpoint brings no demo voice
+    with pytest.raises(ServiceError) as info:
+        engine.synthesize(SynthesizeParams(text="Hello there friend.", voice="broken"))
+    assert info.value.code is ErrorCode.BAD_REFERENCE
+    assert engine.synthesize(SynthesizeParams(text="Hello there friend.", voice="bob", seed=1)).audio.size > 0
+
+
+def test_unknown_voice(engine: Engine) -> None:
+    with pytest.raises(ServiceError) as info:
+        engine.synthesize(SynthesizeParams(text="Hello there.", voice="carol"))
+    assert info.value.code is ErrorCode.UNKNOWN_VOICE
+    assert "carol" in info.value.message and "alice" in info.value.message
+
+
+def test_cache_hit_touch_and_change(engine: Engine, voice_dir: Path) -> None:
+    registry = engine.registry
+    first = registry.get("alice")
+    assert registry.get("alice") is first
+    assert registry.entry_stats("alice") == {"prepared": 1, "rehashed": 1}
+
+    _bump_mtime(voice_dir / "ref.txt")  # touched, same content: re-hashed, not re-prepared
+    assert registry.get("alice") is first
+    assert registry.entry_stats("alice") == {"prepared": 1, "rehashed": 2}
+
+    (voice_dir / "ref.txt").write_text("Alice says something else now.", encoding="utf-8")
+    _bump_mtime(voice_dir / "ref.txt")
+    changed = registry.get("alice")
+    assert changed is not first and changed.ref_text == "Alice says something else now."
+    assert registry.entry_stats("alice")["prepared"] == 2
+
+    write_reference(voice_dir / "ref.wav", seconds=3.0, seed=9)
+    _bump_mtime(voice_dir / "ref.wav")
+    longer = registry.get("alice")
+    assert longer.ref_seconds > changed.ref_seconds
+    assert registry.entry_stats("alice")["prepared"] == 3
+
+
+def test_voice_whose_file_disappears_fails_then_recovers(engine: Engine, voice_dir: Path, tmp_path: Path) -> None:
+    saved = (voice_dir / "ref.wav").read_bytes()
+    (voice_dir / "ref.wav").unlink()
+    with pytest.raises(ServiceError) as info:
+        engine.registry.get("alice")
+    assert info.value.code is ErrorCode.BAD_REFERENCE and "ref.wav" in info.value.message
+    assert {v["id"]: v for v in engine.voices()}["alice"]["available"] is False
+    (voice_dir / "ref.wav").write_bytes(saved)
+    assert engine.registry.get("alice").ref_text == "Alice speaks here."
+
+
+def test_adhoc_lru(engine: Engine, tmp_path: Path) -> None:
+    registry = engine.registry
+    a, b, c = (_wav_bytes(tmp_path, f"{n}.wav", seed=i) for i, n in enumerate("abc"))
+    prepared_a = registry.adhoc(a, "Voice A.")
+    registry.adhoc(b, "Voice B.")
+    assert registry.adhoc(a, "Voice A.") is prepared_a  # hit, and A becomes most recent
+    registry.adhoc(c, "Voice C.")  # evicts B, the least recently used
+    assert registry.adhoc_stats == {"hits": 1, "misses": 3, "evictions": 1}
+    assert registry.adhoc(a, "Voice A.") is prepared_a
+    registry.adhoc(b, "Voice B.")
+    assert registry.adhoc_stats["misses"] == 4 and registry.adhoc_cached() == 2
+    # the same audio with another transcript is another voice
+    assert registry.adhoc(a, "Another transcript.") is not prepared_a
+
+
+def test_adhoc_request_synthesizes(engine: Engine, tmp_path: Path) -> None:
+    ref = _wav_bytes(tmp_path, "x.wav", seconds=2.0, seed=4)
+    params = SynthesizeParams(text="Speak like this.", ref_text="A reference transcript.", seed=2)
+    first = engine.synthesize(params, ref)
+    second = engine.synthesize(params, ref)
+    np.testing.assert_array_equal(first.audio, second.audio)
+    assert engine.registry.adhoc_stats["hits"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [("garbage", "cannot be decoded"), ("empty", "empty"), ("short", "at least"), ("silent", "at least")],
+)
+def test_bad_adhoc_reference(engine: Engine, tmp_path: Path, kind: str, fragment: str) -> None:
+    path = tmp_path / "bad.wav"
+    if kind == "garbage":
+        payload = b"RIFF....WAVEfmt garbage"
+    elif kind == "empty":
+        payload = b""
+    else:
+        samples = tone(0.15) if kind == "short" else np.zeros(48000, dtype=np.float32)
+        sf.write(path, samples, 24000, subtype="PCM_16")
+        payload = path.read_bytes()
+    with pytest.raises(ServiceError) as info:
+        engine.synthesize(SynthesizeParams(text="Hello.", ref_text="Hi."), payload)
+    assert info.value.code is ErrorCode.BAD_REFERENCE
+    assert fragment in info.value.message
+
+
+def test_reload_voices_keeps_unchanged_preparations(engine: Engine, tmp_path: Path, voice_dir: Path) -> None:
+    alice = engine.registry.get("alice")
+    settings = engine.settings.model_copy(deep=True)
+    settings.voices = {
+        "alice": VoiceConfig(dir=voice_dir),
+        "dave": VoiceConfig(ref_audio=write_reference(tmp_path / "dave.wav", seconds=1.6, seed=5), ref_text="Dave"),
+    }
+    engine.reload_voices(settings)
+    assert [v["id"] for v in engine.voices()] == ["alice", "dave"]
+    assert engine.registry.get("alice") is alice
+    with pytest.raises(ServiceError) as info:
+        engine.registry.get("bob")
+    assert info.value.code is ErrorCode.UNKNOWN_VOICE
