@@ -1,0 +1,118 @@
+"""scripts/bench on the CPU with the tiny demo model: the script runs end to end and every section reports.
+
+A smoke test of the script, not a benchmark: it asserts the report's structure and that
+every figure is a real, finite number, never what the numbers are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "scripts" / "bench"
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _assert_stats(stats: dict, n: int) -> None:
+    assert stats["n"] == n
+    for key in ("median", "p90", "cv", "mean", "min", "max"):
+        assert _finite(stats[key]), (key, stats)
+    assert stats["min"] <= stats["median"] <= stats["p90"] <= stats["max"]
+
+
+def _assert_rows(rows: list, nfes: list[int], texts: list[str], runs: int) -> None:
+    assert sorted((r["nfe"], r["text"]) for r in rows) == sorted((n, t) for n in nfes for t in texts)
+    for row in rows:
+        assert row["audio_seconds"] > 0
+        for key in ("rtf", "synthesis_seconds", "wall_seconds", "overhead_seconds"):
+            _assert_stats(row[key], runs)
+        assert row["rtf"]["median"] > 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "out.json"
+    # --no-cached-path: the placeholder module is what the GPU machine (without cached_path) uses.
+    cmd = [
+        sys.executable, str(BENCH), "--device", "cpu", "--model", "demo", "--runs", "2", "--texts", "short",
+        "--nfe", "7", "--upstream-nfe", "7", "--warmup", "0", "--no-cached-path",
+        "--work-dir", str(tmp / "work"), "--json", str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    assert "RTF med" in proc.stdout  # the printed table
+    return json.loads(out.read_text())
+
+
+def test_meta_records_the_setup(report):
+    meta = report["meta"]
+    assert meta["device"] == "cpu" and meta["model"] == "demo"
+    assert meta["cached_path"] == "placeholder"
+    assert meta["texts"] == {"interjection": "Oh my god!"}
+    assert meta["reference"]["text"] == "Some call me nature, others call me mother nature."
+    assert 5.0 < meta["reference"]["seconds"] < 5.6  # f5-tts's basic_ref_en.wav
+    assert report["failed"] == []
+    assert report["checkpoint"]["arch"] == "F5TTS_demo_tiny" and report["checkpoint"]["generated"] is True
+
+
+def test_upstream_section(report):
+    up = report["sections"]["upstream"]
+    _assert_rows(up["results"], [7], ["interjection"], 2)
+    assert up["params"] > 0 and _finite(up["load_seconds"])
+
+
+def test_engine_section(report):
+    eng = report["sections"]["engine"]
+    _assert_rows(eng["results"], [7], ["interjection"], 2)
+    assert _finite(eng["warmup"]["seconds"]) and eng["warmup"]["compiled"] is False  # CPU runs eager
+    assert eng["first_request"]["text"] == "sentence" and eng["first_request"]["rtf"] > 0
+    assert eng["time_to_first_audio"]["text"] == "chat"
+    _assert_stats(eng["time_to_first_audio"]["seconds"], 2)
+    assert eng["recompiles_after_ready"]["engine_describe"] == 0
+    assert eng["recompiles_after_ready"]["dynamo"]["unique_graphs"] == 0
+    assert eng["peak_gpu_memory_bytes"] is None  # CPU: no GPU figure rather than a made-up one
+    # Same weights on both sides: the engine's model has upstream's parameter count.
+    assert eng["params"] == report["sections"]["upstream"]["params"]
+
+
+def test_daemon_cold_and_warm(report):
+    daemon = report["sections"]["daemon"]
+    cold, warm = daemon["cold"], daemon["warm"]
+    _assert_rows(cold["results"], [7], ["interjection"], 2)
+    assert warm["results"] == []  # the second start measures start-up, first request and TTFA only
+    for start in (cold, warm):
+        assert start["ready_seconds"] > 0 and _finite(start["warmup"]["seconds"])
+        assert start["first_request"]["roundtrip_seconds"] >= start["first_request"]["seconds"] > 0
+        _assert_stats(start["time_to_first_audio"]["seconds"], 2)
+        assert _finite(start["overhead_seconds"]["median"])
+        assert start["recompiles_after_ready"]["engine_describe"] == 0
+        assert start["exit_code"] == 0  # stopped cleanly by SIGTERM
+        assert start["describe"]["model"] == "F5TTS_demo_tiny"
+    # Same text, same reference, same seed rule: all three sides produce the same length of audio.
+    up = report["sections"]["upstream"]["results"][0]["audio_seconds"]
+    assert cold["results"][0]["audio_seconds"] == pytest.approx(up, abs=0.02)
+
+
+def test_ratios_against_upstream(report):
+    for side in ("engine", "daemon"):
+        (item,) = report["ratios"][side]
+        assert item["nfe"] == 7 and item["text"] == "interjection" and item["ratio"] > 0
+
+
+def test_bad_arguments_are_refused_clearly(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--texts", "sonnet", "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "unknown text 'sonnet'" in proc.stderr
