@@ -19,7 +19,7 @@ from ishowtts_edge.engine.core import Engine
 from ishowtts_edge.engine.demo import DEMO_ARCH, demo_bundle_valid, write_demo_bundle
 from ishowtts_edge.engine.sampler import FlowSampler, compile_counters
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
-from tests.conftest import engine_settings, write_reference
+from tests.engine_support import engine_settings, write_reference, tiny_bundle  # noqa: F401 (fixture)
 
 TEXT = "Hello world, this is a test of the engine."
 
@@ -307,3 +307,15 @@ def test_engine_synthesis_slows_down_with_the_fake_clock(tiny_bundle, tmp_path: 
     result = engine.synthesize(SynthesizeParams(text=TEXT, seed=1))
     assert engine.clock.total_delay_s > 0
     assert result.synthesis_seconds > engine.clock.total_delay_s  # the sleeps are inside the request
+
+
+def test_fetch_snippet_is_a_valid_engine_config(tmp_path: Path) -> None:
+    from ishowtts_edge.config import load_settings
+    from ishowtts_edge.engine.fetch import toml_snippet
+
+    folder = tmp_path / 'odd "dir"'
+    snippet = toml_snippet(folder / "model_1250000.safetensors", folder / "vocab.txt", folder / "vocos")
+    (tmp_path / "c.toml").write_text(snippet, encoding="utf-8")
+    settings = load_settings(tmp_path / "c.toml")
+    assert settings.engine.checkpoint == folder / "model_1250000.safetensors"
+    assert settings.engine.vocoder_dir == folder / "vocos" and settings.engine.model == "F5TTS_v1_Base"

@@ -12,7 +12,7 @@ import soundfile as sf
 from ishowtts_edge.config import VoiceConfig
 from ishowtts_edge.engine.core import Engine
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
-from tests.conftest import engine_settings, tone, write_reference
+from tests.engine_support import engine_settings, tone, write_reference, tiny_bundle  # noqa: F401 (fixture)
 
 
 def _wav_bytes(tmp_path: Path, name: str, seconds: float = 1.5, seed: int = 0) -> bytes:

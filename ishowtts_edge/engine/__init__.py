@@ -11,7 +11,8 @@ The daemon uses exactly this surface (implemented in :mod:`.core`)::
     engine.describe()                         # {"device", "dtype", "model", "compiled", "demo", ...}
 
 ``progress(message)`` is called at least every few seconds during load and warm-up
-so the daemon can extend systemd's start timeout.  Request problems raise
+(from a helper thread while one long step such as a compile runs) so the daemon can
+extend systemd's start timeout.  Request problems raise
 :class:`ishowtts_edge.protocol.ServiceError` with a stable code.
 """
 
@@ -31,6 +32,7 @@ class SynthesisResult:
     nfe_step: int
     chunks: int = 1
     seed: int | None = None  # the noise seed used (drawn at random when the request gave none)
+    voice_seconds: float = 0.0  # looking up / preparing the voice; not part of synthesis_seconds
 
     @property
     def audio_seconds(self) -> float:

@@ -12,11 +12,12 @@ tests compare against upstream).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,34 @@ def _noop(_: str) -> None:
     pass
 
 
+#: Seconds between progress calls while one long step (a compile, a model load) runs.
+HEARTBEAT_S = 5.0
+
+
+@contextlib.contextmanager
+def _heartbeat(progress: Progress, message: str) -> Iterator[None]:
+    """Call ``progress`` now and then every few seconds from a helper thread until the step ends.
+
+    A max-autotune compile of one bucket can take minutes; systemd's start timeout is
+    extended only as long as the daemon keeps reporting.
+    """
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            progress(f"{message} ({time.monotonic() - started:.0f} s)")
+
+    progress(message)
+    thread = threading.Thread(target=beat, name="engine-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -115,9 +144,9 @@ class Engine:
         self._resolve_device()
         cfg = self.config
         if self.demo:
-            progress("preparing the demo checkpoint")
             try:
-                bundle = ensure_demo_bundle(self.settings.paths.cache_dir)
+                with _heartbeat(progress, "preparing the demo checkpoint"):
+                    bundle = ensure_demo_bundle(self.settings.paths.cache_dir)
             except OSError as exc:
                 raise EngineLoadError(
                     f"{self.settings.paths.cache_dir}: cannot write the demo checkpoint: {exc}"
@@ -142,11 +171,11 @@ class Engine:
                     f"engine.vocoder_dir is not set and {vocoder_dir} does not exist: give the local Vocos "
                     "directory (config.yaml + pytorch_model.bin)"
                 )
-        progress(f"loading model {arch.name}")
-        self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+        with _heartbeat(progress, f"loading model {arch.name}"):
+            self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
         self._vocab = self.model.vocab_char_map or {}
-        progress("loading vocoder")
-        vocoder = load_vocos(vocoder_dir, self.device)
+        with _heartbeat(progress, "loading vocoder"):
+            vocoder = load_vocos(vocoder_dir, self.device)
         if self.dtype != torch.float32:
             vocoder.backbone.to(self.dtype)  # the ISTFT head stays float32
         self.vocoder = vocoder
@@ -166,9 +195,9 @@ class Engine:
         if self.clock is not None:
             log.warning("clock emulation is on (testing only) %s", kv(devfreq=cfg.emulate_clock_devfreq))
 
-        progress("preparing voices")
         self.registry = VoiceRegistry(self._prepare_voice, cfg.adhoc_voice_cache)
-        self.registry.configure(self.settings.voices, self._demo_voice_dir)
+        with _heartbeat(progress, "preparing voices"):
+            self.registry.configure(self.settings.voices, self._demo_voice_dir)
         self.loaded = True
         log.info(
             "engine loaded %s",
@@ -300,46 +329,56 @@ class Engine:
         }
 
     def synthesize(self, params: SynthesizeParams, ref: bytes | None = None) -> SynthesisResult:
-        """One request; ServiceError for unknown voices, bad references and CUDA OOM."""
+        """One request; ServiceError for unknown voices, bad references and CUDA OOM.
+
+        ``synthesis_seconds`` counts only the model work (chunks, vocoder, cross-fade), not
+        preparing a new voice or waiting for the engine, so the RTF the monitor tracks
+        reflects the hardware, not the request mix.
+        """
         self._require_loaded()
-        started = time.perf_counter()
+        try:
+            return self._synthesize(params, ref)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.warning("CUDA out of memory during synthesis %s", kv(chars=len(params.text)))
+            raise ServiceError(
+                ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this request; try a shorter text"
+            ) from None
+
+    def _synthesize(self, params: SynthesizeParams, ref: bytes | None) -> SynthesisResult:
         registry = self.registry
+        voice_started = time.perf_counter()
         if ref is not None:
             voice = registry.adhoc(ref, params.ref_text or "")  # type: ignore[union-attr]
         else:
             voice = registry.get(params.voice or self.settings.default_voice)  # type: ignore[union-attr]
+        voice_seconds = time.perf_counter() - voice_started
         prompt: VoicePrompt = voice.payload
         opts = self._options(params)
         normalized = normalize_ref_text(voice.ref_text)
         chunks = chunk_text(params.text, max_chunk_bytes(normalized, voice.ref_seconds, opts["speed"]))
         if not chunks:
             raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
+        sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
         with self._lock:
+            started = time.perf_counter()
             generator = torch.Generator(device=self.device).manual_seed(opts["seed"])
             waves, frames = [], 0
-            try:
-                for gen_text in chunks:
-                    wave, count = self._chunk(prompt, gen_text, opts, generator)
-                    waves.append(wave)
-                    frames += count
-            except torch.cuda.OutOfMemoryError:
-                waves.clear()
-                torch.cuda.empty_cache()
-                log.warning("CUDA out of memory during synthesis %s", kv(chars=len(params.text), chunks=len(chunks)))
-                raise ServiceError(
-                    ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this request; try a shorter text"
-                ) from None
-        sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
-        audio = cross_fade(waves, self.config.cross_fade_s, sample_rate)
-        audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+            for gen_text in chunks:
+                wave, count = self._chunk(prompt, gen_text, opts, generator)
+                waves.append(wave)
+                frames += count
+            audio = np.clip(cross_fade(waves, self.config.cross_fade_s, sample_rate), -1.0, 1.0).astype(np.float32)
+            elapsed = time.perf_counter() - started
         return SynthesisResult(
             audio=audio,
             sample_rate=sample_rate,
-            synthesis_seconds=time.perf_counter() - started,
+            synthesis_seconds=elapsed,
             mel_frames=frames,
             nfe_step=opts["nfe_step"],
             chunks=len(chunks),
             seed=opts["seed"],
+            voice_seconds=voice_seconds,
         )
 
     # -- warm-up ------------------------------------------------------------------------------------
@@ -357,9 +396,10 @@ class Engine:
                 pass
             elif sampler.buckets:  # type: ignore[union-attr]
                 for bucket in sampler.buckets:  # type: ignore[union-attr]
-                    progress(f"warming up {bucket} frames{' (compiling)' if sampler.compiled else ''}")
+                    message = f"warming up {bucket} frames{' (compiling)' if sampler.compiled else ''}"
                     try:
-                        self._warm_bucket(bucket)
+                        with _heartbeat(progress, message):
+                            self._warm_bucket(bucket)
                     except torch.cuda.OutOfMemoryError:
                         torch.cuda.empty_cache()
                         raise
@@ -369,11 +409,12 @@ class Engine:
                         error = f"torch.compile failed, running eager: {type(exc).__name__}: {exc}"[:500]
                         log.warning("%s", error)
                         sampler.disable_compile()  # type: ignore[union-attr]
-                        self._warm_bucket(bucket)
+                        with _heartbeat(progress, f"warming up {bucket} frames (eager)"):
+                            self._warm_bucket(bucket)
                     shapes.append(bucket)
             else:
-                progress("warming up")
-                shapes.append(self._warm_once())
+                with _heartbeat(progress, "warming up"):
+                    shapes.append(self._warm_once())
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self._counters_at_ready = compile_counters()
