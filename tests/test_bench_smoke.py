@@ -18,6 +18,36 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "scripts" / "bench"
 
 
+def _load_script():
+    """scripts/bench as a module (it has no .py suffix), for its pure helpers."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("bench_script", str(BENCH))
+    spec = importlib.util.spec_from_loader("bench_script", loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_script"] = module  # dataclasses look their module up here
+    loader.exec_module(module)
+    return module
+
+
+def test_texts_have_the_lengths_the_issue_names():
+    bench = _load_script()
+    assert bench.TEXTS["sentence"] == "The quick brown fox jumps over a lazy dog."
+    assert {k: len(v) for k, v in bench.TEXTS.items() if k != "sentence"} == {
+        "chat": 60, "paragraph": 200, "interjection": 10,
+    }
+
+
+def test_summary_statistics():
+    bench = _load_script()
+    stats = bench.summarize([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert stats["median"] == 3.0
+    assert stats["p90"] == pytest.approx(4.0 + 0.6 * 6.0)  # numpy's linear interpolation
+    assert stats["cv"] == pytest.approx(3.5355339 / 4.0)  # sample stdev / mean
+    assert bench.summarize([2.0])["cv"] == 0.0
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
