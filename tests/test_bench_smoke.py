@@ -128,6 +128,8 @@ def test_daemon_cold_and_warm(report):
         assert start["recompiles_after_ready"]["engine_describe"] == 0
         assert start["exit_code"] == 0  # stopped cleanly by SIGTERM
         assert start["describe"]["model"] == "F5TTS_demo_tiny"
+        assert start["state"] == "ready" and start["gpu_memory_used_bytes"] is None
+        assert start["peak_rss_bytes"] > 0
     # Same text, same reference, same seed rule: all three sides produce the same length of audio.
     up = report["sections"]["upstream"]["results"][0]["audio_seconds"]
     assert cold["results"][0]["audio_seconds"] == pytest.approx(up, abs=0.02)
