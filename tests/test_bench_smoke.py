@@ -69,8 +69,13 @@ def _assert_rows(rows: list, nfes: list[int], texts: list[str], runs: int) -> No
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("bench")
+def run_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(scope="module")
+def report(run_dir) -> dict:
+    tmp = run_dir
     out = tmp / "out.json"
     # --no-cached-path: the placeholder module is what the GPU machine (without cached_path) uses.
     cmd = [
@@ -139,6 +144,36 @@ def test_ratios_against_upstream(report):
     for side in ("engine", "daemon"):
         (item,) = report["ratios"][side]
         assert item["nfe"] == 7 and item["text"] == "interjection" and item["ratio"] > 0
+
+
+def _borrow(run_dir: Path, source: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, str(BENCH), "--device", "cpu", "--model", "demo", "--texts", "short",
+        "--skip", "engine,daemon", "--upstream-from", str(source),
+        "--work-dir", str(run_dir / "work"), "--json", str(out),
+    ]
+    return subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=120)
+
+
+def test_upstream_section_can_be_borrowed_from_an_earlier_report(report, run_dir):
+    out = run_dir / "borrowed.json"
+    proc = _borrow(run_dir, run_dir / "out.json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(out.read_text())
+    upstream = again["sections"]["upstream"]
+    assert upstream["borrowed_from"]["path"] == str(run_dir / "out.json")
+    assert upstream["results"] == report["sections"]["upstream"]["results"]
+    assert again["checkpoint"]["generated"] is False  # the work dir's checkpoint was reused
+
+
+def test_borrowing_refuses_a_report_of_something_else(report, run_dir):
+    other = dict(report, meta={**report["meta"], "reference": {**report["meta"]["reference"], "text": "Other."}})
+    source = run_dir / "other.json"
+    source.write_text(json.dumps(other))
+    proc = _borrow(run_dir, source, run_dir / "refused.json")
+    assert proc.returncode != 0
+    assert "measured with a different reference" in proc.stderr
+    assert not (run_dir / "refused.json").exists()
 
 
 def test_bad_arguments_are_refused_clearly(tmp_path):
