@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,9 @@ def report(run_dir) -> dict:
         "--nfe", "7", "--upstream-nfe", "7", "--warmup", "0", "--no-cached-path",
         "--work-dir", str(tmp / "work"), "--json", str(out),
     ]
-    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=280)
+    # A stray override in the caller's environment must not reach the measured engine.
+    env = {**os.environ, "ISHOWTTS_EDGE_ENGINE__NFE_STEP": "3"}
+    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=280, env=env)
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
     assert "RTF med" in proc.stdout  # the printed table
     return json.loads(out.read_text())
@@ -115,6 +118,8 @@ def test_engine_section(report):
     _assert_stats(eng["time_to_first_audio"]["seconds"], 2)
     assert eng["recompiles_after_ready"]["engine_describe"] == 0
     assert eng["recompiles_after_ready"]["dynamo"]["unique_graphs"] == 0
+    assert eng["describe"]["nfe_step"] == 7  # bench.toml's default, not the caller's ISHOWTTS_EDGE_ override
+    assert eng["first_request"]["wall_seconds"] >= eng["first_request"]["seconds"]
     assert eng["peak_gpu_memory_bytes"] is None  # CPU: no GPU figure rather than a made-up one
     # Same weights on both sides: the engine's model has upstream's parameter count.
     assert eng["params"] == report["sections"]["upstream"]["params"]
@@ -132,7 +137,7 @@ def test_daemon_cold_and_warm(report):
         assert _finite(start["overhead_seconds"]["median"])
         assert start["recompiles_after_ready"]["engine_describe"] == 0
         assert start["exit_code"] == 0  # stopped cleanly by SIGTERM
-        assert start["describe"]["model"] == "F5TTS_demo_tiny"
+        assert start["describe"]["model"] == "F5TTS_demo_tiny" and start["describe"]["nfe_step"] == 7
         assert start["state"] == "ready" and start["gpu_memory_used_bytes"] is None
         assert start["peak_rss_bytes"] > 0
     # Same text, same reference, same seed rule: all three sides produce the same length of audio.
