@@ -19,7 +19,7 @@ from ishowtts_edge.engine.core import Engine
 from ishowtts_edge.engine.demo import DEMO_ARCH, demo_bundle_valid, write_demo_bundle
 from ishowtts_edge.engine.sampler import FlowSampler, compile_counters
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
-from tests.engine_support import engine_settings, write_reference, tiny_bundle  # noqa: F401 (fixture)
+from tests.engine_support import engine_settings, tiny_bundle  # noqa: F401 (fixture)
 
 TEXT = "Hello world, this is a test of the engine."
 
@@ -319,3 +319,23 @@ def test_fetch_snippet_is_a_valid_engine_config(tmp_path: Path) -> None:
     settings = load_settings(tmp_path / "c.toml")
     assert settings.engine.checkpoint == folder / "model_1250000.safetensors"
     assert settings.engine.vocoder_dir == folder / "vocos" and settings.engine.model == "F5TTS_v1_Base"
+
+
+def test_progress_keeps_coming_during_long_steps(tiny_bundle, tmp_path: Path, voices, monkeypatch) -> None:
+    import ishowtts_edge.engine.core as core
+
+    monkeypatch.setattr(core, "HEARTBEAT_S", 0.005)
+    messages: list[str] = []
+    engine = Engine(engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="always", length_buckets=[256, 512]))
+    engine.load(messages.append)
+    engine.warmup(messages.append)
+    assert any(m.startswith("loading model") for m in messages)
+    assert any(m.startswith("warming up 512 frames") for m in messages)
+    assert any(m.endswith(" s)") for m in messages)  # repeated while a step was still running
+
+
+def test_missing_vocab_names_the_file(tiny_bundle, tmp_path: Path) -> None:
+    settings = engine_settings(tiny_bundle, tmp_path)
+    settings.engine.vocab = tmp_path / "no_vocab.txt"
+    message = _load_error(settings)
+    assert "no_vocab.txt" in message and "not found" in message

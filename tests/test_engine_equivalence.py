@@ -186,3 +186,30 @@ def test_cross_fade_overlap_is_limited_by_the_shorter_wave() -> None:
     head = ours.cross_fade([a, b], 0.15, 24000)
     np.testing.assert_allclose(head[4900:], a[-100:] * fade + b * fade[::-1], rtol=1e-6)
     np.testing.assert_array_equal(ours.cross_fade([a, b, c], 0.0, 24000), np.concatenate([a, b, c]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("steps", "cfg"), [(7, 2.0), (9, 0.0)])
+def test_sampler_matches_cfm_sample_in_each_dtype(tiny_bundle, dtype, steps, cfg) -> None:
+    """The FP16 (CUDA) arithmetic, run on CPU: same dtype for noise, timesteps and Euler updates."""
+    from ishowtts_edge.engine.checkpoint import load_model, read_arch
+    from ishowtts_edge.engine.sampler import FlowSampler
+
+    model = load_model(read_arch(tiny_bundle.arch_path), tiny_bundle.checkpoint, tiny_bundle.vocab,
+                       torch.device("cpu"), dtype)
+    generator = torch.Generator().manual_seed(0)
+    cond = torch.randn(1, 120, 100, generator=generator).to(dtype)
+    text = torch.randint(0, 2000, (1, 50), generator=generator)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        expected, _ = model.sample(cond=cond, text=text, duration=230, steps=steps, cfg_strength=cfg,
+                                   sway_sampling_coef=-1.0)
+    ours = FlowSampler(model).sample(cond, text, 230, steps=steps, cfg_strength=cfg, sway_sampling_coef=-1.0,
+                                     generator=torch.Generator().manual_seed(5))
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    padded = FlowSampler(model, buckets=[256]).sample(cond, text, 230, steps=steps, cfg_strength=cfg,
+                                                      sway_sampling_coef=-1.0,
+                                                      generator=torch.Generator().manual_seed(5))
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2  # fp16 resolution at |x| ~ 4
+    torch.testing.assert_close(padded.float(), expected.float(), rtol=0, atol=tolerance)

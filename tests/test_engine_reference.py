@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import soundfile as sf
 
 from ishowtts_edge.engine.reference import clip_reference, decode_audio, normalize_ref_text
 from ishowtts_edge.protocol import ErrorCode, ServiceError
+from tests.engine_support import upstream_utils_infer
 
 
 def _voiced(seconds: float, rate: int, rng: np.random.Generator, level: float = 0.3) -> np.ndarray:
@@ -37,12 +37,7 @@ def _write(path: Path, pieces: list[tuple[str, float]], rate: int, channels: int
 
 def _upstream(path: Path, tmp_path: Path) -> tuple[np.ndarray, int]:
     """Run upstream's pydub preprocessing and read its output file (16-bit WAV)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from ishowtts_edge.engine.upstream import ensure_f5_model_importable
-
-        ensure_f5_model_importable()
-        import f5_tts.infer.utils_infer as utils_infer
+    utils_infer = upstream_utils_infer()
     utils_infer._ref_audio_cache.clear()
     out_path, text = utils_infer.preprocess_ref_audio_text(str(path), "some words", show_info=lambda *_: None)
     assert text == "some words. "

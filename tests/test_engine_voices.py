@@ -157,3 +157,10 @@ def test_reload_voices_keeps_unchanged_preparations(engine: Engine, tmp_path: Pa
     with pytest.raises(ServiceError) as info:
         engine.registry.get("bob")
     assert info.value.code is ErrorCode.UNKNOWN_VOICE
+
+
+def test_reference_at_a_low_sample_rate_is_resampled(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "odd.wav"
+    sf.write(path, tone(2.0, rate=8000), 8000, subtype="PCM_16")
+    result = engine.synthesize(SynthesizeParams(text="Low rate reference.", ref_text="A tone.", seed=1), path.read_bytes())
+    assert result.audio.size > 0 and result.sample_rate == 24000

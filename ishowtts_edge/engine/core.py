@@ -64,7 +64,8 @@ class VoicePrompt:
     cond: torch.Tensor  # (1, frames, n_mels), model dtype
     ref_audio_len: int  # samples // hop, as upstream counts it
     rms: torch.Tensor  # loudness before the lift to target_rms
-    prompt_text: str  # normalised transcript plus upstream's trailing space
+    ref_text: str  # the transcript with upstream's sentence stop (what sets the chunk size)
+    prompt_text: str  # ref_text plus upstream's trailing space (what is tokenised)
     prompt_tokens: list[str]
 
 
@@ -88,7 +89,10 @@ def _heartbeat(progress: Progress, message: str) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
-            progress(f"{message} ({time.monotonic() - started:.0f} s)")
+            try:
+                progress(f"{message} ({time.monotonic() - started:.0f} s)")
+            except Exception:  # a failing callback must not kill the heartbeat silently
+                log.exception("progress callback failed")
 
     progress(message)
     thread = threading.Thread(target=beat, name="engine-progress", daemon=True)
@@ -171,11 +175,16 @@ class Engine:
                     f"engine.vocoder_dir is not set and {vocoder_dir} does not exist: give the local Vocos "
                     "directory (config.yaml + pytorch_model.bin)"
                 )
-        with _heartbeat(progress, f"loading model {arch.name}"):
-            self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+        try:
+            with _heartbeat(progress, f"loading model {arch.name}"):
+                self.model = load_model(arch, checkpoint, vocab, self.device, self.dtype)
+            with _heartbeat(progress, "loading vocoder"):
+                vocoder = load_vocos(vocoder_dir, self.device)
+        except torch.cuda.OutOfMemoryError:
+            self.model = None
+            torch.cuda.empty_cache()
+            raise EngineLoadError(f"{checkpoint}: not enough GPU memory to load {arch.name}") from None
         self._vocab = self.model.vocab_char_map or {}
-        with _heartbeat(progress, "loading vocoder"):
-            vocoder = load_vocos(vocoder_dir, self.device)
         if self.dtype != torch.float32:
             vocoder.backbone.to(self.dtype)  # the ISTFT head stays float32
         self.vocoder = vocoder
@@ -199,6 +208,11 @@ class Engine:
         with _heartbeat(progress, "preparing voices"):
             self.registry.configure(self.settings.voices, self._demo_voice_dir)
         self.loaded = True
+        if self.settings.default_voice not in {v["id"] for v in self.registry.list()}:
+            log.warning(
+                "default_voice is not a configured voice: requests without a voice will fail %s",
+                kv(default_voice=self.settings.default_voice),
+            )
         log.info(
             "engine loaded %s",
             kv(device=self.device.type, dtype=_dtype_name(self.dtype), model=arch.name, demo=self.demo,
@@ -225,6 +239,18 @@ class Engine:
         return resampler(audio)
 
     def _prepare_voice(self, audio_bytes: bytes, ref_text: str, label: str) -> PreparedVoice:
+        """Prepare a reference; anything odd about the audio becomes BAD_REFERENCE, never a crash."""
+        try:
+            return self._prepare_voice_unchecked(audio_bytes, ref_text, label)
+        except (ServiceError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as exc:  # e.g. an absurd sample rate that the resampler refuses
+            log.warning("reference preparation failed %s", kv(voice=label, error=f"{type(exc).__name__}: {exc}"))
+            raise ServiceError(
+                ErrorCode.BAD_REFERENCE, f"{label} audio cannot be used: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _prepare_voice_unchecked(self, audio_bytes: bytes, ref_text: str, label: str) -> PreparedVoice:
         """upstream's reference path: clip, mono, loudness lift, 24 kHz, mel -- done once per voice."""
         decoded = decode_audio(audio_bytes, what=f"{label} audio")
         clipped = clip_reference(decoded, self.config.max_ref_seconds)
@@ -254,6 +280,7 @@ class Engine:
             cond=mel,
             ref_audio_len=audio.shape[-1] // self.arch.hop_length,  # type: ignore[union-attr]
             rms=rms,
+            ref_text=normalized,
             prompt_text=prompt_text,
             prompt_tokens=convert_char_to_pinyin([prompt_text])[0],
         )
@@ -355,8 +382,7 @@ class Engine:
         voice_seconds = time.perf_counter() - voice_started
         prompt: VoicePrompt = voice.payload
         opts = self._options(params)
-        normalized = normalize_ref_text(voice.ref_text)
-        chunks = chunk_text(params.text, max_chunk_bytes(normalized, voice.ref_seconds, opts["speed"]))
+        chunks = chunk_text(params.text, max_chunk_bytes(prompt.ref_text, voice.ref_seconds, opts["speed"]))
         if not chunks:
             raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
         sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
@@ -437,7 +463,8 @@ class Engine:
         vocab_size = max(len(self._vocab), 1)
         text = torch.randint(0, vocab_size, (1, max(1, frames // 6)), generator=generator, device=self.device)
         out = self.sampler.sample(  # type: ignore[union-attr]
-            cond, text, frames, steps=min(2, self.config.nfe_step), cfg_strength=self.config.cfg_strength,
+            # three calls: enough for cudagraph trees (reduce-overhead) to warm up, record and replay
+            cond, text, frames, steps=min(3, self.config.nfe_step), cfg_strength=self.config.cfg_strength,
             sway_sampling_coef=self.config.sway_sampling_coef, generator=generator,
         )
         with torch.inference_mode():

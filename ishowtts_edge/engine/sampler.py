@@ -75,9 +75,10 @@ class FlowSampler:
         self.exact_padding = self.is_dit and bool(getattr(self.transformer.text_embed, "mask_padding", False))
         self.buckets = sorted(set(buckets or [])) if self.exact_padding else []
         if buckets and not self.buckets:
+            reason = "only DiT has the masked path" if not self.is_dit else "text_mask_padding is false"
             log.warning(
                 "length buckets disabled: padding would change this model's output %s",
-                kv(backbone=type(self.transformer).__name__, text_mask_padding=False),
+                kv(backbone=type(self.transformer).__name__, reason=reason),
             )
         if self.buckets:
             # Padded frames must be masked out of attention; upstream passes no mask at batch 1,
@@ -89,9 +90,11 @@ class FlowSampler:
         self.compiled = False
         self.compile_backend = compile_backend
         if compile_mode is not None and self.is_dit:
-            # dynamic=False: one graph per bucket, specialised and autotuned for that length.
+            # With buckets, dynamic=False: one graph per bucket, specialised and autotuned for that
+            # length.  Without, every new length would recompile, so let dynamo go dynamic.
             options = {"mode": compile_mode} if compile_backend == "inductor" else {}
-            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=False, **options)
+            dynamic = False if self.buckets else None
+            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=dynamic, **options)
             self.compiled = True
         elif compile_mode is not None:
             log.warning("torch.compile skipped: only the DiT backbone has a compiled path %s",
@@ -172,7 +175,8 @@ class FlowSampler:
         for i in range(len(t) - 1):
             started = time.perf_counter() if timing else 0.0
             t0, t1 = t[i], t[i + 1]
-            y = y + (t1 - t0) * velocity(t0.to(y.abs().dtype), y)
+            # torchdiffeq casts t to y's (real) dtype before calling the model; dt stays in t's dtype
+            y = y + (t1 - t0) * velocity(t0.to(y.dtype), y)
             if timing:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
