@@ -107,6 +107,8 @@ def test_upstream_section(report):
     up = report["sections"]["upstream"]
     _assert_rows(up["results"], [7], ["interjection"], 2)
     assert up["params"] > 0 and _finite(up["load_seconds"])
+    assert up["dit_step"]["frames"] == up["dit_step"]["run_frames"] == 855 and up["dit_step"]["batch"] == 2
+    _assert_stats(up["dit_step"]["ms"], 20)
 
 
 def test_engine_section(report):
@@ -118,6 +120,8 @@ def test_engine_section(report):
     _assert_stats(eng["time_to_first_audio"]["seconds"], 2)
     assert eng["recompiles_after_ready"]["engine_describe"] == 0
     assert eng["recompiles_after_ready"]["dynamo"]["unique_graphs"] == 0
+    assert eng["dit_step"]["frames"] == 855 and eng["dit_step"]["compiled"] is False
+    _assert_stats(eng["dit_step"]["ms"], 20)
     assert eng["describe"]["nfe_step"] == 7  # bench.toml's default, not the caller's ISHOWTTS_EDGE_ override
     assert eng["first_request"]["wall_seconds"] >= eng["first_request"]["seconds"]
     assert eng["peak_gpu_memory_bytes"] is None  # CPU: no GPU figure rather than a made-up one
