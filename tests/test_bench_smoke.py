@@ -64,7 +64,7 @@ def _assert_rows(rows: list, nfes: list[int], texts: list[str], runs: int) -> No
     assert sorted((r["nfe"], r["text"]) for r in rows) == sorted((n, t) for n in nfes for t in texts)
     for row in rows:
         assert row["audio_seconds"] > 0
-        for key in ("rtf", "synthesis_seconds", "wall_seconds", "overhead_seconds"):
+        for key in ("rtf", "rtf_wall", "synthesis_seconds", "wall_seconds", "overhead_seconds"):
             _assert_stats(row[key], runs)
         assert row["rtf"]["median"] > 0
 
@@ -153,7 +153,11 @@ def test_daemon_cold_and_warm(report):
 def test_ratios_against_upstream(report):
     for side in ("engine", "daemon"):
         (item,) = report["ratios"][side]
-        assert item["nfe"] == 7 and item["text"] == "interjection" and item["ratio"] > 0
+        assert item["nfe"] == 7 and item["text"] == "interjection"
+        assert item["ratio"] > 0 and item["ratio_synthesis"] > 0
+        ours = report["sections"][side] if side == "engine" else report["sections"]["daemon"]["cold"]
+        upstream = report["sections"]["upstream"]["results"][0]["rtf"]["median"]
+        assert item["ratio"] == pytest.approx(ours["results"][0]["rtf_wall"]["median"] / upstream)
 
 
 def _borrow(run_dir: Path, source: Path, out: Path) -> subprocess.CompletedProcess:
