@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) scripts/bench
+	$(PY) scripts/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEV_DIR) .pytest_cache

@@ -1,0 +1,199 @@
+"""scripts/bench on the CPU with the tiny demo model: the script runs end to end and every section reports.
+
+A smoke test of the script, not a benchmark: it asserts the report's structure and that
+every figure is a real, finite number, never what the numbers are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "scripts" / "bench"
+
+
+def _load_script():
+    """scripts/bench as a module (it has no .py suffix), for its pure helpers."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("bench_script", str(BENCH))
+    spec = importlib.util.spec_from_loader("bench_script", loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_script"] = module  # dataclasses look their module up here
+    loader.exec_module(module)
+    return module
+
+
+def test_texts_have_the_lengths_the_issue_names():
+    bench = _load_script()
+    assert bench.TEXTS["sentence"] == "The quick brown fox jumps over a lazy dog."
+    assert {k: len(v) for k, v in bench.TEXTS.items() if k != "sentence"} == {
+        "chat": 60, "paragraph": 200, "interjection": 10,
+    }
+
+
+def test_summary_statistics():
+    bench = _load_script()
+    stats = bench.summarize([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert stats["median"] == 3.0
+    assert stats["p90"] == pytest.approx(4.0 + 0.6 * 6.0)  # numpy's linear interpolation
+    assert stats["cv"] == pytest.approx(3.5355339 / 4.0)  # sample stdev / mean
+    assert bench.summarize([2.0])["cv"] == 0.0
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _assert_stats(stats: dict, n: int) -> None:
+    assert stats["n"] == n
+    for key in ("median", "p90", "cv", "mean", "min", "max"):
+        assert _finite(stats[key]), (key, stats)
+    assert stats["min"] <= stats["median"] <= stats["p90"] <= stats["max"]
+
+
+def _assert_rows(rows: list, nfes: list[int], texts: list[str], runs: int) -> None:
+    assert sorted((r["nfe"], r["text"]) for r in rows) == sorted((n, t) for n in nfes for t in texts)
+    for row in rows:
+        assert row["audio_seconds"] > 0
+        for key in ("rtf", "rtf_wall", "synthesis_seconds", "wall_seconds", "overhead_seconds"):
+            _assert_stats(row[key], runs)
+        assert row["rtf"]["median"] > 0
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(scope="module")
+def report(run_dir) -> dict:
+    tmp = run_dir
+    out = tmp / "out.json"
+    # --no-cached-path: the placeholder module is what the GPU machine (without cached_path) uses.
+    cmd = [
+        sys.executable, str(BENCH), "--device", "cpu", "--model", "demo", "--runs", "2", "--texts", "short",
+        "--nfe", "7", "--upstream-nfe", "7", "--warmup", "0", "--step-iterations", "5", "--no-cached-path",
+        "--work-dir", str(tmp / "work"), "--json", str(out),
+    ]
+    # A stray override in the caller's environment must not reach the measured engine.
+    env = {**os.environ, "ISHOWTTS_EDGE_ENGINE__NFE_STEP": "3"}
+    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=280, env=env)
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    assert "RTF med" in proc.stdout  # the printed table
+    return json.loads(out.read_text())
+
+
+def test_meta_records_the_setup(report):
+    meta = report["meta"]
+    assert meta["device"] == "cpu" and meta["model"] == "demo"
+    assert meta["cached_path"] == "placeholder"
+    assert meta["texts"] == {"interjection": "Oh my god!"}
+    assert meta["reference"]["text"] == "Some call me nature, others call me mother nature."
+    assert 5.0 < meta["reference"]["seconds"] < 5.6  # f5-tts's basic_ref_en.wav
+    assert report["failed"] == []
+    assert report["checkpoint"]["arch"] == "F5TTS_demo_tiny" and report["checkpoint"]["generated"] is True
+
+
+def test_upstream_section(report):
+    up = report["sections"]["upstream"]
+    _assert_rows(up["results"], [7], ["interjection"], 2)
+    assert up["params"] > 0 and _finite(up["load_seconds"])
+    assert up["dit_step"]["frames"] == up["dit_step"]["run_frames"] == 855 and up["dit_step"]["batch"] == 2
+    _assert_stats(up["dit_step"]["ms"], 5)
+
+
+def test_engine_section(report):
+    eng = report["sections"]["engine"]
+    _assert_rows(eng["results"], [7], ["interjection"], 2)
+    assert _finite(eng["warmup"]["seconds"]) and eng["warmup"]["compiled"] is False  # CPU runs eager
+    assert eng["first_request"]["text"] == "sentence" and eng["first_request"]["rtf"] > 0
+    assert eng["time_to_first_audio"]["text"] == "chat"
+    _assert_stats(eng["time_to_first_audio"]["seconds"], 2)
+    assert eng["recompiles_after_ready"]["engine_describe"] == 0
+    assert eng["recompiles_after_ready"]["dynamo"]["unique_graphs"] == 0
+    assert eng["dit_step"]["frames"] == 855 and eng["dit_step"]["compiled"] is False
+    _assert_stats(eng["dit_step"]["ms"], 5)
+    assert eng["dit_step"]["dynamo"]["unique_graphs"] == 0
+    assert eng["describe"]["nfe_step"] == 7  # bench.toml's default, not the caller's ISHOWTTS_EDGE_ override
+    assert eng["first_request"]["wall_seconds"] >= eng["first_request"]["seconds"]
+    assert eng["peak_gpu_memory_bytes"] is None  # CPU: no GPU figure rather than a made-up one
+    # Same weights on both sides: the engine's model has upstream's parameter count.
+    assert eng["params"] == report["sections"]["upstream"]["params"]
+
+
+def test_daemon_cold_and_warm(report):
+    daemon = report["sections"]["daemon"]
+    cold, warm = daemon["cold"], daemon["warm"]
+    _assert_rows(cold["results"], [7], ["interjection"], 2)
+    assert warm["results"] == []  # the second start measures start-up, first request and TTFA only
+    for start in (cold, warm):
+        assert start["ready_seconds"] > 0 and _finite(start["warmup"]["seconds"])
+        assert start["first_request"]["roundtrip_seconds"] >= start["first_request"]["seconds"] > 0
+        _assert_stats(start["time_to_first_audio"]["seconds"], 2)
+        assert _finite(start["overhead_seconds"]["median"])
+        assert start["recompiles_after_ready"]["engine_describe"] == 0
+        assert start["exit_code"] == 0  # stopped cleanly by SIGTERM
+        assert start["describe"]["model"] == "F5TTS_demo_tiny" and start["describe"]["nfe_step"] == 7
+        assert start["state"] == "ready" and start["gpu_memory_used_bytes"] is None
+        assert start["peak_rss_bytes"] > 0
+    # Same text, same reference, same seed rule: all three sides produce the same length of audio.
+    up = report["sections"]["upstream"]["results"][0]["audio_seconds"]
+    assert cold["results"][0]["audio_seconds"] == pytest.approx(up, abs=0.02)
+
+
+def test_ratios_against_upstream(report):
+    for side in ("engine", "daemon"):
+        (item,) = report["ratios"][side]
+        assert item["nfe"] == 7 and item["text"] == "interjection"
+        assert item["ratio"] > 0 and item["ratio_synthesis"] > 0
+        ours = report["sections"][side] if side == "engine" else report["sections"]["daemon"]["cold"]
+        upstream = report["sections"]["upstream"]["results"][0]["rtf"]["median"]
+        assert item["ratio"] == pytest.approx(ours["results"][0]["rtf_wall"]["median"] / upstream)
+
+
+def _borrow(run_dir: Path, source: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, str(BENCH), "--device", "cpu", "--model", "demo", "--texts", "short",
+        "--skip", "engine,daemon", "--upstream-from", str(source),
+        "--work-dir", str(run_dir / "work"), "--json", str(out),
+    ]
+    return subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=120)
+
+
+def test_upstream_section_can_be_borrowed_from_an_earlier_report(report, run_dir):
+    out = run_dir / "borrowed.json"
+    proc = _borrow(run_dir, run_dir / "out.json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(out.read_text())
+    upstream = again["sections"]["upstream"]
+    assert upstream["borrowed_from"]["path"] == str(run_dir / "out.json")
+    assert upstream["results"] == report["sections"]["upstream"]["results"]
+    assert again["checkpoint"]["generated"] is False  # the work dir's checkpoint was reused
+
+
+def test_borrowing_refuses_a_report_of_something_else(report, run_dir):
+    other = dict(report, meta={**report["meta"], "reference": {**report["meta"]["reference"], "text": "Other."}})
+    source = run_dir / "other.json"
+    source.write_text(json.dumps(other))
+    proc = _borrow(run_dir, source, run_dir / "refused.json")
+    assert proc.returncode != 0
+    assert "measured with a different reference" in proc.stderr
+    assert not (run_dir / "refused.json").exists()
+
+
+def test_bad_arguments_are_refused_clearly(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--texts", "sonnet", "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "unknown text 'sonnet'" in proc.stderr
