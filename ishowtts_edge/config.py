@@ -149,6 +149,9 @@ class EngineConfig(_Section):
     #: CUDA only, with compile and buckets: capture each bucket's whole sampling loop at the
     #: default nfe_step as one CUDA graph (engine/graphs.py); other step counts run per step.
     cuda_graphs: bool = True
+    #: Step counts captured as CUDA graphs besides nfe_step (32 = upstream's default NFE);
+    #: requests at other step counts run step by step on the same compiled kernels.
+    cuda_graph_nfe: list[int] = Field(default_factory=lambda: [32])
     #: Compile once with a symbolic sequence length for all buckets (warm-up ~1 compile);
     #: false = one specialised compile per bucket (warm-up grows with the bucket count).
     compile_dynamic: bool = True

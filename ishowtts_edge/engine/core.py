@@ -486,14 +486,17 @@ class Engine:
         cond = torch.randn(1, ref_frames, n_mels, generator=generator, device=self.device).to(self.dtype)
         vocab_size = max(len(self._vocab), 1)
         text = torch.randint(0, vocab_size, (1, max(1, frames // 6)), generator=generator, device=self.device)
-        out = self.sampler.sample(  # type: ignore[union-attr]
-            cond, text, frames,
-            # With CUDA graphs the default step count is captured here; otherwise three calls:
-            # enough for cudagraph trees (reduce-overhead) to warm up, record and replay.
-            steps=self.config.nfe_step if self.sampler.graphs is not None else min(3, self.config.nfe_step),  # type: ignore[union-attr]
-            cfg_strength=self.config.cfg_strength,
-            sway_sampling_coef=self.config.sway_sampling_coef, generator=generator,
-        )
+        if self.sampler.graphs is not None:  # type: ignore[union-attr]
+            # Each step count served from a CUDA graph is captured here: the default and the extras.
+            step_counts = sorted({self.config.nfe_step, *self.config.cuda_graph_nfe})
+        else:
+            # Three calls: enough for cudagraph trees (reduce-overhead) to warm up, record and replay.
+            step_counts = [min(3, self.config.nfe_step)]
+        for steps in step_counts:
+            out = self.sampler.sample(  # type: ignore[union-attr]
+                cond, text, frames, steps=steps, cfg_strength=self.config.cfg_strength,
+                sway_sampling_coef=self.config.sway_sampling_coef, generator=generator,
+            )
         with torch.inference_mode():
             self._vocode(out.to(torch.float32)[:, ref_frames:, :].permute(0, 2, 1))
 
