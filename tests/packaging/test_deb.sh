@@ -52,7 +52,7 @@ else
     step "build (wheelhouse cache: $cache/wheelhouse)"
     mkdir -p "$work/src/ishowtts-edge"
     # Exactly what git would ship: tracked and untracked-but-not-ignored files.
-    (cd "$repo" && git ls-files -z -co --exclude-standard | xargs -0 tar -cf - --no-recursion) \
+    (cd "$repo" && git -c safe.directory="$repo" ls-files -z -co --exclude-standard | xargs -0 tar -cf - --no-recursion) \
         | tar -xf - -C "$work/src/ishowtts-edge"
     (cd "$work/src/ishowtts-edge" &&
         ISHOWTTS_WHEELHOUSE="$cache/wheelhouse" dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1) || {
