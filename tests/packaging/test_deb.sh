@@ -4,8 +4,9 @@
 # stays but the system user).  Runs as root; CI calls it from .ci/run.
 #
 # In a chroot systemd is not PID 1, so the postinst enables the units but starts
-# nothing: this shows installation, not that the service starts (the daemon's own
-# notify-socket test covers starting).
+# nothing: the install checks show installation.  The last stage boots the same .deb
+# under systemd-nspawn (test_units_live.sh) to run the units for real, with a probe in
+# place of the torch-needing daemon.
 #
 # Environment (all optional):
 #   ISHOWTTS_CACHE         cache root (default /var/cache/ishowtts-edge-ci): wheelhouse and
@@ -13,7 +14,8 @@
 #   ISHOWTTS_DEB           test this .deb instead of building one.
 #   ISHOWTTS_SUITE         chroot suite (default bookworm); ISHOWTTS_MIRROR its mirror.
 #   ISHOWTTS_KEEP=1        keep the work directory for inspection.
-# Needs: debhelper devscripts lintian debootstrap python3-venv systemd (systemd-analyze)
+# Needs: debhelper lintian debootstrap python3-venv systemd (systemd-analyze) git, and
+# systemd-container for the live stage (test_units_live.sh; skipped without it).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,7 +54,7 @@ else
     step "build (wheelhouse cache: $cache/wheelhouse)"
     mkdir -p "$work/src/ishowtts-edge"
     # Exactly what git would ship: tracked and untracked-but-not-ignored files.
-    (cd "$repo" && git ls-files -z -co --exclude-standard | xargs -0 tar -cf - --no-recursion) \
+    (cd "$repo" && git -c safe.directory="$repo" ls-files -z -co --exclude-standard | xargs -0 tar -cf - --no-recursion) \
         | tar -xf - -C "$work/src/ishowtts-edge"
     (cd "$work/src/ishowtts-edge" &&
         ISHOWTTS_WHEELHOUSE="$cache/wheelhouse" dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1) || {
@@ -235,6 +237,15 @@ gone=$(comm -23 "$work/before.txt" "$work/after.txt" || true)
 [ -z "$left" ] && ok "no files left behind" || fail "left behind after purge: $left"
 [ -z "$gone" ] && ok "nothing else removed" || fail "removed by install/purge but not ours: $gone"
 in_root getent passwd ishowtts-edge >/dev/null && ok "system user kept (by design)" || fail "user removed?"
+
+step "live units under systemd-nspawn (tests/packaging/test_units_live.sh)"
+live_rc=0
+ISHOWTTS_DEB="$deb" ISHOWTTS_CACHE="$cache" "$repo/tests/packaging/test_units_live.sh" || live_rc=$?
+case "$live_rc" in
+    0) ok "live unit checks passed" ;;
+    77) echo "skipped: no systemd-nspawn here (apt-get install systemd-container to run it)" ;;
+    *) fail "live unit checks failed" ;;
+esac
 
 step "result"
 if [ "$failures" -gt 0 ]; then
