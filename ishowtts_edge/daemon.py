@@ -71,7 +71,8 @@ class Daemon:
         self.degraded_reasons: dict[str, str] = {}
         self._progress_at = time.monotonic()
         self._progress_msg = ""
-        self._loader: threading.Thread | None = None
+        self._loading = threading.Event()
+        self._last_result: tuple[str, Any] | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._ready_sent = False
@@ -116,12 +117,14 @@ class Daemon:
             ),
         )
         self.degraded_reasons.pop("out_of_memory", None)
-        self._after_synthesis(request, result)
+        self._last_result = (request.id, result)
         return header, frames
 
-    def _after_synthesis(self, request: Request, result: Any) -> None:
-        if self.hub is not None:
-            self.hub.on_synthesis(result, request_id=request.id)
+    def after_reply(self, request: Request) -> None:
+        """The RTF monitor sees each synthesis after its reply left, so it adds nothing to latency."""
+        last, self._last_result = self._last_result, None
+        if last is not None and last[0] == request.id and self.hub is not None:
+            self.hub.on_synthesis(last[1], request_id=request.id)
 
     def control(self, request: Request) -> dict[str, Any]:
         if request.op == "ping":
@@ -215,8 +218,15 @@ class Daemon:
         log.debug("progress %s", kv(step=message))
 
     def _load(self) -> None:
+        """Runs on the synthesis worker thread (Server startup), before it takes any job."""
         from .engine.core import Engine  # torch import happens here, off the serving loop
 
+        try:
+            self._load_engine(Engine)
+        finally:
+            self._loading.clear()
+
+    def _load_engine(self, Engine: Any) -> None:
         self._run_preflight()
         try:
             self._set_state("loading")
@@ -295,16 +305,15 @@ class Daemon:
         self._lock_fd = _acquire_lock(self.settings.paths.runtime_dir)
         s = self.settings
         limits = Limits(s.server.max_message_bytes, s.server.max_text_chars, s.server.max_reference_bytes)
-        self.server = Server(s.endpoint, self, limits, s.server.max_queue)
+        self._loading.set()
+        self.server = Server(s.endpoint, self, limits, s.server.max_queue, startup=self._load)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
-        self.server.bind()
         self.notifier.extend_timeout(EXTEND_BY_SECONDS)
         self.notifier.status("starting")
         self._on_start()
-        self._loader = threading.Thread(target=self._load, name="engine-loader", daemon=True)
-        self._loader.start()
+        self.server.bind()  # starts the worker, which loads the engine
         try:
             self._serve()
         finally:
@@ -356,7 +365,7 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self._do_reload()
-            loading = self._loader is not None and self._loader.is_alive()
+            loading = self._loading.is_set()
             if loading and now - last_extend > 10 and now - self._progress_at < LOADER_STALL_SECONDS:
                 self.notifier.extend_timeout(EXTEND_BY_SECONDS)
                 last_extend = now

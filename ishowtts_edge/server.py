@@ -21,7 +21,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import zmq
 
@@ -45,6 +45,9 @@ class SynthesisBackend(Protocol):
     """What the server needs from the daemon for ``synthesize`` and the control ops."""
 
     def synthesize(self, request: Request) -> tuple[dict[str, Any], list[bytes]]: ...
+
+    def after_reply(self, request: Request) -> None:
+        """Bookkeeping that should not delay the reply (the RTF monitor); runs on the worker."""
 
     def control(self, request: Request) -> dict[str, Any]: ...
 
@@ -103,6 +106,7 @@ class Server:
         limits: Limits,
         max_queue: int,
         context: zmq.Context | None = None,
+        startup: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.backend = backend
@@ -121,6 +125,10 @@ class Server:
         self.job_started: float | None = None
         self.last_worker_beat = time.monotonic()
         self._closing = False
+        #: Runs first on the worker thread: the daemon loads and warms up the engine there, so
+        #: per-thread CUDA state (cuBLAS/cuDNN handles) is created before READY, not by the
+        #: first request.
+        self._startup = startup
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -257,6 +265,11 @@ class Server:
     def _work(self) -> None:
         done = self.context.socket(zmq.PUSH)
         done.connect(self._done_endpoint)
+        if self._startup is not None:
+            try:
+                self._startup()
+            except Exception:  # the daemon reports load failures itself; the worker must live on
+                log.error("worker start-up failed\n%s", traceback.format_exc())
         try:
             while True:
                 try:
@@ -273,6 +286,12 @@ class Server:
                     self.job_started = None
                     self.last_worker_beat = time.monotonic()
                 done.send_multipart(job.envelope + reply)
+                after = getattr(self.backend, "after_reply", None)
+                if after is not None and reply is not None:
+                    try:
+                        after(job.request)
+                    except Exception:
+                        log.error("after-reply hook failed\n%s", traceback.format_exc())
         finally:
             done.close(linger=0)
 
