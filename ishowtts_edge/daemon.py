@@ -137,12 +137,17 @@ class Daemon:
 
     # -- status ------------------------------------------------------------------------
 
+    def _detail(self) -> str:
+        if self.state_reason:
+            return self.state_reason
+        return self._progress_msg if self.state in ("starting", "loading", "warming") else ""
+
     def health(self) -> dict[str, Any]:
         return {
             "state": self.state,
             "ready": self.state in ("ready", "degraded") and self.engine is not None,
             "reasons": dict(self.degraded_reasons),
-            "detail": self.state_reason or self._progress_msg,
+            "detail": self._detail(),
         }
 
     def status(self) -> dict[str, Any]:
@@ -156,7 +161,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "state": self.state,
-            "detail": self.state_reason or self._progress_msg,
+            "detail": self._detail(),
             "degraded": dict(self.degraded_reasons),
             "uptime_s": round(time.time() - self.started, 1),
             "endpoint": self.settings.endpoint,
