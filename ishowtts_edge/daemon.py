@@ -124,7 +124,12 @@ class Daemon:
         """The RTF monitor sees each synthesis after its reply left, so it adds nothing to latency."""
         last, self._last_result = self._last_result, None
         if last is not None and last[0] == request.id and self.hub is not None:
-            self.hub.on_synthesis(last[1], request_id=request.id)
+            if self.hub.on_synthesis(last[1], request_id=request.id):
+                self.notifier.status(self.status_line())  # an alert changed: show it at once
+
+    def _on_telemetry(self, sample: Any) -> None:
+        if self.hub is not None and self.hub.on_telemetry(sample):
+            self.notifier.status(self.status_line())
 
     def control(self, request: Request) -> dict[str, Any]:
         if request.op == "ping":
@@ -357,7 +362,7 @@ class Daemon:
 
         self.sampler = TelemetrySampler(self.settings.telemetry)
         if self.hub is not None:
-            self.sampler.on_sample.append(self.hub.on_telemetry)
+            self.sampler.on_sample.append(self._on_telemetry)
         self.sampler.start()
 
     def _serve(self) -> None:

@@ -513,8 +513,11 @@ class RtfMonitor:
         return tele.gpu_cur_mhz < ref * (1.0 - self.cfg.clock_drop_threshold)
 
     def _hot(self, tele: TelemetrySample) -> bool:
+        """Thermal or over-current evidence.  "gpu_below_min" alone is not: a clock that merely
+        fell below its locked minimum is what clock_drift means."""
         hottest = tele.hottest
-        return bool(tele.throttle) or (hottest is not None and hottest[1] >= self.cfg.hot_c)
+        flags = [f for f in tele.throttle if f != "gpu_below_min"]
+        return bool(flags) or (hottest is not None and hottest[1] >= self.cfg.hot_c)
 
     def _attribute(self, recs: Sequence[SynthesisRecord]) -> str:
         """Most specific cause that at least half of the recent telemetry supports."""

@@ -1,0 +1,155 @@
+"""The running daemon on the fake board: GPU clock falls, syntheses really slow down,
+the alert is raised with cause clock_drift and published, the real helper re-applies
+jetson_clocks, the clock recovers and the alert clears.
+
+Nothing fakes the RTF: the engine's clock emulation (engine.emulate_clock_devfreq)
+sleeps after every sampling step in proportion to max_freq / cur_freq of the fake GPU
+devfreq node, so a lowered clock makes synthesis slower as a real GPU would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from fakes.board import FakeBoard
+from fakes.helper import HelperProcess, require_root, write_helper_config
+
+from conftest import REPO, DaemonProcess, NotifySocket
+from ishowtts_edge.client import Client
+
+
+@pytest.fixture
+def world_tmp():
+    path = Path(tempfile.mkdtemp(prefix="drift-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def drain(sub: zmq.Socket, into: list[tuple[str, dict]]) -> None:
+    while sub.poll(0):
+        topic, body = sub.recv_multipart()
+        into.append((topic.decode(), json.loads(body)))
+
+
+def test_clock_drop_raises_clock_drift_remediates_and_clears(world_tmp, demo_cache):
+    require_root()
+    board = FakeBoard(world_tmp)
+    helper = HelperProcess(write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "hwstate"))
+    config = world_tmp / "edge.toml"
+    config.write_text(
+        f"""
+[hardware]
+helper_socket = "{helper.socket}"
+nvpmodel = "{board.nvpmodel}"
+jetson_clocks = "{board.jetson_clocks}"
+
+[telemetry]
+sources = ["sysfs"]
+sysfs_root = "{board.sysfs_root}"
+interval_s = 0.1
+
+[engine]
+emulate_clock_devfreq = "{board.layout.devfreq}"
+
+[monitor]
+window_count = 12
+baseline_samples = 4
+min_samples = 3
+recent_count = 3
+raise_after = 2
+clear_after = 2
+# Only the clock drop must alert, not the noise of a shared 2-core CI machine.
+slowdown_threshold = 0.6
+slowdown_error_threshold = 3.0
+cv_threshold = 5.0
+cv_error_threshold = 10.0
+telemetry_confirm = 2
+remediate_min_interval_s = 0
+"""
+    )
+    notify = NotifySocket(world_tmp / "notify.sock")
+    proc = DaemonProcess(world_tmp, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path))
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    events: list[tuple[str, dict]] = []
+    try:
+        notify.collect(lambda m: "READY=1" in m, timeout=180)
+        sub.connect(f"ipc://{world_tmp / 'run' / 'events.sock'}")
+        with Client(proc.endpoint, timeout_s=120) as client:
+            status = client.status()
+            # Preflight went through the real helper: clocks were locked before warm-up.
+            assert status["hardware"]["state"] in ("applied", "ok"), status["hardware"]
+            assert board.clocks_locked()
+            assert status["telemetry"]["source"] == "sysfs"
+            locked_max = board.gpu()["max"]
+
+            def say(i: int) -> float:
+                out = client.synthesize("The clock test sentence.", seed=i)
+                drain(sub, events)
+                return out.header["synthesis_seconds"]
+
+            healthy = [say(i) for i in range(8)]  # the baseline is learned at locked clocks
+            assert client.status()["monitor"]["baseline"] is not None
+
+            # The GPU clock falls to a third of its locked maximum.
+            board.set_gpu_freq(cur_hz=locked_max // 3)
+            slow, raised = [], None
+            for i in range(30):
+                slow.append(say(100 + i))
+                raised = next((e for t, e in events if t == "alert.raised"), None)
+                if raised:
+                    break
+            assert raised is not None, f"no alert after {len(slow)} slow requests; events={events}\n{proc.log()[-3000:]}"
+            assert sorted(slow)[len(slow) // 2] > 2 * sorted(healthy)[len(healthy) // 2]  # it really slowed down
+            alert = raised["data"]["alert"] if "alert" in raised["data"] else raised["data"]
+            assert alert["cause"] == "clock_drift", raised
+
+            # The remediator asks the real helper to apply again; jetson_clocks puts the clock back.
+            deadline = time.monotonic() + 60
+            while board.gpu()["cur"] < locked_max and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert board.gpu()["cur"] == locked_max, "helper did not restore the clock"
+
+            def outcomes() -> list[str]:
+                drain(sub, events)
+                return [e["data"].get("outcome") for t, e in events if t == "remediation"]
+
+            while "applied" not in outcomes() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert outcomes()[:2] == ["applying", "applied"], outcomes()
+
+            cleared = None
+            for i in range(30):
+                say(200 + i)
+                cleared = next((e for t, e in events if t == "alert.cleared"), None)
+                if cleared:
+                    break
+            assert cleared is not None, f"alert never cleared; events={[t for t, _ in events]}"
+
+            status = client.status()
+            assert not status["monitor"]["active_alerts"]
+            assert any(item["alert"]["cause"] == "clock_drift" for item in status["monitor"]["history"])
+
+        log = proc.log()
+        assert any(line.startswith(("<4>", "<3>")) and "cause=clock_drift" in line for line in log.splitlines()), log[-3000:]
+        # systemctl status showed it while it was active (datagrams wait in the socket buffer).
+        notify.collect(lambda m: any(x.startswith("STATUS=") and "clock_drift" in x for x in m), timeout=10)
+        human = subprocess.run(
+            [sys.executable, "-m", "ishowtts_edge.cli", "--endpoint", proc.endpoint, "status"],
+            capture_output=True, text=True, timeout=60, cwd=REPO, env=proc.env,
+        )
+        assert "clock_drift" in human.stdout  # the history line
+    finally:
+        sub.close(linger=0)
+        proc.stop()
+        notify.close()
+        helper.stop()
