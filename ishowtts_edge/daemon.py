@@ -229,6 +229,15 @@ class Daemon:
 
     def _load(self) -> None:
         """Runs on the synthesis worker thread (Server startup), before it takes any job."""
+        # librosa's numba functions are cache=True and would write next to the installed
+        # package, which an unprivileged daemon cannot: import fails ("no locator available").
+        cache = self.settings.paths.cache_dir / "numba"
+        if "NUMBA_CACHE_DIR" not in os.environ:
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                os.environ["NUMBA_CACHE_DIR"] = str(cache)
+            except OSError as exc:
+                log.warning("numba cache not set %s", kv(dir=cache, reason=exc.strerror))
         from .engine.core import Engine  # torch import happens here, off the serving loop
 
         try:
