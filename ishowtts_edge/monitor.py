@@ -1208,7 +1208,6 @@ def _utc(wall: float | None) -> str:
 
 
 def _median(values: Sequence[float]) -> float:
-    diffs = [abs(b - a) for a, b in zip(values, values[1:])]
     s = sorted(values)
     n = len(s)
     if n == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -227,7 +226,7 @@ def test_unauthorised_peer_is_refused_and_changes_nothing(world_tmp, helper_fact
         assert reply["ok"] is False and reply["error"]["kind"] == "refused"
         assert f"uid={users.outsider.uid}" in reply["error"]["message"]
     assert board.power_mode() == (3, "MODE_50W") and not board.clocks_locked()
-    assert f"refused peer" in helper.log() and f"uid={users.outsider.uid}" in helper.log()
+    assert "refused peer" in helper.log() and f"uid={users.outsider.uid}" in helper.log()
 
 
 def test_authorised_group_member_can_query_and_apply(world_tmp, helper_factory, users):
