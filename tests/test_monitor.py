@@ -136,6 +136,15 @@ def test_throttle_flag_without_heat_is_thermal_throttle_too():
     assert events[0][2].alert.figures["throttle"] == "oc3"
 
 
+def test_clock_below_locked_minimum_without_heat_is_clock_drift():
+    """Telemetry tags a GPU under its locked minimum "gpu_below_min"; that is the low clock
+    itself, not a cause, so a cool board without oc events is drift (which remediation fixes)."""
+    monitor, sim = make(seed=4)
+    below = BoardState(gpu_cur_mhz=900.0, throttle=("gpu_below_min",))
+    events = rtf_events(replay(monitor, sim, [Phase(80), Phase(30, below)]))
+    assert events[0][2].alert.cause == "clock_drift"
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_clocks_off_gives_noisy_slow_window_attributed_to_clocks_off(seed):
     monitor, sim = make(seed=seed)
