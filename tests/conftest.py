@@ -80,6 +80,19 @@ class DaemonProcess:
         return self.proc.returncode
 
 
+@pytest.fixture
+def world_tmp():
+    """A temp dir other users can traverse (pytest's tmp_path is 0700 root): the root helper,
+    its socket and the fake board live here for tests that switch uid."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="ihwt-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
     """One cache directory per test session: the demo checkpoint is generated once."""

@@ -10,28 +10,16 @@ devfreq node, so a lowered clock makes synthesis slower as a real GPU would.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import pytest
 import zmq
 from fakes.board import FakeBoard
 from fakes.helper import HelperProcess, require_root, write_helper_config
 
 from conftest import REPO, DaemonProcess, NotifySocket
 from ishowtts_edge.client import Client
-
-
-@pytest.fixture
-def world_tmp():
-    path = Path(tempfile.mkdtemp(prefix="drift-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def drain(sub: zmq.Socket, into: list[tuple[str, dict]]) -> None:

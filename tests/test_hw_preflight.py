@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
-import tempfile
-from pathlib import Path
 
 import pytest
 from fakes.board import FakeBoard
@@ -14,14 +11,6 @@ from fakes.helper import HelperProcess, require_root, write_helper_config
 
 from ishowtts_edge.config import HardwareConfig
 from ishowtts_edge.hardware import HelperClient, preflight
-
-
-@pytest.fixture
-def world_tmp():
-    path = Path(tempfile.mkdtemp(prefix="ihwt-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -36,15 +36,6 @@ def users():
     created.cleanup()
 
 
-@pytest.fixture
-def world_tmp():
-    """A temp dir other users can traverse (pytest's tmp_path is 0700 root)."""
-    path = Path(tempfile.mkdtemp(prefix="ihwt-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def start_helper(world_tmp: Path, board: FakeBoard, users=None, **overrides) -> HelperProcess:
     if users is not None:
         overrides.setdefault("allowed_groups", [users.group])
