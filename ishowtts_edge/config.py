@@ -155,6 +155,11 @@ class EngineConfig(_Section):
     #: Compile once with a symbolic sequence length for all buckets (warm-up ~1 compile);
     #: false = one specialised compile per bucket (warm-up grows with the bucket count).
     compile_dynamic: bool = True
+    #: What torch.compile compiles.  "blocks": each DiT block, all sharing one compiled graph
+    #: (the 22 identical blocks are traced and lowered once: a much shorter cold warm-up); the
+    #: few ops around them run eager inside the CUDA graph.  "model": the whole guided forward
+    #: as one graph (fusion across block boundaries, a compile ~22 blocks long).
+    compile_scope: Literal["blocks", "model"] = "blocks"
     length_buckets: list[int] = Field(default_factory=lambda: list(range(256, 2561, 128)))
     #: auto = pad to buckets only when the transformer is compiled (CUDA); always/never for testing
     #: and measurements.

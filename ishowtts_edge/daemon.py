@@ -15,6 +15,7 @@ could be loaded, and says why.
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -104,28 +105,30 @@ class Daemon:
             raise
         voice = params.voice or (None if reference is not None else self.settings.default_voice)
         header, frames = synthesis_payload(result, params.format, voice)
+        self.degraded_reasons.pop("out_of_memory", None)
+        self._last_result = (request.id, result)
+        return header, frames
+
+    def after_reply(self, request: Request) -> None:
+        """The log line and the RTF monitor come after the reply left, so they add nothing to latency."""
+        last, self._last_result = self._last_result, None
+        if last is None or last[0] != request.id:
+            return
+        result, params = last[1], request.params
         log.info(
             "synthesized %s",
             kv(
                 id=request.id,
-                voice=voice or "adhoc",
-                chars=len(params.text),
+                voice=(params.voice if params is not None else None) or ("adhoc" if request.attachments else self.settings.default_voice),
+                chars=len(params.text) if params is not None else 0,
                 audio_s=result.audio_seconds,
                 synth_s=result.synthesis_seconds,
                 rtf=result.rtf,
                 nfe=result.nfe_step,
             ),
         )
-        self.degraded_reasons.pop("out_of_memory", None)
-        self._last_result = (request.id, result)
-        return header, frames
-
-    def after_reply(self, request: Request) -> None:
-        """The RTF monitor sees each synthesis after its reply left, so it adds nothing to latency."""
-        last, self._last_result = self._last_result, None
-        if last is not None and last[0] == request.id and self.hub is not None:
-            if self.hub.on_synthesis(last[1], request_id=request.id):
-                self.notifier.status(self.status_line())  # an alert changed: show it at once
+        if self.hub is not None and self.hub.on_synthesis(result, request_id=request.id):
+            self.notifier.status(self.status_line())  # an alert changed: show it at once
 
     def _on_telemetry(self, sample: Any) -> None:
         if self.hub is not None and self.hub.on_telemetry(sample):
@@ -268,6 +271,10 @@ class Daemon:
                     self.hub.calibrate(points)
                 except ValueError as exc:
                     log.info("warm-up timings not usable as an RTF baseline %s", kv(reason=str(exc)))
+            # What exists now (torch, the model, compiled code) lives as long as the process; out of
+            # the collector's generations, full collections no longer walk it and stall a request.
+            gc.collect()
+            gc.freeze()
             self.engine = engine
             self._set_state("degraded" if self.degraded_reasons else "ready")
         except Exception as exc:

@@ -233,9 +233,11 @@ def encode_audio(samples: "np.ndarray", sample_rate: int, fmt: str) -> bytes:
     import numpy as np
     import soundfile as sf
 
-    mono = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    mono = np.asarray(samples, dtype=np.float32).reshape(-1)
+    if mono.size and (mono.max() > 1.0 or mono.min() < -1.0):  # the engine clips already: no copy then
+        mono = np.clip(mono, -1.0, 1.0)
     if fmt == "f32le":
-        return mono.astype("<f4").tobytes()
+        return mono.astype("<f4", copy=False).tobytes()
     if fmt == "pcm_s16le":
         return (mono * 32767.0).round().astype("<i2").tobytes()
     if fmt == "wav":

@@ -59,6 +59,8 @@ class SynthesisBackend(Protocol):
 class _Job:
     envelope: list[bytes]
     request: Request
+    #: perf_counter when the ROUTER handed us the request (before parsing): server_seconds starts here.
+    received_at: float
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -169,7 +171,8 @@ class Server:
         if self._done in events:
             while True:
                 try:
-                    frames = self._done.recv_multipart(zmq.NOBLOCK)
+                    # Frames, not bytes: the audio is passed on to the ROUTER without a copy.
+                    frames = self._done.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 self._pending -= 1
@@ -214,14 +217,15 @@ class Server:
 
     # -- serving loop side -------------------------------------------------------
 
-    def _send(self, frames: list[bytes]) -> None:
+    def _send(self, frames: list[Any]) -> None:
         assert self._router is not None
         try:
-            self._router.send_multipart(frames)
+            self._router.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:  # the client went away (EHOSTUNREACH): nothing to answer
             log.info("reply dropped, client gone %s", kv(reason=exc.strerror))
 
     def _handle(self, frames: list[bytes]) -> None:
+        received_at = time.perf_counter()
         # REQ puts [identity, b"", ...]; a DEALER may omit the empty delimiter.
         try:
             split = frames.index(b"", 1) + 1
@@ -247,7 +251,7 @@ class Server:
                 raise ServiceError(
                     ErrorCode.BUSY, f"{self._pending} requests already queued or running; retry later", request_id=request_id
                 )
-            self._jobs.put_nowait(_Job(envelope, request))
+            self._jobs.put_nowait(_Job(envelope, request, received_at))
             self._pending += 1
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
@@ -285,7 +289,7 @@ class Server:
                 finally:
                     self.job_started = None
                     self.last_worker_beat = time.monotonic()
-                done.send_multipart(job.envelope + reply)
+                done.send_multipart(job.envelope + reply, copy=False)
                 after = getattr(self.backend, "after_reply", None)
                 if after is not None and reply is not None:
                     try:
@@ -300,6 +304,8 @@ class Server:
         try:
             header, attachments = self.backend.synthesize(request)
             header["queue_seconds"] = round(self.job_started - job.queued_at, 6) if self.job_started else 0.0
+            # Receipt to reply built: what the daemon adds to a request, for clients measuring transport.
+            header["server_seconds"] = round(time.perf_counter() - job.received_at, 6)
             return ok_reply(request.id, request.op, header, attachments)
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1

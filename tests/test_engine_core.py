@@ -209,11 +209,17 @@ def test_models_without_text_mask_padding_are_never_padded(tiny_bundle) -> None:
     assert sampler.bucket_for(100) is None
 
 
-@pytest.mark.parametrize("dynamic,graphs_per_warmup", [(True, 1), (False, 2)])
-def test_compiled_buckets_do_not_recompile_after_ready(tiny_bundle, tmp_path: Path, voices, dynamic, graphs_per_warmup) -> None:
-    # the "eager" backend traces with dynamo exactly as inductor would, without generating code
+@pytest.mark.parametrize(
+    "scope,dynamic,graphs_per_warmup", [("blocks", True, 1), ("blocks", False, 2), ("model", True, 1)]
+)
+def test_compiled_buckets_do_not_recompile_after_ready(
+    tiny_bundle, tmp_path: Path, voices, scope, dynamic, graphs_per_warmup
+) -> None:
+    # the "eager" backend traces with dynamo exactly as inductor would, without generating code.
+    # scope "blocks": the demo's blocks share one graph (not one per block).
     engine = Engine(engine_settings(
-        tiny_bundle, tmp_path, voices, compile_backend="eager", length_buckets=[256, 512], compile_dynamic=dynamic
+        tiny_bundle, tmp_path, voices, compile_backend="eager", length_buckets=[256, 512], compile_dynamic=dynamic,
+        compile_scope=scope,
     ))
     engine.load()
     torch._dynamo.reset()

@@ -45,6 +45,7 @@ from ishowtts_edge.engine.text import (
     prompt_ref_text,
 )
 from ishowtts_edge.engine.upstream import ensure_f5_model_importable, f5_default_vocab
+from ishowtts_edge.engine.vocoder import Vocoder
 from ishowtts_edge.engine.voices import PreparedVoice, VoiceRegistry
 from ishowtts_edge.logs import kv
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
@@ -115,7 +116,7 @@ class Engine:
         self.arch: ModelArch | None = None
         self.checkpoint_path: Path | None = None
         self.model: torch.nn.Module | None = None
-        self.vocoder: torch.nn.Module | None = None
+        self.vocoder: Vocoder | None = None
         self.sampler: FlowSampler | None = None
         self.registry: VoiceRegistry | None = None
         self.clock: ClockEmulator | None = None
@@ -187,9 +188,7 @@ class Engine:
             torch.cuda.empty_cache()
             raise EngineLoadError(f"{checkpoint}: not enough GPU memory to load {arch.name}") from None
         self._vocab = self.model.vocab_char_map or {}
-        if self.dtype != torch.float32:
-            vocoder.backbone.to(self.dtype)  # the ISTFT head stays float32
-        self.vocoder = vocoder
+        self.vocoder = Vocoder(vocoder, self.device, self.dtype)
         self.arch, self.checkpoint_path = arch, checkpoint
 
         # CPU runs eager unless a tracing-only backend is asked for (tests of the compiled path).
@@ -206,6 +205,7 @@ class Engine:
             and compile_mode is not None
             and compile_mode not in ("reduce-overhead", "max-autotune"),  # those capture their own graphs
             dynamic=cfg.compile_dynamic,
+            scope=cfg.compile_scope,
         )
         self.clock = ClockEmulator(cfg.emulate_clock_devfreq) if cfg.emulate_clock_devfreq else None
         if self.clock is not None:
@@ -321,20 +321,8 @@ class Engine:
             raise ServiceError(ErrorCode.NOT_READY, "the engine is not loaded yet")
 
     def _vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """(1, n_mels, frames) float32 -> (1, samples); the FP16 backbone feeds a float32 ISTFT head.
-
-        The vocoder runs at the exact output length, which differs per request.  cuDNN
-        builds a new conv1d plan for every length it has not seen (measured on an H100:
-        200-260 ms the first time, 3.6 ms after), so a new text length would pay that on
-        the request path.  PyTorch's own CUDA conv kernels need no plan and ran the Vocos
-        backbone as fast (3.3 ms), so cuDNN is off for the vocoder only.
-        """
-        vocoder = self.vocoder
-        with torch.backends.cudnn.flags(enabled=self.device.type != "cuda"):
-            if self.dtype == torch.float32:
-                return vocoder.decode(mel)  # type: ignore[union-attr]
-            features = vocoder.backbone(mel.to(self.dtype))  # type: ignore[union-attr]
-            return vocoder.head(features.float())  # type: ignore[union-attr]
+        """(1, n_mels, frames) float32 -> (1, samples): see engine/vocoder.py for why it is not Vocos.decode."""
+        return self.vocoder(mel)  # type: ignore[misc]
 
     def _chunk(self, prompt: VoicePrompt, gen_text: str, opts: dict[str, Any], generator) -> tuple[np.ndarray, int]:
         text = self._text_ids(prompt, gen_text)
@@ -455,6 +443,8 @@ class Engine:
                         with _heartbeat(progress, f"warming up {bucket} frames (eager)"):
                             self._warm_bucket(bucket)
                     shapes.append(bucket)
+                with _heartbeat(progress, "warming up the vocoder's FFT plans"):
+                    self.vocoder.warm_fft_plans(sampler.buckets[-1])  # type: ignore[union-attr]
                 # One real request end to end: text front end (pinyin/jieba dictionaries load on
                 # first use), voice tensors and the vocoder, so the first request after READY
                 # costs what every later one does.
@@ -549,6 +539,7 @@ class Engine:
             "compiled": bool(sampler and sampler.compiled),
             "compile_mode": self.config.compile_mode if sampler and sampler.compiled else None,
             "compile_backend": self.config.compile_backend if sampler and sampler.compiled else None,
+            "compile_scope": self.config.compile_scope if sampler and sampler.compiled else None,
             "buckets": list(sampler.buckets) if sampler else [],
             "recompiles_since_ready": self.recompiles_since_ready(),
             "warmup_seconds": round(self.warmup_report.seconds, 3) if self.warmup_report else None,

@@ -58,9 +58,9 @@ class GraphedLoops:
         """After warm-up: no more captures."""
         self.frozen = True
 
-    def _loop(self, g: _Graph) -> torch.Tensor:
+    def _loop(self, g: _Graph, steps: int | None = None) -> torch.Tensor:
         y = g.y0
-        steps = g.t.shape[0] - 1
+        steps = g.t.shape[0] - 1 if steps is None else steps
         for i in range(steps):
             pred, null = torch.chunk(self.forward(y, g.cond, g.text_cond, g.text_uncond, g.t[i], g.mask), 2, dim=0)
             y = y + (g.t[i + 1] - g.t[i]) * (pred + (pred - null) * g.cfg)
@@ -81,8 +81,9 @@ class GraphedLoops:
         side = torch.cuda.Stream(device=y0.device)
         side.wait_stream(torch.cuda.current_stream(y0.device))
         with torch.cuda.stream(side):
-            for _ in range(2):  # let compiled code settle (and allocate) outside the capture
-                self._loop(g)
+            # Every step runs the same code, so one step lets compiled code settle (and allocate)
+            # outside the capture; running whole loops here cost ~10 s of a cold warm-up.
+            self._loop(g, steps=1)
         torch.cuda.current_stream(y0.device).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()

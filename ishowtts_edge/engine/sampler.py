@@ -70,6 +70,7 @@ class FlowSampler:
         compile_backend: str = "inductor",
         cuda_graphs: bool = False,
         dynamic: bool = False,
+        scope: str = "model",
     ) -> None:
         self.model = model
         self.transformer = model.transformer
@@ -90,15 +91,26 @@ class FlowSampler:
                 block.attn.processor.attn_mask_enabled = True
         self.compile_mode = compile_mode
         self._forward: Callable[..., torch.Tensor] = self._guided_dit
+        #: What _guided_dit runs: the model's blocks, or their compiled wrappers (scope "blocks").
+        self._blocks: list[Callable[..., torch.Tensor]] = list(self.transformer.transformer_blocks) if self.is_dit else []
         self.compiled = False
         self.compile_backend = compile_backend
+        self.compile_scope = scope
         if compile_mode is not None and self.is_dit:
             # With buckets: dynamic=True compiles once for every bucket (the CUDA graphs then fix each
             # shape); dynamic=False compiles a specialised, separately autotuned graph per bucket.
             # Without buckets every new length would recompile, so dynamo decides (None).
             options = {"mode": compile_mode} if compile_backend == "inductor" else {}
             dynamic = dynamic if self.buckets else None
-            self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=dynamic, **options)
+            if scope == "blocks":
+                # The blocks share their code and, with parameters as graph inputs (dynamo's
+                # default since torch 2.5), one guard set: the first block's compile serves all.
+                self._blocks = [
+                    torch.compile(block, backend=compile_backend, dynamic=dynamic, **options)
+                    for block in self.transformer.transformer_blocks
+                ]
+            else:
+                self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=dynamic, **options)
             self.compiled = True
         elif compile_mode is not None:
             log.warning("torch.compile skipped: only the DiT backbone has a compiled path %s",
@@ -108,6 +120,7 @@ class FlowSampler:
 
     def disable_compile(self) -> None:
         self._forward = self._guided_dit
+        self._blocks = list(self.transformer.transformer_blocks)
         self.compiled = False
         if self.graphs is not None:
             self.graphs = GraphedLoops(self._forward)
@@ -129,6 +142,13 @@ class FlowSampler:
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """DiT.forward(cfg_infer=True) with precomputed text embeddings -> (2, n, mel)."""
+        return self._guided(self._blocks, x, cond, text_cond, text_uncond, time, mask)
+
+    def _eager_dit(self, x, cond, text_cond, text_uncond, time, mask) -> torch.Tensor:
+        """The same on the uncompiled blocks: lengths beyond the buckets must not reach compiled code."""
+        return self._guided(self.transformer.transformer_blocks, x, cond, text_cond, text_uncond, time, mask)
+
+    def _guided(self, blocks, x, cond, text_cond, text_uncond, time, mask) -> torch.Tensor:
         tr = self.transformer
         batch, seq_len = x.shape[0], x.shape[1]
         t = tr.time_embed(time.repeat(batch))
@@ -140,7 +160,7 @@ class FlowSampler:
             mask = torch.cat((mask, mask), dim=0)
         rope = tr.rotary_embed.forward_from_seq_len(seq_len)
         residual = h
-        for block in tr.transformer_blocks:
+        for block in blocks:
             h = block(h, t, mask=mask, rope=rope)
         if tr.long_skip_connection is not None:
             h = tr.long_skip_connection(torch.cat((h, residual), dim=-1))
@@ -234,7 +254,7 @@ class FlowSampler:
             return unguided
 
         text_uncond = tr.text_embed(text, seq_len=length, drop_text=True)
-        forward = self._forward if (bucketed or not self.buckets) else self._guided_dit
+        forward = self._forward if (bucketed or not self.buckets) else self._eager_dit
         if self.compiled and not bucketed and self.buckets:
             log.warning("sequence longer than the largest bucket: running eager %s", kv(frames=length, largest=self.buckets[-1]))
 
@@ -251,6 +271,7 @@ class FlowSampler:
             "buckets": list(self.buckets),
             "exact_padding": self.exact_padding,
             "compiled": self.compiled,
+            "compile_scope": self.compile_scope if self.compiled else None,
             "cuda_graphs": [f"{n}x{steps}" for n, steps in self.graphs.keys()] if self.graphs is not None else None,
         }
 
