@@ -49,6 +49,60 @@ def test_summary_statistics():
     assert bench.summarize([2.0])["cv"] == 0.0
 
 
+def test_sweep_texts_are_whole_words_of_exact_length():
+    bench = _load_script()
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,!?")
+    vocabulary = {w.strip(".,!?").lower() for w in bench.SWEEP_PASSAGE.split()} | set(bench.SWEEP_FILLERS[1:])
+    assert bench.sweep_text(1) == "A"
+    for chars in [*range(1, 301), *bench.SWEEP_LENGTHS, 999]:
+        text = bench.sweep_text(chars)
+        assert len(text) == chars, (chars, text)
+        assert set(text) <= allowed and "  " not in text and text == text.strip(), text
+        assert text == bench.sweep_text(chars)  # deterministic: every side gets the same texts
+        if chars > 1:
+            assert text[-1] in ".!?" and text[0].isupper(), text
+            # whole words only: nothing is cut in the middle
+            assert all(w.strip(".,!?").lower() in vocabulary for w in text.split()), text
+    with pytest.raises(ValueError):
+        bench.sweep_text(0)
+
+
+def test_overhead_is_split_at_the_daemons_server_seconds():
+    bench = _load_script()
+    samples = [
+        bench.Sample(0.5, 4.0, 0.504, server_seconds=0.501, queue_seconds=0.0001),
+        bench.Sample(0.6, 4.0, 0.605, server_seconds=0.602, queue_seconds=0.0003),
+    ]
+    feed = iter(samples)
+    row = bench.measure("t", lambda seed: next(feed), warmup=0, runs=2, breakdown=True)
+    assert row["transport_seconds"]["mean"] == pytest.approx((0.003 + 0.003) / 2)
+    assert row["daemon_seconds"]["mean"] == pytest.approx((0.001 + 0.002) / 2)
+    assert row["queue_seconds"]["max"] == pytest.approx(0.0003)
+    # the two parts add up to the whole overhead, request by request
+    assert row["overhead_seconds"]["mean"] == pytest.approx(
+        row["transport_seconds"]["mean"] + row["daemon_seconds"]["mean"])
+    # a daemon that does not report server_seconds (even for one reply): no split rather than a wrong one
+    older = [bench.Sample(0.5, 4.0, 0.504), bench.Sample(0.5, 4.0, 0.504, server_seconds=0.501)]
+    split = bench.overhead_breakdown(older)
+    assert split == {"transport_seconds": None, "daemon_seconds": None, "queue_seconds": None}
+    assert "transport_seconds" not in bench.measure("t", lambda seed: older[0], warmup=0, runs=1)
+    assert bench.series_medians([{"nfe": 7, "text": "chat", "transport_seconds": None}], "transport_seconds") is None
+
+
+def test_sweep_and_idle_options():
+    bench = _load_script()
+    parser = bench.build_parser()
+    assert parser.parse_args([]).sweep_lengths == bench.SWEEP_LENGTHS
+    assert parser.parse_args([]).idle_seconds == 10.0
+    assert parser.parse_args(["--sweep-lengths", "none"]).sweep_lengths == []
+    assert parser.parse_args(["--sweep-lengths", "20,1,20"]).sweep_lengths == [1, 20]
+    assert parser.parse_args(["--idle-seconds", "0"]).idle_seconds == 0.0
+    for bad in (["--sweep-lengths", "0"], ["--sweep-lengths", "ten"], ["--idle-seconds", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(bad)
+        assert exc.value.code == 2
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -82,14 +136,37 @@ def report(run_dir) -> dict:
     cmd = [
         sys.executable, str(BENCH), "--device", "cpu", "--model", "demo", "--runs", "2", "--texts", "short",
         "--nfe", "7", "--upstream-nfe", "7", "--warmup", "0", "--step-iterations", "5", "--no-cached-path",
-        "--work-dir", str(tmp / "work"), "--json", str(out),
+        "--work-dir", str(tmp / "work"), "--json", str(out), "--sweep-lengths", "1,20", "--idle-seconds", "1",
     ]
     # A stray override in the caller's environment must not reach the measured engine.
     env = {**os.environ, "ISHOWTTS_EDGE_ENGINE__NFE_STEP": "3"}
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=280, env=env)
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
     assert "RTF med" in proc.stdout  # the printed table
+    (tmp / "stdout.txt").write_text(proc.stdout)
     return json.loads(out.read_text())
+
+
+def _assert_sweep(sweep: dict) -> None:
+    """The length sweep's rows: one per length asked for, each a real synthesis of a text that long."""
+    assert [r["chars"] for r in sweep["lengths"]] == [1, 20]
+    for row in sweep["lengths"]:
+        assert len(row["text"]) == row["chars"]
+        assert _finite(row["audio_seconds"]) and row["audio_seconds"] > 0
+        assert isinstance(row["mel_frames"], int) and row["mel_frames"] > 0
+        assert isinstance(row["chunks"], int) and row["chunks"] >= 1
+        assert row["nfe"] == 7  # the default NFE: the sweep names none
+        assert _finite(row["rtf"]) and row["rtf"] == pytest.approx(row["synthesis_seconds"] / row["audio_seconds"])
+    assert sweep["recompiles_after_ready"]["engine_describe"] == 0
+
+
+def _assert_steady_and_first(section: dict) -> None:
+    steady, first = section["steady"], section["first_request"]
+    # --texts short leaves the sentence out of the series: the steady state is timed on its own
+    assert steady["text"] == first["text"] == "sentence" and steady["nfe"] == first["nfe"] == 7
+    assert steady["source"] == "measured"
+    _assert_stats(steady["rtf"], 2)
+    assert first["ratio"] == pytest.approx(first["rtf"] / steady["rtf"]["median"])
 
 
 def test_meta_records_the_setup(report):
@@ -124,6 +201,10 @@ def test_engine_section(report):
     _assert_stats(eng["dit_step"]["ms"], 5)
     assert eng["dit_step"]["dynamo"]["unique_graphs"] == 0
     assert eng["describe"]["nfe_step"] == 7  # bench.toml's default, not the caller's ISHOWTTS_EDGE_ override
+    _assert_steady_and_first(eng)
+    _assert_sweep(eng["length_sweep"])
+    assert eng["length_sweep"]["recompiles_after_ready"]["dynamo"]["unique_graphs"] == 0
+    assert eng["length_sweep"]["recompiles_after_ready"]["dynamo_sweep"]["unique_graphs"] == 0
     assert eng["first_request"]["wall_seconds"] >= eng["first_request"]["seconds"]
     assert eng["peak_gpu_memory_bytes"] is None  # CPU: no GPU figure rather than a made-up one
     # Same weights on both sides: the engine's model has upstream's parameter count.
@@ -145,9 +226,39 @@ def test_daemon_cold_and_warm(report):
         assert start["describe"]["model"] == "F5TTS_demo_tiny" and start["describe"]["nfe_step"] == 7
         assert start["state"] == "ready" and start["gpu_memory_used_bytes"] is None
         assert start["peak_rss_bytes"] > 0
+        _assert_steady_and_first(start)
+        assert start["first_request"]["ratio_roundtrip"] == pytest.approx(
+            start["first_request"]["roundtrip_seconds"] / start["steady"]["wall_seconds"]["median"])
+        _assert_sweep(start["length_sweep"])
+        assert start["length_sweep"]["recompiles_after_ready"]["before_sweep"] == 0
+        idle = start["after_idle"]
+        assert idle["idle_seconds"] == 1.0 and idle["text"] == "sentence" and idle["nfe"] == 7
+        for key in ("rtf", "roundtrip_seconds", "steady_rtf", "steady_roundtrip_seconds", "ratio", "ratio_roundtrip"):
+            assert _finite(idle[key]) and idle[key] > 0, (key, idle)
+        assert idle["steady_rtf"] == start["steady"]["rtf"]["median"]
+        assert idle["ratio"] == pytest.approx(idle["rtf"] / idle["steady_rtf"])
+        # The overhead split needs the daemon's server_seconds: present in every series or in none.
+        series = start["results"] or []
+        for key in ("transport_seconds", "daemon_seconds"):
+            split = start[key]
+            assert all((r[key] is None) == (split is None) for r in series)
+            if split is not None:
+                assert _finite(split["median"])
+                assert len(split["per_series"]) == len(start["overhead_seconds"]["per_series"])
+        for row in series:
+            if row["transport_seconds"] is not None:
+                assert row["overhead_seconds"]["mean"] == pytest.approx(
+                    row["transport_seconds"]["mean"] + row["daemon_seconds"]["mean"])
     # Same text, same reference, same seed rule: all three sides produce the same length of audio.
     up = report["sections"]["upstream"]["results"][0]["audio_seconds"]
     assert cold["results"][0]["audio_seconds"] == pytest.approx(up, abs=0.02)
+
+
+def test_printed_table_shows_the_new_figures(report, run_dir):
+    stdout = (run_dir / "stdout.txt").read_text()
+    assert "length sweep" in stdout and "recompiles after READY, read after the sweep" in stdout
+    assert stdout.count("after 1 s idle") == 2  # cold and warm starts
+    assert "x steady" in stdout and "of it transport + client, daemon" in stdout
 
 
 def test_ratios_against_upstream(report):
