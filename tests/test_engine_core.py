@@ -210,13 +210,13 @@ def test_models_without_text_mask_padding_are_never_padded(tiny_bundle) -> None:
 
 
 @pytest.mark.parametrize(
-    "scope,dynamic,graphs_per_warmup", [("blocks", True, 1), ("blocks", False, 2), ("model", True, 1)]
+    "scope,dynamic,graphs_per_warmup", [("blocks", True, 3), ("blocks", False, 6), ("model", True, 1)]
 )
 def test_compiled_buckets_do_not_recompile_after_ready(
     tiny_bundle, tmp_path: Path, voices, scope, dynamic, graphs_per_warmup
 ) -> None:
     # the "eager" backend traces with dynamo exactly as inductor would, without generating code.
-    # scope "blocks": the demo's blocks share one graph (not one per block).
+    # scope "blocks": embedding, head and one graph that every block shares (not one per block).
     engine = Engine(engine_settings(
         tiny_bundle, tmp_path, voices, compile_backend="eager", length_buckets=[256, 512], compile_dynamic=dynamic,
         compile_scope=scope,

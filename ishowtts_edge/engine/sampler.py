@@ -24,6 +24,7 @@ import bisect
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -91,8 +92,9 @@ class FlowSampler:
                 block.attn.processor.attn_mask_enabled = True
         self.compile_mode = compile_mode
         self._forward: Callable[..., torch.Tensor] = self._guided_dit
-        #: What _guided_dit runs: the model's blocks, or their compiled wrappers (scope "blocks").
-        self._blocks: list[Callable[..., torch.Tensor]] = list(self.transformer.transformer_blocks) if self.is_dit else []
+        #: What _guided_dit runs: the embedding, the blocks and the output head, eager or (scope
+        #: "blocks") each compiled on its own.
+        self._stages = self._eager_stages()
         self.compiled = False
         self.compile_backend = compile_backend
         self.compile_scope = scope
@@ -105,10 +107,16 @@ class FlowSampler:
             if scope == "blocks":
                 # The blocks share their code and, with parameters as graph inputs (dynamo's
                 # default since torch 2.5), one guard set: the first block's compile serves all.
-                self._blocks = [
-                    torch.compile(block, backend=compile_backend, dynamic=dynamic, **options)
-                    for block in self.transformer.transformer_blocks
-                ]
+                # Embedding and output head are small graphs of their own: left eager, their
+                # ~50 unfused kernels a step cost 18 % of RTF on an H100 (docs/benchmarks.md).
+                def compiled(fn):
+                    return torch.compile(fn, backend=compile_backend, dynamic=dynamic, **options)
+
+                self._stages = _Stages(
+                    compiled(self._embed),
+                    [compiled(block) for block in self.transformer.transformer_blocks],
+                    compiled(self._head),
+                )
             else:
                 self._forward = torch.compile(self._guided_dit, backend=compile_backend, dynamic=dynamic, **options)
             self.compiled = True
@@ -120,7 +128,7 @@ class FlowSampler:
 
     def disable_compile(self) -> None:
         self._forward = self._guided_dit
-        self._blocks = list(self.transformer.transformer_blocks)
+        self._stages = self._eager_stages()
         self.compiled = False
         if self.graphs is not None:
             self.graphs = GraphedLoops(self._forward)
@@ -142,13 +150,25 @@ class FlowSampler:
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """DiT.forward(cfg_infer=True) with precomputed text embeddings -> (2, n, mel)."""
-        return self._guided(self._blocks, x, cond, text_cond, text_uncond, time, mask)
+        return self._guided(self._stages, x, cond, text_cond, text_uncond, time, mask)
 
     def _eager_dit(self, x, cond, text_cond, text_uncond, time, mask) -> torch.Tensor:
-        """The same on the uncompiled blocks: lengths beyond the buckets must not reach compiled code."""
-        return self._guided(self.transformer.transformer_blocks, x, cond, text_cond, text_uncond, time, mask)
+        """The same, uncompiled: lengths beyond the buckets must not reach compiled code."""
+        return self._guided(self._eager_stages(), x, cond, text_cond, text_uncond, time, mask)
 
-    def _guided(self, blocks, x, cond, text_cond, text_uncond, time, mask) -> torch.Tensor:
+    def _eager_stages(self) -> "_Stages":
+        return _Stages(self._embed, list(self.transformer.transformer_blocks) if self.is_dit else [], self._head)
+
+    @staticmethod
+    def _guided(stages: "_Stages", x, cond, text_cond, text_uncond, time, mask) -> torch.Tensor:
+        h, t, mask, rope = stages.embed(x, cond, text_cond, text_uncond, time, mask)
+        residual = h
+        for block in stages.blocks:
+            h = block(h, t, mask=mask, rope=rope)
+        return stages.head(h, residual, t)
+
+    def _embed(self, x, cond, text_cond, text_uncond, time, mask):
+        """Time and input embeddings of the cond and uncond halves, as one batch of 2; rotary table."""
         tr = self.transformer
         batch, seq_len = x.shape[0], x.shape[1]
         t = tr.time_embed(time.repeat(batch))
@@ -158,14 +178,13 @@ class FlowSampler:
         t = torch.cat((t, t), dim=0)
         if mask is not None:
             mask = torch.cat((mask, mask), dim=0)
-        rope = tr.rotary_embed.forward_from_seq_len(seq_len)
-        residual = h
-        for block in blocks:
-            h = block(h, t, mask=mask, rope=rope)
+        return h, t, mask, tr.rotary_embed.forward_from_seq_len(seq_len)
+
+    def _head(self, h, residual, t):
+        tr = self.transformer
         if tr.long_skip_connection is not None:
             h = tr.long_skip_connection(torch.cat((h, residual), dim=-1))
-        h = tr.norm_out(h, t)
-        return tr.proj_out(h)
+        return tr.proj_out(tr.norm_out(h, t))
 
     # -- sampling -----------------------------------------------------------------------------
 
@@ -274,6 +293,15 @@ class FlowSampler:
             "compile_scope": self.compile_scope if self.compiled else None,
             "cuda_graphs": [f"{n}x{steps}" for n, steps in self.graphs.keys()] if self.graphs is not None else None,
         }
+
+
+@dataclass
+class _Stages:
+    """The guided forward in three parts: what scope "blocks" compiles separately."""
+
+    embed: Callable[..., Any]
+    blocks: list[Callable[..., torch.Tensor]]
+    head: Callable[..., torch.Tensor]
 
 
 def _dit_single(tr, x, cond, text_embed, time, mask):
