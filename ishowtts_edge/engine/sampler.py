@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ishowtts_edge.engine.attention import BucketAttnProcessor, bucket_mask
 from ishowtts_edge.engine.graphs import GraphedLoops
 from ishowtts_edge.engine.upstream import ensure_f5_model_importable
 from ishowtts_edge.logs import kv
@@ -85,11 +86,18 @@ class FlowSampler:
                 "length buckets disabled: padding would change this model's output %s",
                 kv(backbone=type(self.transformer).__name__, reason=reason),
             )
+        #: Padded frames must be masked out of attention (upstream passes no mask at batch 1).  Its
+        #: torch processor is swapped for one taking a per-step additive mask (engine/attention.py);
+        #: another backend (flash_attn) keeps its own, with masking switched on.
+        self._bucket_attention = False
         if self.buckets:
-            # Padded frames must be masked out of attention; upstream passes no mask at batch 1,
-            # so this flag changes nothing on its own path.
             for block in self.transformer.transformer_blocks:
-                block.attn.processor.attn_mask_enabled = True
+                processor = block.attn.processor
+                if getattr(processor, "attn_backend", None) == "torch":
+                    block.attn.processor = BucketAttnProcessor(processor.pe_attn_head)
+                    self._bucket_attention = True
+                else:
+                    processor.attn_mask_enabled = True
         self.compile_mode = compile_mode
         self._forward: Callable[..., torch.Tensor] = self._guided_dit
         #: What _guided_dit runs: the embedding, the blocks and the output head, eager or (scope
@@ -178,6 +186,8 @@ class FlowSampler:
         t = torch.cat((t, t), dim=0)
         if mask is not None:
             mask = torch.cat((mask, mask), dim=0)
+            if self._bucket_attention:  # the additive form once per step, not once per block
+                mask = bucket_mask(mask, h.dtype)
         return h, t, mask, tr.rotary_embed.forward_from_seq_len(seq_len)
 
     def _head(self, h, residual, t):
