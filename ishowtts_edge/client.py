@@ -60,13 +60,15 @@ class Client:
         timeout_s: float = 30.0,
         retries: int = 2,
         context: zmq.Context | None = None,
+        id_prefix: str | None = None,
     ) -> None:
         self.endpoint = endpoint or os.environ.get("ISHOWTTS_EDGE_ENDPOINT") or DEFAULT_ENDPOINT
         self.timeout_s = timeout_s
         self.retries = retries
         self.context = context or zmq.Context.instance()
         self._ids = itertools.count(1)
-        self._prefix = f"{os.getpid()}-{int(time.time() * 1000) % 100000}"
+        #: Request ids are "<prefix>-<n>"; the daemon logs them, so an app may choose its prefix.
+        self._prefix = id_prefix or f"{os.getpid()}-{int(time.time() * 1000) % 100000}"
         self._socket: zmq.Socket | None = None
 
     def __enter__(self) -> "Client":

@@ -78,6 +78,15 @@ def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
 
 
+def connect_endpoint(bound: str) -> str:
+    """Where a local client reaches a socket bound at ``bound`` (a wildcard tcp host means loopback)."""
+    for wildcard, loopback in (("tcp://*:", "tcp://127.0.0.1:"), ("tcp://0.0.0.0:", "tcp://127.0.0.1:"),
+                               ("tcp://[::]:", "tcp://[::1]:")):
+        if bound.startswith(wildcard):
+            return loopback + bound[len(wildcard):]
+    return bound
+
+
 def prepare_ipc(endpoint: str) -> None:
     """Create the socket's directory; remove a stale socket file left by a crash."""
     path = ipc_path(endpoint)

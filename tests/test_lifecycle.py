@@ -39,6 +39,12 @@ def test_notify_order_watchdog_and_graceful_stop(tmp_path, demo_cache):
         msgs = notify.collect(lambda m: sum(x == "WATCHDOG=1" for x in m[before:]) >= 3, timeout=10)
         status_lines = [m for m in msgs if m.startswith("STATUS=")]
         assert any("ready" in s or "degraded" in s for s in status_lines)
+        # READY=1 came after one real request went through our own socket, unmonitored.
+        with Client(proc.endpoint, timeout_s=10) as c:
+            status = c.status()
+        assert status["self_test"]["ok"] is True and status["self_test"]["voice"] == "demo"
+        assert status["requests"]["requests"].get("synthesize") == 1
+        assert status["monitor"]["records_total"] == 0, status["monitor"]
 
         # A synthesis in flight when SIGTERM arrives still gets its reply.
         result: dict = {}
