@@ -95,7 +95,9 @@ class Daemon:
 
     # -- SynthesisBackend ------------------------------------------------------------
 
-    def accepting(self) -> ServiceError | None:
+    def accepting(self, request: Request) -> ServiceError | None:
+        if self.engine is not None and self.state == "warming" and self._is_self_test(request):
+            return None  # the last step of warming up: see _self_test
         if self.engine is None or self.state in ("starting", "loading", "warming"):
             detail = self.engine_error or f"engine is {self.state}"
             return ServiceError(ErrorCode.NOT_READY, detail)
@@ -123,7 +125,7 @@ class Daemon:
         if last is None or last[0] != request.id:
             return
         result, params = last[1], request.params
-        if request.id and request.id.startswith(self._self_test_prefix):
+        if self._is_self_test(request):
             return  # a short warm-up text: not a sample of what users get, so not monitored
         log.info(
             "synthesized %s",
@@ -286,8 +288,7 @@ class Daemon:
             # the collector's generations, full collections no longer walk it and stall a request.
             gc.collect()
             gc.freeze()
-            self.engine = engine
-            self._set_state("degraded" if self.degraded_reasons else "ready")
+            self.engine = engine  # still "warming": the self-test (see _serve) ends warming
         except Exception as exc:
             self.engine_error = f"model not loaded: {exc}"
             log.error("engine failed to load %s", kv(error=type(exc).__name__, reason=str(exc)))
@@ -428,13 +429,21 @@ class Daemon:
         self._announce_stop()
 
     def _self_test_done(self) -> bool:
-        """Start the self-test once the engine is up; True when READY may be sent."""
+        """Start the self-test once the engine is up; True (and state ready) when READY may be sent."""
         if self.engine is None:
             return True
         if self._self_test_thread is None:
+            self._progress("self-test request")
             self._self_test_thread = threading.Thread(target=self._self_test, name="self-test", daemon=True)
             self._self_test_thread.start()
-        return not self._self_test_thread.is_alive()
+        if self._self_test_thread.is_alive():
+            return False
+        if self.state == "warming":
+            self._set_state("degraded" if self.degraded_reasons else "ready")
+        return True
+
+    def _is_self_test(self, request: Request) -> bool:
+        return bool(request.id) and request.id.startswith(self._self_test_prefix)
 
     def _self_test(self) -> None:
         """One real ``synthesize`` through our own socket before READY=1.

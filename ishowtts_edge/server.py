@@ -51,8 +51,8 @@ class SynthesisBackend(Protocol):
 
     def control(self, request: Request) -> dict[str, Any]: ...
 
-    def accepting(self) -> ServiceError | None:
-        """None when synthesis requests may be queued, else the error to answer."""
+    def accepting(self, request: Request) -> ServiceError | None:
+        """None when this synthesis request may be queued, else the error to answer."""
 
 
 @dataclass
@@ -253,7 +253,7 @@ class Server:
             refusal = ErrorCode.SHUTTING_DOWN if self._closing else None
             if refusal is not None:
                 raise ServiceError(refusal, "daemon is stopping", request_id=request_id)
-            blocked = self.backend.accepting()
+            blocked = self.backend.accepting(request)
             if blocked is not None:
                 raise ServiceError(blocked.code, blocked.message, request_id=request_id)
             if self._pending > self.max_queue:  # one running + max_queue waiting

@@ -23,7 +23,7 @@ class ControlledBackend:
         self.started = threading.Event()
         self.refuse: ServiceError | None = None
 
-    def accepting(self):
+    def accepting(self, request):
         return self.refuse
 
     def control(self, request):
