@@ -117,6 +117,12 @@ def format_status(s: dict[str, Any]) -> str:
     w = s.get("warmup") or {}
     if w:
         lines.append(f"  warm-up:   {w.get('seconds')} s, {len(w.get('shapes') or [])} shape(s)")
+    st = s.get("self_test") or {}
+    if st:
+        outcome = {True: f"passed in {st.get('seconds')} s", False: f"FAILED: {st.get('detail')}"}.get(
+            st.get("ok"), st.get("detail") or "skipped"
+        )
+        lines.append(f"  self-test: {outcome}")
     lines.append(f"  voices:    {s.get('voices', 0)}    endpoint: {s.get('endpoint')}")
     hw = s.get("hardware") or {}
     if hw:

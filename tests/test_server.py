@@ -131,3 +131,19 @@ def test_drain_answers_queued_jobs_with_shutting_down(tmp_path):
     assert h["error"]["code"] == "shutting_down" and h["id"] == "b"
     server.close()
     assert not (tmp_path / "d.sock").exists()
+
+
+@pytest.mark.parametrize(
+    "bound,reach",
+    [
+        ("ipc:///run/x/tts.sock", "ipc:///run/x/tts.sock"),
+        ("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5555"),
+        ("tcp://*:5555", "tcp://127.0.0.1:5555"),
+        ("tcp://0.0.0.0:5555", "tcp://127.0.0.1:5555"),
+        ("tcp://[::]:5555", "tcp://[::1]:5555"),
+    ],
+)
+def test_connect_endpoint_turns_wildcards_into_loopback(bound: str, reach: str) -> None:
+    from ishowtts_edge.server import connect_endpoint
+
+    assert connect_endpoint(bound) == reach
