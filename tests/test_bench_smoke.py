@@ -308,3 +308,21 @@ def test_bad_arguments_are_refused_clearly(tmp_path):
     )
     assert proc.returncode == 2
     assert "unknown text 'sonnet'" in proc.stderr
+
+
+def test_engine_ab_cpu_smoke(tmp_path: Path) -> None:
+    """scripts/engine_ab.py runs one engine variant end to end and writes its figures (no timing checks)."""
+    out = tmp_path / "ab.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--model", "demo", "--runs", "2",
+         "--tag", "cpu", "--new-lengths", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["tag"] == "cpu" and report["engine"]["dtype"] == "float32"
+    assert report["steady"]["n"] == 2 and len(report["steady"]["values"]) == 2
+    assert report["first_request"]["rtf"] > 0 and report["recompiles_since_ready"] == 0
+    assert [r["chars"] for r in report["new_lengths"]] == [20, 51, 10, 66, 78]
+    assert all(r["first_ms"] > 0 and r["second_ms"] > 0 for r in report["vocoder_new_length"])
+    assert "cpu: warm-up" in proc.stdout

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""One engine configuration, measured in-process: the A/B tool behind docs/benchmarks.md's probe rows.
+
+scripts/bench compares upstream, the engine and the daemon at the configured defaults;
+this script answers "what does changing one engine setting do": run it once per
+variant (each in a fresh process, each with an empty compile cache) and compare the
+JSON.  It reports the warm-up (compile + graph capture) time, the first request after
+warm-up against the steady state, steady RTF median/CV, recompilations, peak GPU
+memory and, with --new-lengths, what a text length the engine has not seen costs on
+its first request and in the vocoder alone.
+
+    # compile scope A/B on two buckets, NFE 7 graphs only (as in docs/benchmarks.md):
+    python scripts/engine_ab.py --tag blocks --scope blocks --buckets 896,1024 --graph-nfe none --json out/blocks.json
+    python scripts/engine_ab.py --tag model  --scope model  --buckets 896,1024 --graph-nfe none --json out/model.json
+    # the default configuration, with the new-length probe:
+    python scripts/engine_ab.py --tag default --new-lengths --json out/default.json
+    # CPU smoke run (tests/test_bench_smoke.py): tiny demo model, eager
+    python scripts/engine_ab.py --device cpu --model demo --runs 2 --json out/cpu.json
+
+Weights are random (the bench's checkpoint cache under --work-dir); timings depend on
+the machine and are for reports, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SENTENCE = "The quick brown fox jumps over a lazy dog."
+NEW_TEXTS = (
+    "Hello there, friend.",
+    "Another sentence never seen before, with new words.",
+    "Short one.",
+    "We should probably get going before the rain starts again tonight.",
+    "A brand new line of text for the vocoder to see for the very first time, okay?",
+)
+REF_TEXT = "Some call me nature, others call me mother nature."
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tag", default="run", help="a name for this variant in the output")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--model", default="full", choices=["full", "demo"], help="F5TTS_v1_Base or the tiny demo arch")
+    ap.add_argument("--scope", default=None, choices=["blocks", "model"], help="engine.compile_scope")
+    ap.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="engine.dtype")
+    ap.add_argument("--compile-mode", default=None, help="engine.compile_mode")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--buckets", default=None, help="comma list for engine.length_buckets (default: the engine's)")
+    ap.add_argument("--graph-nfe", default=None, help="comma list for engine.cuda_graph_nfe, or 'none'")
+    ap.add_argument("--runs", type=int, default=20, help="steady-state requests after the first")
+    ap.add_argument("--new-lengths", action="store_true", help="also time first vs second request at unseen lengths")
+    ap.add_argument("--work-dir", type=Path, default=REPO / ".cache" / "bench")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    return ap.parse_args(argv)
+
+
+def engine_overrides(a: argparse.Namespace) -> dict:
+    out: dict = {"device": a.device}
+    if a.scope:
+        out["compile_scope"] = a.scope
+    if a.dtype:
+        out["dtype"] = a.dtype
+    if a.compile_mode:
+        out["compile_mode"] = a.compile_mode
+    if a.no_compile:
+        out["compile"] = False
+    if a.buckets:
+        out["length_buckets"] = [int(x) for x in a.buckets.split(",")]
+    if a.graph_nfe is not None:
+        out["cuda_graph_nfe"] = [] if a.graph_nfe == "none" else [int(x) for x in a.graph_nfe.split(",")]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    # An empty compile cache per run, unless the caller set one: a cold warm-up is the figure.
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        os.environ.setdefault(var, tempfile.mkdtemp(prefix=f"engine-ab-{var.split('_')[0].lower()}-"))
+    import torch
+
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("engine_ab: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    import f5_tts
+
+    from ishowtts_edge.config import EngineConfig, PathsConfig, Settings, VoiceConfig
+    from ishowtts_edge.engine.checkpoint import VocosConfig, read_arch
+    from ishowtts_edge.engine.core import Engine
+    from ishowtts_edge.engine.demo import write_demo_bundle
+    from ishowtts_edge.engine.sampler import compile_counters
+    from ishowtts_edge.logs import setup_logging
+    from ishowtts_edge.protocol import SynthesizeParams
+
+    setup_logging("warning")
+    ref_audio = Path(list(f5_tts.__path__)[0]) / "infer/examples/basic/basic_ref_en.wav"
+    if a.model == "full":
+        bundle = write_demo_bundle(a.work_dir / "engine-ab" / f"full-seed{a.seed}", seed=a.seed,
+                                   arch=read_arch("F5TTS_v1_Base"), vocos=VocosConfig())
+    else:
+        bundle = write_demo_bundle(a.work_dir / "engine-ab" / f"demo-seed{a.seed}", seed=a.seed)
+    run_dir = Path(tempfile.mkdtemp(prefix="engine-ab-"))
+    settings = Settings(
+        paths=PathsConfig(runtime_dir=run_dir / "run", state_dir=run_dir / "state", cache_dir=run_dir / "cache"),
+        engine=EngineConfig(model=str(bundle.arch_path), checkpoint=bundle.checkpoint, vocab=bundle.vocab,
+                            vocoder_dir=bundle.vocoder_dir, **engine_overrides(a)),
+        voices={"ref": VoiceConfig(ref_audio=ref_audio, ref_text=REF_TEXT)},
+        default_voice="ref",
+    )
+    cuda = a.device == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    engine = Engine(settings)
+    engine.load()
+    started = time.perf_counter()
+    report = engine.warmup()
+    out: dict = {
+        "tag": a.tag, "argv": sys.argv[1:], "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "engine": {k: engine.describe().get(k) for k in ("dtype", "compiled", "compile_mode", "compile_scope", "buckets")},
+        "warmup": {"seconds": round(time.perf_counter() - started, 2), "error": report.error,
+                   "graphs_compiled": compile_counters()["graphs"]},
+    }
+
+    def synth(text: str, seed: int):
+        sync()
+        t = time.perf_counter()
+        result = engine.synthesize(SynthesizeParams(text=text, seed=seed))
+        return result, time.perf_counter() - t
+
+    first, wall = synth(SENTENCE, 0)
+    rtfs = [synth(SENTENCE, i + 1)[0].rtf for i in range(a.runs)]
+    median = statistics.median(rtfs)
+    out["first_request"] = {"rtf": first.rtf, "wall_seconds": wall, "ratio": first.rtf / median}
+    out["steady"] = {"n": len(rtfs), "median": median, "min": min(rtfs), "max": max(rtfs),
+                     "cv": statistics.stdev(rtfs) / statistics.mean(rtfs) if len(rtfs) > 1 else 0.0,
+                     "values": [round(v, 7) for v in rtfs]}
+    if a.new_lengths:
+        rows = []
+        for k, text in enumerate(NEW_TEXTS):
+            r1, _ = synth(text, 100 + k)
+            r2, _ = synth(text, 200 + k)
+            rows.append({"chars": len(text), "frames": r1.mel_frames, "first_ms": r1.synthesis_seconds * 1e3,
+                         "second_ms": r2.synthesis_seconds * 1e3})
+        out["new_lengths"] = rows
+        vocoder = []
+        n_mels = engine.model.num_channels
+        for frames in (301, 517, 733, 1001):
+            mel = torch.randn(1, n_mels, frames, device=engine.device)
+            times = []
+            for _ in range(2):
+                sync()
+                t = time.perf_counter()
+                engine._vocode(mel)
+                sync()
+                times.append((time.perf_counter() - t) * 1e3)
+            vocoder.append({"frames": frames, "first_ms": times[0], "second_ms": times[1]})
+        out["vocoder_new_length"] = vocoder
+    out["recompiles_since_ready"] = engine.describe()["recompiles_since_ready"]
+    out["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
+    steady = out["steady"]
+    print(f"{a.tag}: warm-up {out['warmup']['seconds']} s ({out['warmup']['graphs_compiled']} graphs), "
+          f"steady RTF {steady['median']:.4f} (CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), "
+          f"first {first.rtf:.4f} ({out['first_request']['ratio']:.2f}x), recompiles {out['recompiles_since_ready']}")
+    for row in out.get("new_lengths", []):
+        print(f"  new length {row['chars']} chars / {row['frames']} frames: first {row['first_ms']:.1f} ms, "
+              f"second {row['second_ms']:.1f} ms")
+    for row in out.get("vocoder_new_length", []):
+        print(f"  vocoder {row['frames']} frames: first {row['first_ms']:.1f} ms, second {row['second_ms']:.1f} ms")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
