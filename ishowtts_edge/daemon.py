@@ -18,6 +18,7 @@ import fcntl
 import gc
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -84,7 +85,7 @@ class Daemon:
         #: The request the daemon sends itself before READY=1 (see _self_test); None = not run.
         self.self_test: dict[str, Any] | None = None
         self._self_test_thread: threading.Thread | None = None
-        self._self_test_prefix = f"self-test-{os.getpid()}"
+        self._self_test_prefix = f"self-test-{secrets.token_hex(6)}"  # not guessable: it skips the READY gate
         self._lock_fd: int | None = None
         self.server: Server | None = None
         self.publisher: Any = None
