@@ -115,8 +115,8 @@ class FlowSampler:
             if scope == "blocks":
                 # The blocks share their code and, with parameters as graph inputs (dynamo's
                 # default since torch 2.5), one guard set: the first block's compile serves all.
-                # Embedding and output head are small graphs of their own: left eager, their
-                # ~50 unfused kernels a step cost 18 % of RTF on an H100 (docs/benchmarks.md).
+                # Embedding and output head are small graphs of their own (left eager, their
+                # unfused kernels cost ~3 % of RTF on an H100: docs/benchmarks.md).
                 def compiled(fn):
                     return torch.compile(fn, backend=compile_backend, dynamic=dynamic, **options)
 
