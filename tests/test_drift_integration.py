@@ -16,7 +16,7 @@ import time
 
 import zmq
 from fakes.board import FakeBoard
-from fakes.helper import HelperProcess, require_root, write_helper_config
+from fakes.helper import HelperProcess, board_daemon_toml, require_root, write_helper_config
 
 from conftest import REPO, DaemonProcess, NotifySocket
 from ishowtts_edge.client import Client
@@ -34,16 +34,8 @@ def test_clock_drop_raises_clock_drift_remediates_and_clears(world_tmp, demo_cac
     helper = HelperProcess(write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "hwstate"))
     config = world_tmp / "edge.toml"
     config.write_text(
-        f"""
-[hardware]
-helper_socket = "{helper.socket}"
-nvpmodel = "{board.nvpmodel}"
-jetson_clocks = "{board.jetson_clocks}"
-
-[telemetry]
-sources = ["sysfs"]
-sysfs_root = "{board.sysfs_root}"
-interval_s = 0.1
+        board_daemon_toml(board, helper.socket)
+        + f"""interval_s = 0.1
 
 [engine]
 emulate_clock_devfreq = "{board.layout.devfreq}"

@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 from fakes.board import FakeBoard
-from fakes.helper import HelperProcess, as_user, create_users, raw_request, require_root, user_python, write_helper_config
+from fakes.helper import (
+    HelperProcess,
+    as_user,
+    board_daemon_toml,
+    create_users,
+    raw_request,
+    require_root,
+    user_python,
+    write_helper_config,
+)
 
 from conftest import REPO
 from ishowtts_edge.client import Client, ClientError
@@ -89,16 +98,8 @@ cache_dir = "{cache}"
 
 [engine]
 device = "cpu"
-
-[hardware]
-helper_socket = "{helper.socket}"
-nvpmodel = "{board.nvpmodel}"
-jetson_clocks = "{board.jetson_clocks}"
-
-[telemetry]
-sources = ["sysfs"]
-sysfs_root = "{board.sysfs_root}"
 """
+            + board_daemon_toml(board, helper.socket)
         )
         config.chmod(0o644)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ISHOWTTS_EDGE_", "NOTIFY_SOCKET"))}

@@ -138,6 +138,20 @@ def write_helper_config(path: Path, board, state_dir: Path, **overrides) -> Path
     return path
 
 
+def board_daemon_toml(board, helper_socket: Path) -> str:
+    """The daemon's [hardware] and [telemetry] sections for a FakeBoard behind a running helper."""
+    return f"""
+[hardware]
+helper_socket = "{helper_socket}"
+nvpmodel = "{board.nvpmodel}"
+jetson_clocks = "{board.jetson_clocks}"
+
+[telemetry]
+sources = ["sysfs"]
+sysfs_root = "{board.sysfs_root}"
+"""
+
+
 class HelperProcess:
     """``python -m ishowtts_edge.hwctl --listen SOCK`` as root, in a world-traversable temp dir."""
 
