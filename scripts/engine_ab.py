@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--buckets", default=None, help="comma list for engine.length_buckets (default: the engine's)")
     ap.add_argument("--graph-nfe", default=None, help="comma list for engine.cuda_graph_nfe, or 'none'")
+    ap.add_argument("--eager-vocoder", action="store_true",
+                    help="drop the vocoder's CUDA graphs after warm-up (the eager vocoder with warmed FFT plans)")
     ap.add_argument("--runs", type=int, default=20, help="steady-state requests after the first")
     ap.add_argument("--new-lengths", action="store_true", help="also time first vs second request at unseen lengths")
     ap.add_argument("--work-dir", type=Path, default=REPO / ".cache" / "bench")
@@ -129,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     engine.load()
     started = time.perf_counter()
     report = engine.warmup()
+    if a.eager_vocoder:
+        engine.vocoder.release_graphs()
+        engine.vocoder.warm_fft_plans(max(engine.sampler.buckets or [2560]))
+    clocks = gpu_clock_reader() if cuda else None
     out: dict = {
         "tag": a.tag, "argv": sys.argv[1:], "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "engine": {k: engine.describe().get(k) for k in ("dtype", "compiled", "compile_mode", "compile_scope", "buckets")},
         "warmup": {"seconds": round(time.perf_counter() - started, 2), "error": report.error,
-                   "graphs_compiled": compile_counters()["graphs"]},
+                   "graphs_compiled": compile_counters()["graphs"], "vocoder_graphs": engine.vocoder.graphed_lengths},
     }
 
     def synth(text: str, seed: int):
@@ -144,8 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         return result, time.perf_counter() - t
 
     first, wall = synth(SENTENCE, 0)
-    rtfs = [synth(SENTENCE, i + 1)[0].rtf for i in range(a.runs)]
+    rtfs, clock_rows = [], []
+    for i in range(a.runs):
+        rtfs.append(synth(SENTENCE, i + 1)[0].rtf)
+        if clocks is not None:
+            clock_rows.append(clocks())  # read after the request, outside its timing
     median = statistics.median(rtfs)
+    if clock_rows and all(clock_rows):
+        out["gpu_clocks"] = clock_summary(clock_rows, rtfs)
     out["first_request"] = {"rtf": first.rtf, "wall_seconds": wall, "ratio": first.rtf / median}
     out["steady"] = {"n": len(rtfs), "median": median, "min": min(rtfs), "max": max(rtfs),
                      "cv": statistics.stdev(rtfs) / statistics.mean(rtfs) if len(rtfs) > 1 else 0.0,
@@ -177,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.tag}: warm-up {out['warmup']['seconds']} s ({out['warmup']['graphs_compiled']} graphs), "
           f"steady RTF {steady['median']:.4f} (CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), "
           f"first {first.rtf:.4f} ({out['first_request']['ratio']:.2f}x), recompiles {out['recompiles_since_ready']}")
+    if "gpu_clocks" in out:
+        g = out["gpu_clocks"]
+        print(f"  GPU SM clock after each run: {g['sm_mhz_min']}-{g['sm_mhz_max']} MHz, "
+              f"correlation with RTF {g['rtf_sm_correlation']}, throttle reasons seen {g['throttle_reasons_seen']}")
     for row in out.get("new_lengths", []):
         print(f"  new length {row['chars']} chars / {row['frames']} frames: first {row['first_ms']:.1f} ms, "
               f"second {row['second_ms']:.1f} ms")
@@ -186,6 +202,42 @@ def main(argv: list[str] | None = None) -> int:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=1))
     return 0
+
+
+def gpu_clock_reader():
+    """A function returning (SM MHz, memory MHz, power W, throttle-reason bits) from NVML, or None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
+    except Exception:  # no NVML (Jetson, no library): the rows are simply absent
+        return None
+
+    def read():
+        try:
+            return (pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                    pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+                    pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+                    int(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)))
+        except Exception:
+            return None
+
+    return read
+
+
+def clock_summary(rows: list[tuple], rtfs: list[float]) -> dict:
+    sm = [r[0] for r in rows]
+    corr = None
+    if len(set(sm)) > 1 and len(set(rtfs)) > 1:
+        corr = round(statistics.correlation(sm, rtfs), 3)
+    reasons = 0
+    for r in rows:
+        reasons |= r[3]
+    return {"sm_mhz_min": min(sm), "sm_mhz_max": max(sm), "mem_mhz": sorted({r[1] for r in rows}),
+            "power_w_median": round(statistics.median(r[2] for r in rows), 1),
+            "rtf_sm_correlation": corr, "throttle_reasons_seen": hex(reasons),
+            "rows": [list(r) for r in rows]}
 
 
 if __name__ == "__main__":

@@ -85,6 +85,32 @@ def test_encode_audio_formats():
     assert np.frombuffer(encode_audio(x, 24000, "f32le"), "<f4").tolist() == [0.0, 0.5, -0.5, 1.0]
     wav, sr = sf.read(io.BytesIO(encode_audio(x, 24000, "wav")))
     assert sr == 24000 and len(wav) == 4
+    with pytest.raises(ValueError, match="unknown audio format"):
+        encode_audio(x, 24000, "mp3")
+
+
+def test_wav_carries_the_pcm_s16le_samples():
+    """WAV = a standard 16-bit mono header + exactly the pcm_s16le samples (within 2 LSB of libsndfile's)."""
+    import io
+    import wave
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-1, 1, 48000), [1.0, -1.0, 0.5 / 32767, 1.5 / 32767, -2.5 / 32767]]).astype(np.float32)
+    ours = encode_audio(x, 22050, "wav")
+    pcm = np.frombuffer(encode_audio(x, 22050, "pcm_s16le"), "<i2")
+    assert pcm[-5:].tolist() == [32767, -32767, 0, 2, -2]  # round half to even
+    got, sr = sf.read(io.BytesIO(ours), dtype="int16")
+    assert sr == 22050 and sf.info(io.BytesIO(ours)).subtype == "PCM_16"
+    np.testing.assert_array_equal(got, pcm)
+    with wave.open(io.BytesIO(ours)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 22050, x.size)
+    ref = io.BytesIO()
+    sf.write(ref, x, 22050, format="WAV", subtype="PCM_16")
+    before = sf.read(io.BytesIO(ref.getvalue()), dtype="int16")[0].astype(np.int32)
+    assert np.abs(before - got).max() <= 2
 
 
 def test_shipped_config_documents_the_real_defaults():

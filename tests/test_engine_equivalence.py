@@ -216,3 +216,22 @@ def test_sampler_matches_cfm_sample_in_each_dtype(tiny_bundle, dtype, steps, cfg
                              generator=torch.Generator().manual_seed(5))
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2  # fp16 resolution at |x| ~ 4
     torch.testing.assert_close(padded.float(), expected.float(), rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("tokens", [1, 50, 256, 300])  # 300: more tokens than frames, upstream cuts them
+@pytest.mark.parametrize("drop_text", [False, True])
+def test_graph_text_input_embeds_like_upstream(tiny_bundle, tokens: int, drop_text: bool) -> None:
+    """What the CUDA graphs embed (ids padded to the bucket with -1) = upstream's text_embed of the raw ids."""
+    from ishowtts_edge.engine.checkpoint import load_model, read_arch
+    from ishowtts_edge.engine.sampler import FlowSampler, pad_text_ids
+
+    model = load_model(read_arch(tiny_bundle.arch_path), tiny_bundle.checkpoint, tiny_bundle.vocab,
+                       torch.device("cpu"), torch.float32)
+    sampler = FlowSampler(model, buckets=[256])
+    text = torch.randint(0, 2000, (1, tokens), generator=torch.Generator().manual_seed(tokens))
+    ids = pad_text_ids(text, 256)
+    assert ids.shape == (1, 256) and (ids[0, tokens:] == -1).all()
+    with torch.inference_mode():
+        want = model.transformer.text_embed(text, seq_len=256, drop_text=drop_text)
+        got = sampler._graph_text_embed(ids, drop_text)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -131,15 +131,17 @@ class FlowSampler:
         elif compile_mode is not None:
             log.warning("torch.compile skipped: only the DiT backbone has a compiled path %s",
                         kv(backbone=type(self.transformer).__name__))
-        # Whole-loop CUDA graphs need fixed shapes, so only with buckets (see graphs.py).
-        self.graphs = GraphedLoops(self._forward) if cuda_graphs and self.buckets and self.is_dit else None
+        # Whole-loop CUDA graphs need fixed shapes, so only with buckets (see graphs.py); zipvoice-style
+        # average upsampling of the text reads lengths back to the host, which a graph cannot hold.
+        graphable = self.buckets and self.is_dit and not getattr(self.transformer.text_embed, "average_upsampling", False)
+        self.graphs = GraphedLoops(self._forward, self._graph_text_embed) if cuda_graphs and graphable else None
 
     def disable_compile(self) -> None:
         self._forward = self._guided_dit
         self._stages = self._eager_stages()
         self.compiled = False
         if self.graphs is not None:
-            self.graphs = GraphedLoops(self._forward)
+            self.graphs = GraphedLoops(self._forward, self._graph_text_embed)
 
     def bucket_for(self, frames: int) -> int | None:
         """The smallest bucket holding ``frames``; None = run at the exact length."""
@@ -190,6 +192,10 @@ class FlowSampler:
                 mask = bucket_mask(mask, h.dtype)
         return h, t, mask, tr.rotary_embed.forward_from_seq_len(seq_len)
 
+    def _graph_text_embed(self, ids: torch.Tensor, drop_text: bool) -> torch.Tensor:
+        """Upstream's text embedding of ids already padded with -1 to the sequence length (what it pads to)."""
+        return self.transformer.text_embed(ids, seq_len=ids.shape[1], drop_text=drop_text)
+
     def _head(self, h, residual, t):
         tr = self.transformer
         if tr.long_skip_connection is not None:
@@ -229,16 +235,7 @@ class FlowSampler:
         t = epss_timesteps(steps, sway_sampling_coef, device, dtype)
         graphed = None
         if self.graphs is not None and padded is not None and after_step is None and cfg_strength >= 1e-5:
-            tr = self.transformer
-            graphed = self.graphs.run(
-                y,
-                step_cond,
-                tr.text_embed(text, seq_len=length, drop_text=False),
-                tr.text_embed(text, seq_len=length, drop_text=True),
-                mask,
-                t,
-                cfg_strength,
-            )
+            graphed = self.graphs.run(y, step_cond, pad_text_ids(text, length), mask, t, cfg_strength)
         if graphed is not None:
             y = graphed
         velocity = None if graphed is not None else self._velocity_fn(step_cond, text, length, cfg_strength, mask, padded is not None)
@@ -303,6 +300,14 @@ class FlowSampler:
             "compile_scope": self.compile_scope if self.compiled else None,
             "cuda_graphs": [f"{n}x{steps}" for n, steps in self.graphs.keys()] if self.graphs is not None else None,
         }
+
+
+def pad_text_ids(text: torch.Tensor, length: int) -> torch.Tensor:
+    """Token ids cut or padded to ``length`` as upstream's TextEmbedding does, fillers as -1 (its +1 makes them 0).
+
+    A graph's text input then has one shape per bucket whatever the text's length.
+    """
+    return F.pad(text[:, :length], (0, length - min(int(text.shape[1]), length)), value=-1)
 
 
 @dataclass
