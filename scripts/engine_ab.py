@@ -60,12 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--graph-nfe", default=None, help="comma list for engine.cuda_graph_nfe, or 'none'")
     ap.add_argument("--eager-vocoder", action="store_true",
                     help="drop the vocoder's CUDA graphs after warm-up (the eager vocoder with warmed FFT plans)")
+    ap.add_argument("--daemon", action="store_true",
+                    help="run the variant through the real daemon (child process, requests over ZeroMQ) instead of in-process")
     ap.add_argument("--runs", type=int, default=20, help="steady-state requests after the first")
     ap.add_argument("--new-lengths", action="store_true", help="also time first vs second request at unseen lengths")
     ap.add_argument("--work-dir", type=Path, default=REPO / ".cache" / "bench")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    if a.daemon and (a.new_lengths or a.eager_vocoder):
+        ap.error("--new-lengths and --eager-vocoder are in-process measurements; not with --daemon")
+    return a
 
 
 def engine_overrides(a: argparse.Namespace) -> dict:
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         voices={"ref": VoiceConfig(ref_audio=ref_audio, ref_text=REF_TEXT)},
         default_voice="ref",
     )
+    if a.daemon:
+        return through_daemon(a, settings, run_dir)
     cuda = a.device == "cuda"
 
     def sync() -> None:
@@ -198,6 +205,108 @@ def main(argv: list[str] | None = None) -> int:
               f"second {row['second_ms']:.1f} ms")
     for row in out.get("vocoder_new_length", []):
         print(f"  vocoder {row['frames']} frames: first {row['first_ms']:.1f} ms, second {row['second_ms']:.1f} ms")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+def settings_toml(settings) -> str:
+    """The TOML a daemon reads for ``settings``: paths, the engine fields this script sets, the voice."""
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+    engine = settings.engine.model_dump(exclude_defaults=True)
+    voice = settings.voices["ref"]
+    lines = ['default_voice = "ref"', "", "[paths]"]
+    lines += [f"{k} = {value(getattr(settings.paths, k))}" for k in ("runtime_dir", "state_dir", "cache_dir")]
+    lines += ["", "[engine]"] + [f"{k} = {value(v)}" for k, v in engine.items()]
+    # The engine is what is measured: no power-mode/clock management (the bench does the same).
+    lines += ["", "[hardware]", "enabled = false", "", "[voices.ref]",
+              f"ref_audio = {value(voice.ref_audio)}", f"ref_text = {value(voice.ref_text)}", ""]
+    return "\n".join(lines)
+
+
+def through_daemon(a: argparse.Namespace, settings, run_dir: Path) -> int:
+    """``ishowtts-edge serve`` on the variant's settings; the same requests as in-process, over ZeroMQ.
+
+    This is the cross-check of scripts/bench's daemon section: same engine settings, but
+    started by a minimal parent (this one never initialises CUDA) and read from the reply
+    headers' synthesis_seconds, so an in-process vs daemon difference can be pinned down.
+    """
+    import signal
+    import subprocess
+
+    from ishowtts_edge.client import Client, ClientError
+
+    config = run_dir / "daemon.toml"
+    config.write_text(settings_toml(settings), encoding="utf-8")
+    log_path = run_dir / "daemon.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    started = time.perf_counter()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "ishowtts_edge.cli", "--config", str(config), "serve"],
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        with Client(settings.endpoint, timeout_s=5.0, retries=0) as client:
+            status: dict = {}
+            while status.get("state") not in ("ready", "degraded"):
+                if proc.poll() is not None:
+                    print(f"engine_ab: daemon exited with {proc.returncode}; log {log_path}:\n"
+                          + log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+                try:
+                    status = client.status(timeout_s=2.0)
+                except ClientError:
+                    status = {}
+            ready = time.perf_counter() - started
+            client.timeout_s = 600.0
+
+            def synth(seed: int) -> tuple[dict, float]:
+                t = time.perf_counter()
+                reply = client.synthesize(SENTENCE, "ref", format="f32le", seed=seed)
+                return reply.header, time.perf_counter() - t
+
+            first, first_wall = synth(0)
+            rows = [synth(i + 1) for i in range(a.runs)]
+            describe = client.status().get("engine") or {}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    rtfs = [h["rtf"] for h, _ in rows]
+    overheads = [wall - h["synthesis_seconds"] for h, wall in rows]
+    median = statistics.median(rtfs)
+    warm = status.get("warmup") or {}
+    out = {
+        "tag": a.tag, "argv": sys.argv[1:], "through": "daemon", "daemon_log": str(log_path),
+        "engine": {k: describe.get(k) for k in ("dtype", "compiled", "compile_mode", "compile_scope", "buckets")},
+        "warmup": {"seconds": warm.get("seconds"), "error": warm.get("error"), "ready_seconds": round(ready, 2),
+                   "vocoder_graphs": describe.get("vocoder_graphs")},
+        "first_request": {"rtf": first["rtf"], "wall_seconds": first_wall, "ratio": first["rtf"] / median},
+        "steady": {"n": len(rtfs), "median": median, "min": min(rtfs), "max": max(rtfs),
+                   "cv": statistics.stdev(rtfs) / statistics.mean(rtfs) if len(rtfs) > 1 else 0.0,
+                   "values": [round(v, 7) for v in rtfs]},
+        "overhead_ms_median": round(statistics.median(overheads) * 1e3, 3),
+        "recompiles_since_ready": describe.get("recompiles_since_ready"),
+    }
+    steady = out["steady"]
+    print(f"{a.tag} (daemon): ready {ready:.1f} s (warm-up {warm.get('seconds')} s), steady RTF {median:.4f} "
+          f"(CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), first {first['rtf']:.4f} "
+          f"({out['first_request']['ratio']:.2f}x), overhead {out['overhead_ms_median']} ms, "
+          f"recompiles {out['recompiles_since_ready']}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=1))

@@ -326,3 +326,29 @@ def test_engine_ab_cpu_smoke(tmp_path: Path) -> None:
     assert [r["chars"] for r in report["new_lengths"]] == [20, 51, 10, 66, 78]
     assert all(r["first_ms"] > 0 and r["second_ms"] > 0 for r in report["vocoder_new_length"])
     assert "cpu: warm-up" in proc.stdout
+
+
+def test_engine_ab_through_the_daemon_cpu_smoke(tmp_path: Path) -> None:
+    """--daemon runs the same variant through a real daemon process and reads RTF from its replies."""
+    out = tmp_path / "ab-daemon.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--model", "demo", "--runs", "2",
+         "--tag", "cpu", "--daemon", "--buckets", "256,384", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["through"] == "daemon" and report["engine"]["dtype"] == "float32"
+    assert report["steady"]["n"] == 2 and all(v > 0 for v in report["steady"]["values"])
+    assert report["overhead_ms_median"] > 0 and report["recompiles_since_ready"] == 0
+    # the variant's settings reached the daemon's config
+    assert "length_buckets = [256, 384]" in (Path(report["daemon_log"]).parent / "daemon.toml").read_text()
+    assert "cpu (daemon): ready" in proc.stdout
+
+
+def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--daemon", "--new-lengths"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "not with --daemon" in proc.stderr

@@ -76,9 +76,15 @@ def test_graph_replay_matches_vocos_decode_on_cuda(tiny_bundle) -> None:
     vocos = load_vocos(tiny_bundle.vocoder_dir, cuda)
     reference = load_vocos(tiny_bundle.vocoder_dir, cuda)
     vocoder = Vocoder(vocos, cuda, torch.float32)
+    eager = Vocoder(reference, cuda, torch.float32)  # never captured: the per-call path
     assert vocoder.capture_graphs(3 * FRAME_MULTIPLE) == 3
     for frames in (7, FRAME_MULTIPLE, 2 * FRAME_MULTIPLE + 5, 3 * FRAME_MULTIPLE):
         mel = torch.randn(1, vocos.backbone.embed.in_channels, frames, device=cuda)
-        with torch.inference_mode():
+        got = vocoder(mel)
+        scale = float(got.abs().max())
+        torch.testing.assert_close(got, eager(mel), rtol=0, atol=1e-5 * scale)
+        # cuDNN's default TF32 convolutions (first seen on an H200: 4e-4 of full scale) would
+        # measure TF32, not the graph: the reference runs its convolutions in full fp32.
+        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             want = reference.decode(mel)
-        torch.testing.assert_close(vocoder(mel), want, rtol=0, atol=1e-4 * float(want.abs().max()))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * float(want.abs().max()))
