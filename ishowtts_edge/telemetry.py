@@ -515,6 +515,24 @@ def _nvml_reasons(n: Any, mask: int) -> list[str]:
 # --------------------------------------------------------------------------- sampler
 
 
+def open_direct_source(cfg: TelemetryConfig | None = None) -> TelemetrySource | None:
+    """A source read synchronously by tools (scripts/bench, engine_ab.py), not by the daemon.
+
+    sysfs first (a Jetson's devfreq node, no service needed), then NVML (a dGPU host);
+    jtop is left out because a benchmark must not depend on its service.  None where neither
+    opens, e.g. a CPU-only machine.
+    """
+    cfg = cfg or TelemetryConfig()
+    for source in (SysfsSource(cfg), NvmlSource(cfg)):
+        try:
+            source.open()
+            source.read()
+            return source
+        except SourceUnavailable:
+            source.close()
+    return None
+
+
 class TelemetrySampler:
     """Background sampling with source fallback.  Thread-safe readers."""
 

@@ -314,23 +314,23 @@ def through_daemon(a: argparse.Namespace, settings, run_dir: Path) -> int:
 
 
 def gpu_clock_reader():
-    """A function returning (SM MHz, memory MHz, power W, throttle-reason bits) from NVML, or None without NVML."""
-    try:
-        import pynvml
+    """A function returning (GPU MHz, memory MHz, power W, throttle tags) after a run, or None without a source.
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
-    except Exception:  # no NVML (Jetson, no library): the rows are simply absent
+    The daemon's own telemetry sources, read directly: a Jetson's sysfs devfreq, else NVML.
+    """
+    from ishowtts_edge.telemetry import open_direct_source
+
+    source = open_direct_source()
+    if source is None:  # CPU-only machine
         return None
 
     def read():
         try:
-            return (pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
-                    pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
-                    pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
-                    int(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)))
-        except Exception:
+            sample = source.read()
+        except Exception:  # the source went away mid-run: that row is None
             return None
+        power_w = sample.power_mw / 1000.0 if sample.power_mw is not None else None
+        return sample.gpu_cur_mhz, sample.emc_cur_mhz, power_w, list(sample.throttle)
 
     return read
 
@@ -338,14 +338,14 @@ def gpu_clock_reader():
 def clock_summary(rows: list[tuple], rtfs: list[float]) -> dict:
     sm = [r[0] for r in rows]
     corr = None
-    if len(set(sm)) > 1 and len(set(rtfs)) > 1:
+    if None not in sm and len(set(sm)) > 1 and len(set(rtfs)) > 1:
         corr = round(statistics.correlation(sm, rtfs), 3)
-    reasons = 0
-    for r in rows:
-        reasons |= r[3]
-    return {"sm_mhz_min": min(sm), "sm_mhz_max": max(sm), "mem_mhz": sorted({r[1] for r in rows}),
-            "power_w_median": round(statistics.median(r[2] for r in rows), 1),
-            "rtf_sm_correlation": corr, "throttle_reasons_seen": hex(reasons),
+    known = [v for v in sm if v is not None]
+    power = [r[2] for r in rows if r[2] is not None]
+    return {"sm_mhz_min": min(known, default=None), "sm_mhz_max": max(known, default=None),
+            "mem_mhz": sorted({r[1] for r in rows if r[1] is not None}),
+            "power_w_median": round(statistics.median(power), 1) if power else None,
+            "rtf_sm_correlation": corr, "throttle_reasons_seen": sorted({t for r in rows for t in r[3]}),
             "rows": [list(r) for r in rows]}
 
 

@@ -352,3 +352,28 @@ def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "not with --daemon" in proc.stderr
+
+
+def test_bench_clock_rows_follow_the_gpu(tmp_path: Path) -> None:
+    """measure() reads the GPU clock after every timed call and summarises it per row (fake Orin sysfs)."""
+    from fakes.board import FakeBoard
+
+    from ishowtts_edge.config import TelemetryConfig
+    from ishowtts_edge.telemetry import open_direct_source
+
+    bench = _load_script()
+    board = FakeBoard(tmp_path)
+    clocks = bench.GpuClocks(open_direct_source(TelemetryConfig(sysfs_root=board.sysfs_root)))
+    freqs = iter([1_300_500_000, 612_000_000, 1_300_500_000])
+
+    def synth(seed: int):
+        if seed < 10_000:  # a timed call (warm-up calls use seeds from 10000): the GPU clock moves
+            board.set_gpu_freq(cur_hz=next(freqs))
+        return bench.Sample(seconds=0.1, audio_seconds=1.0, wall_seconds=0.1)
+
+    row = bench.measure("fake", synth, warmup=1, runs=3, clocks=clocks)
+    assert row["gpu_clock"]["source"] == "sysfs"
+    assert row["gpu_clock"]["mhz"]["values"] == [1300.5, 612.0, 1300.5]
+    assert row["gpu_clock"]["mhz"]["min"] == 612.0
+    fixed = lambda seed: bench.Sample(seconds=0.1, audio_seconds=1.0, wall_seconds=0.1)  # noqa: E731
+    assert bench.measure("no clock source", fixed, warmup=0, runs=2, clocks=None)["gpu_clock"] is None

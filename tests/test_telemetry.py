@@ -222,3 +222,26 @@ def test_real_jtop_client_without_service_falls_back_to_sysfs(tmp_path, sampler_
     sampler = sampler_factory(cfg_for(board.sysfs_root, sources=["jtop", "sysfs"]))
     wait_for(lambda: (s := sampler.latest()) and s.source == "sysfs", what="sysfs samples")
     assert "The jtop.service is not active" in sampler.status()["source_errors"]["jtop"]
+
+
+# ----------------------------------------------------------------- direct reads (tools)
+
+
+def test_direct_source_prefers_the_boards_sysfs(tmp_path):
+    from ishowtts_edge.telemetry import open_direct_source
+
+    board = FakeBoard(tmp_path)
+    board.set_gpu_freq(cur_hz=1_300_500_000)
+    source = open_direct_source(cfg_for(board.sysfs_root))
+    assert source is not None and source.name == "sysfs"
+    assert source.read().gpu_cur_mhz == pytest.approx(1300.5)
+
+
+def test_direct_source_is_none_where_nothing_opens(tmp_path, monkeypatch):
+    from ishowtts_edge import telemetry
+
+    def no_nvml(self):  # a host without NVML's library, as on CI
+        raise SourceUnavailable("NVML: NVML Shared Library Not Found")
+
+    monkeypatch.setattr(telemetry.NvmlSource, "open", no_nvml)
+    assert telemetry.open_direct_source(cfg_for(tmp_path / "empty")) is None
