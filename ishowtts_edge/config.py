@@ -161,6 +161,11 @@ class EngineConfig(_Section):
     #: as one graph (fusion across block boundaries, a compile ~22 blocks long).
     compile_scope: Literal["blocks", "model"] = "blocks"
     length_buckets: list[int] = Field(default_factory=lambda: list(range(256, 2561, 128)))
+    #: The attention kernel for padded (bucketed) sequences.  sdpa: PyTorch's SDPA with an additive
+    #: key mask (its memory-efficient kernel).  flash: FlashAttention's variable-length kernel, no
+    #: mask tensor (sm80+ GPU, fp16/bf16, a PyTorch built with it).  auto = flash where a check at
+    #: load time passes, else sdpa.  An unusable flash falls back to sdpa with a warning.
+    attention: Literal["auto", "sdpa", "flash"] = "sdpa"
     #: auto = pad to buckets only when the transformer is compiled (CUDA); always/never for testing
     #: and measurements.
     pad_to_buckets: Literal["auto", "always", "never"] = "auto"

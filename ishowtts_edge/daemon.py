@@ -197,8 +197,15 @@ class Daemon:
             "requests": self.server.stats.to_dict() if self.server else {},
             "monitor": self.hub.status() if self.hub is not None else None,
             "hardware": self._hardware_status(),
-            "telemetry": self.sampler.status() if self.sampler is not None else None,
+            "telemetry": self._telemetry_status(),
         }
+
+    def _telemetry_status(self) -> dict[str, Any] | None:
+        if self.sampler is None:
+            return None
+        if not self.sampler.started:
+            return {"available": False, "source": None, "summary": "starts when the warm-up ends", "samples": 0}
+        return self.sampler.status()
 
     def _hardware_status(self) -> dict[str, Any]:
         if not self.settings.hardware.enabled:
@@ -261,6 +268,7 @@ class Daemon:
             self._load_engine(Engine)
         finally:
             self._loading.clear()
+            self._start_sampling()
 
     def _load_engine(self, Engine: Any) -> None:
         self._run_preflight()
@@ -381,7 +389,7 @@ class Daemon:
             # clocks_off alert (and a remediation racing preflight).  _run_preflight turns it on.
             expect_clocks_locked=False,
         )
-        self._start_telemetry()
+        self._make_telemetry()
 
     def _reapply(self) -> dict[str, Any]:
         """Remediation: ask the helper to apply the power mode and clocks again."""
@@ -391,13 +399,24 @@ class Daemon:
             self.helper = HelperClient(self.settings.hardware)
         return self.helper.apply()
 
-    def _start_telemetry(self) -> None:
+    def _make_telemetry(self) -> None:
         from .telemetry import TelemetrySampler
 
         self.sampler = TelemetrySampler(self.settings.telemetry)
         if self.hub is not None:
             self.sampler.on_sample.append(self._on_telemetry)
-        self.sampler.start()
+
+    def _start_sampling(self) -> None:
+        """Telemetry samples from the end of the warm-up on, not during it.
+
+        Sampling while torch.compile autotuned its kernels made inductor pick slower ones:
+        on an H200 the daemon's kernels ran 35 % slower than the same compile without the
+        sampler (docs/benchmarks.md, "The daemon's slower kernels").  The warm-up is where
+        the compile happens, so the sampler waits for it; preflight does not need it.
+        """
+        if self.sampler is not None and not self._stop.is_set():
+            self.sampler.start()
+            log.info("telemetry sampling started %s", kv(interval_s=self.settings.telemetry.interval_s))
 
     def _serve(self) -> None:
         assert self.server is not None

@@ -45,6 +45,7 @@ NEW_TEXTS = (
     "A brand new line of text for the vocoder to see for the very first time, okay?",
 )
 REF_TEXT = "Some call me nature, others call me mother nature."
+ENGINE_KEYS = ("dtype", "compiled", "compile_mode", "compile_scope", "attention", "attention_note", "buckets")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default="full", choices=["full", "demo"], help="F5TTS_v1_Base or the tiny demo arch")
     ap.add_argument("--scope", default=None, choices=["blocks", "model"], help="engine.compile_scope")
     ap.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="engine.dtype")
+    ap.add_argument("--attention", default=None, choices=["auto", "sdpa", "flash"], help="engine.attention")
     ap.add_argument("--compile-mode", default=None, help="engine.compile_mode")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--buckets", default=None, help="comma list for engine.length_buckets (default: the engine's)")
@@ -62,6 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="drop the vocoder's CUDA graphs after warm-up (the eager vocoder with warmed FFT plans)")
     ap.add_argument("--daemon", action="store_true",
                     help="run the variant through the real daemon (child process, requests over ZeroMQ) instead of in-process")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="with --daemon: serve this existing TOML (e.g. scripts/bench's bench.toml) as it is, "
+                         "instead of one written from the options above")
+    ap.add_argument("--worker-thread", action="store_true",
+                    help="in-process: load, warm up and synthesize on a second thread, as the daemon's worker does")
+    ap.add_argument("--no-telemetry", action="store_true",
+                    help="with --daemon: no telemetry sources and no RTF monitor in the daemon")
     ap.add_argument("--runs", type=int, default=20, help="steady-state requests after the first")
     ap.add_argument("--new-lengths", action="store_true", help="also time first vs second request at unseen lengths")
     ap.add_argument("--work-dir", type=Path, default=REPO / ".cache" / "bench")
@@ -70,6 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.daemon and (a.new_lengths or a.eager_vocoder):
         ap.error("--new-lengths and --eager-vocoder are in-process measurements; not with --daemon")
+    if a.worker_thread and a.daemon:
+        ap.error("--worker-thread is an in-process option; the daemon always uses its worker thread")
+    if a.no_telemetry and not a.daemon:
+        ap.error("--no-telemetry needs --daemon")
+    if a.config is not None and (not a.daemon or engine_overrides(a) != {"device": a.device}):
+        ap.error("--config needs --daemon and takes the engine settings from the file: no engine options with it")
     return a
 
 
@@ -79,6 +94,8 @@ def engine_overrides(a: argparse.Namespace) -> dict:
         out["compile_scope"] = a.scope
     if a.dtype:
         out["dtype"] = a.dtype
+    if a.attention:
+        out["attention"] = a.attention
     if a.compile_mode:
         out["compile_mode"] = a.compile_mode
     if a.no_compile:
@@ -112,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     from ishowtts_edge.protocol import SynthesizeParams
 
     setup_logging("warning")
+    if a.config is not None:
+        from ishowtts_edge.config import load_settings
+
+        settings = load_settings(a.config)
+        return through_daemon(a, settings, Path(tempfile.mkdtemp(prefix="engine-ab-")), config=a.config)
     ref_audio = Path(list(f5_tts.__path__)[0]) / "infer/examples/basic/basic_ref_en.wav"
     if a.model == "full":
         bundle = write_demo_bundle(a.work_dir / "engine-ab" / f"full-seed{a.seed}", seed=a.seed,
@@ -134,27 +156,31 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.synchronize()
 
+    run = on_worker_thread() if a.worker_thread else (lambda fn: fn())
     engine = Engine(settings)
-    engine.load()
+    run(engine.load)
     started = time.perf_counter()
-    report = engine.warmup()
+    report = run(engine.warmup)
     if a.eager_vocoder:
         engine.vocoder.release_graphs()
         engine.vocoder.warm_fft_plans(max(engine.sampler.buckets or [2560]))
     clocks = gpu_clock_reader() if cuda else None
     out: dict = {
-        "tag": a.tag, "argv": sys.argv[1:], "torch": torch.__version__,
+        "tag": a.tag, "argv": sys.argv[1:], "torch": torch.__version__, "worker_thread": a.worker_thread,
         "gpu": torch.cuda.get_device_name() if cuda else None,
-        "engine": {k: engine.describe().get(k) for k in ("dtype", "compiled", "compile_mode", "compile_scope", "buckets")},
+        "engine": {k: engine.describe().get(k) for k in ENGINE_KEYS},
         "warmup": {"seconds": round(time.perf_counter() - started, 2), "error": report.error,
                    "graphs_compiled": compile_counters()["graphs"], "vocoder_graphs": engine.vocoder.graphed_lengths},
     }
 
     def synth(text: str, seed: int):
-        sync()
-        t = time.perf_counter()
-        result = engine.synthesize(SynthesizeParams(text=text, seed=seed))
-        return result, time.perf_counter() - t
+        def call():
+            sync()
+            t = time.perf_counter()
+            result = engine.synthesize(SynthesizeParams(text=text, seed=seed))
+            return result, time.perf_counter() - t
+
+        return run(call)
 
     first, wall = synth(SENTENCE, 0)
     rtfs, clock_rows = [], []
@@ -193,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     out["recompiles_since_ready"] = engine.describe()["recompiles_since_ready"]
     out["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
     steady = out["steady"]
-    print(f"{a.tag}: warm-up {out['warmup']['seconds']} s ({out['warmup']['graphs_compiled']} graphs), "
+    print(f"{a.tag}: attention {out['engine']['attention']}, warm-up {out['warmup']['seconds']} s ({out['warmup']['graphs_compiled']} graphs), "
           f"steady RTF {steady['median']:.4f} (CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), "
           f"first {first.rtf:.4f} ({out['first_request']['ratio']:.2f}x), recompiles {out['recompiles_since_ready']}")
     if "gpu_clocks" in out:
@@ -211,7 +237,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def settings_toml(settings) -> str:
+def on_worker_thread():
+    """A function running callables on one long-lived second thread (the daemon's layout) and returning their result."""
+    import queue
+    import threading
+
+    jobs: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        while True:
+            fn, box = jobs.get()
+            try:
+                box.put((True, fn()))
+            except BaseException as exc:  # re-raised on the caller's thread
+                box.put((False, exc))
+
+    threading.Thread(target=work, name="engine-ab-worker", daemon=True).start()
+
+    def run(fn):
+        box: queue.Queue = queue.Queue()
+        jobs.put((fn, box))
+        ok, value = box.get()
+        if not ok:
+            raise value
+        return value
+
+    return run
+
+
+def settings_toml(settings, telemetry: bool = True) -> str:
     """The TOML a daemon reads for ``settings``: paths, the engine fields this script sets, the voice."""
     def value(v) -> str:
         if isinstance(v, bool):
@@ -228,12 +282,14 @@ def settings_toml(settings) -> str:
     lines += [f"{k} = {value(getattr(settings.paths, k))}" for k in ("runtime_dir", "state_dir", "cache_dir")]
     lines += ["", "[engine]"] + [f"{k} = {value(v)}" for k, v in engine.items()]
     # The engine is what is measured: no power-mode/clock management (the bench does the same).
+    if not telemetry:
+        lines += ["", "[telemetry]", "sources = []", "", "[monitor]", "enabled = false"]
     lines += ["", "[hardware]", "enabled = false", "", "[voices.ref]",
               f"ref_audio = {value(voice.ref_audio)}", f"ref_text = {value(voice.ref_text)}", ""]
     return "\n".join(lines)
 
 
-def through_daemon(a: argparse.Namespace, settings, run_dir: Path) -> int:
+def through_daemon(a: argparse.Namespace, settings, run_dir: Path, config: Path | None = None) -> int:
     """``ishowtts-edge serve`` on the variant's settings; the same requests as in-process, over ZeroMQ.
 
     This is the cross-check of scripts/bench's daemon section: same engine settings, but
@@ -245,8 +301,10 @@ def through_daemon(a: argparse.Namespace, settings, run_dir: Path) -> int:
 
     from ishowtts_edge.client import Client, ClientError
 
-    config = run_dir / "daemon.toml"
-    config.write_text(settings_toml(settings), encoding="utf-8")
+    if config is None:
+        config = run_dir / "daemon.toml"
+        config.write_text(settings_toml(settings, telemetry=not a.no_telemetry), encoding="utf-8")
+    voice = settings.default_voice
     log_path = run_dir / "daemon.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -272,7 +330,7 @@ def through_daemon(a: argparse.Namespace, settings, run_dir: Path) -> int:
 
             def synth(seed: int) -> tuple[dict, float]:
                 t = time.perf_counter()
-                reply = client.synthesize(SENTENCE, "ref", format="f32le", seed=seed)
+                reply = client.synthesize(SENTENCE, voice, format="f32le", seed=seed)
                 return reply.header, time.perf_counter() - t
 
             first, first_wall = synth(0)
@@ -292,7 +350,8 @@ def through_daemon(a: argparse.Namespace, settings, run_dir: Path) -> int:
     warm = status.get("warmup") or {}
     out = {
         "tag": a.tag, "argv": sys.argv[1:], "through": "daemon", "daemon_log": str(log_path),
-        "engine": {k: describe.get(k) for k in ("dtype", "compiled", "compile_mode", "compile_scope", "buckets")},
+        "config": str(config),
+        "engine": {k: describe.get(k) for k in ENGINE_KEYS},
         "warmup": {"seconds": warm.get("seconds"), "error": warm.get("error"), "ready_seconds": round(ready, 2),
                    "vocoder_graphs": describe.get("vocoder_graphs")},
         "first_request": {"rtf": first["rtf"], "wall_seconds": first_wall, "ratio": first["rtf"] / median},
@@ -303,7 +362,7 @@ def through_daemon(a: argparse.Namespace, settings, run_dir: Path) -> int:
         "recompiles_since_ready": describe.get("recompiles_since_ready"),
     }
     steady = out["steady"]
-    print(f"{a.tag} (daemon): ready {ready:.1f} s (warm-up {warm.get('seconds')} s), steady RTF {median:.4f} "
+    print(f"{a.tag} (daemon, attention {out['engine']['attention']}): ready {ready:.1f} s (warm-up {warm.get('seconds')} s), steady RTF {median:.4f} "
           f"(CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), first {first['rtf']:.4f} "
           f"({out['first_request']['ratio']:.2f}x), overhead {out['overhead_ms_median']} ms, "
           f"recompiles {out['recompiles_since_ready']}")

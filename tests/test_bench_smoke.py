@@ -325,7 +325,7 @@ def test_engine_ab_cpu_smoke(tmp_path: Path) -> None:
     assert report["first_request"]["rtf"] > 0 and report["recompiles_since_ready"] == 0
     assert [r["chars"] for r in report["new_lengths"]] == [20, 51, 10, 66, 78]
     assert all(r["first_ms"] > 0 and r["second_ms"] > 0 for r in report["vocoder_new_length"])
-    assert "cpu: warm-up" in proc.stdout
+    assert "cpu: attention None, warm-up" in proc.stdout
 
 
 def test_engine_ab_through_the_daemon_cpu_smoke(tmp_path: Path) -> None:
@@ -342,8 +342,21 @@ def test_engine_ab_through_the_daemon_cpu_smoke(tmp_path: Path) -> None:
     assert report["steady"]["n"] == 2 and all(v > 0 for v in report["steady"]["values"])
     assert report["overhead_ms_median"] > 0 and report["recompiles_since_ready"] == 0
     # the variant's settings reached the daemon's config
-    assert "length_buckets = [256, 384]" in (Path(report["daemon_log"]).parent / "daemon.toml").read_text()
-    assert "cpu (daemon): ready" in proc.stdout
+    config = Path(report["daemon_log"]).parent / "daemon.toml"
+    assert "length_buckets = [256, 384]" in config.read_text()
+    assert "cpu (daemon, attention None): ready" in proc.stdout
+
+    # --config serves an existing TOML as it is (how a bench.toml is cross-checked from a plain parent)
+    again = tmp_path / "ab-config.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--runs", "2", "--tag", "cfg",
+         "--daemon", "--config", str(config), "--json", str(again)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(again.read_text())
+    assert report["config"] == str(config) and report["engine"]["dtype"] == "float32"
+    assert report["steady"]["n"] == 2 and all(v > 0 for v in report["steady"]["values"])
 
 
 def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> None:
@@ -352,6 +365,11 @@ def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "not with --daemon" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--config", "x.toml"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "--config needs --daemon" in proc.stderr
 
 
 def test_bench_clock_rows_follow_the_gpu(tmp_path: Path) -> None:

@@ -218,3 +218,49 @@ def test_client_lazy_pirate_gives_up_after_bounded_retries(tmp_path):
         client.close()
     finally:
         silent.close(linger=0)
+
+
+def test_telemetry_samples_only_after_the_warm_up(tmp_path, demo_cache):
+    """Sampling during torch.compile's autotuning made the daemon's kernels slower (docs/benchmarks.md):
+    the sampler starts once the warm-up is over, and status says so until then."""
+    import time
+
+    from fakes.board import FakeBoard
+
+    from conftest import DaemonProcess
+
+    board = FakeBoard(tmp_path / "world")
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[hardware]\nenabled = false\n\n[telemetry]\nsources = ["sysfs"]\nsysfs_root = "{board.sysfs_root}"\n'
+        "interval_s = 0.1\n"
+    )
+    proc = DaemonProcess(tmp_path, demo_cache, config=config)
+    seen_before_ready = []
+    try:
+        with Client(proc.endpoint, timeout_s=2.0, retries=0) as client:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                assert proc.proc.poll() is None, proc.log()
+                try:
+                    status = client.status()
+                except ClientError:
+                    time.sleep(0.05)
+                    continue
+                if status["state"] not in ("starting", "loading", "warming"):
+                    break
+                if status["warmup"] is None:  # set when the warm-up ends, just before sampling starts
+                    seen_before_ready.append(status["telemetry"])
+                time.sleep(0.05)
+            assert seen_before_ready, "no status answered before the warm-up ended"
+            assert all(t == {"available": False, "source": None, "summary": "starts when the warm-up ends",
+                             "samples": 0} for t in seen_before_ready), seen_before_ready
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not client.status()["telemetry"]["samples"]:
+                time.sleep(0.1)
+            telemetry = client.status()["telemetry"]
+            assert telemetry["source"] == "sysfs" and telemetry["samples"] > 0
+        log = proc.log()
+        assert log.index("warm-up done") < log.index("telemetry sampling started") < log.index("telemetry source")
+    finally:
+        proc.stop()

@@ -36,6 +36,7 @@ from ishowtts_edge.engine.reference import (
     decode_audio,
     normalize_ref_text,
 )
+from ishowtts_edge.engine.attention import flash_unavailable
 from ishowtts_edge.engine.sampler import FlowSampler, compile_counters
 from ishowtts_edge.engine.text import (
     chunk_text,
@@ -118,6 +119,8 @@ class Engine:
         self.model: torch.nn.Module | None = None
         self.vocoder: Vocoder | None = None
         self.sampler: FlowSampler | None = None
+        #: Why engine.attention = flash/auto ended up on sdpa (describe(), ``status``); None otherwise.
+        self.attention_note: str | None = None
         self.registry: VoiceRegistry | None = None
         self.clock: ClockEmulator | None = None
         self.warmup_report: WarmupReport | None = None
@@ -206,6 +209,7 @@ class Engine:
             and compile_mode not in ("reduce-overhead", "max-autotune"),  # those capture their own graphs
             dynamic=cfg.compile_dynamic,
             scope=cfg.compile_scope,
+            attention=self._attention_kernel(),
         )
         self.clock = ClockEmulator(cfg.emulate_clock_devfreq) if cfg.emulate_clock_devfreq else None
         if self.clock is not None:
@@ -225,6 +229,27 @@ class Engine:
             kv(device=self.device.type, dtype=_dtype_name(self.dtype), model=arch.name, demo=self.demo,
                voices=self.registry.available()),
         )
+
+    def _attention_kernel(self) -> str:
+        """engine.attention resolved on this device: flash only where its check passes."""
+        wanted = self.config.attention
+        self.attention_note = None
+        if wanted == "sdpa":
+            return "sdpa"
+        blocks = getattr(self.model.transformer, "transformer_blocks", None)
+        if not blocks:
+            reason = "the backbone has no attention blocks"
+        else:
+            attn = blocks[0].attn
+            reason = flash_unavailable(self.device, self.dtype, attn.heads, attn.inner_dim // attn.heads)
+        if reason is None:
+            return "flash"
+        self.attention_note = f"flash unavailable: {reason}"
+        if wanted == "flash":  # asked for explicitly: say so where journalctl -p warning shows it
+            log.warning("engine.attention = flash cannot be used; using sdpa %s", kv(reason=reason))
+        else:
+            log.info("attention kernel sdpa %s", kv(reason=self.attention_note))
+        return "sdpa"
 
     def reload_voices(self, settings: Settings) -> None:
         """SIGHUP: re-read the voice list and files; the model stays."""
@@ -562,6 +587,8 @@ class Engine:
             "compile_backend": self.config.compile_backend if sampler and sampler.compiled else None,
             "compile_scope": self.config.compile_scope if sampler and sampler.compiled else None,
             "buckets": list(sampler.buckets) if sampler else [],
+            "attention": sampler.attention if sampler else None,
+            "attention_note": self.attention_note,
             "vocoder_graphs": self.vocoder.graphed_lengths if self.vocoder else 0,
             "recompiles_since_ready": self.recompiles_since_ready(),
             "warmup_seconds": round(self.warmup_report.seconds, 3) if self.warmup_report else None,

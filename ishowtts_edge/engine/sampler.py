@@ -73,6 +73,7 @@ class FlowSampler:
         cuda_graphs: bool = False,
         dynamic: bool = False,
         scope: str = "model",
+        attention: str = "sdpa",
     ) -> None:
         self.model = model
         self.transformer = model.transformer
@@ -90,12 +91,16 @@ class FlowSampler:
         #: torch processor is swapped for one taking a per-step additive mask (engine/attention.py);
         #: another backend (flash_attn) keeps its own, with masking switched on.
         self._bucket_attention = False
+        #: The kernel behind the padded attention ("sdpa" or "flash", engine/attention.py); None
+        #: where no bucket mask is used.
+        self.attention: str | None = None
         if self.buckets:
             for block in self.transformer.transformer_blocks:
                 processor = block.attn.processor
                 if getattr(processor, "attn_backend", None) == "torch":
-                    block.attn.processor = BucketAttnProcessor(processor.pe_attn_head)
+                    block.attn.processor = BucketAttnProcessor(processor.pe_attn_head, attention)
                     self._bucket_attention = True
+                    self.attention = attention
                 else:
                     processor.attn_mask_enabled = True
         self.compile_mode = compile_mode
@@ -188,8 +193,8 @@ class FlowSampler:
         t = torch.cat((t, t), dim=0)
         if mask is not None:
             mask = torch.cat((mask, mask), dim=0)
-            if self._bucket_attention:  # the additive form once per step, not once per block
-                mask = bucket_mask(mask, h.dtype)
+            if self._bucket_attention:  # the kernel's form once per step, not once per block
+                mask = bucket_mask(mask, h.dtype, self.attention)
         return h, t, mask, tr.rotary_embed.forward_from_seq_len(seq_len)
 
     def _graph_text_embed(self, ids: torch.Tensor, drop_text: bool) -> torch.Tensor:
