@@ -563,6 +563,7 @@ class TelemetrySampler:
         self._switches: deque[dict[str, Any]] = deque(maxlen=10)
         self._samples = 0
         self._stop = threading.Event()
+        self._settled = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- life cycle
@@ -577,6 +578,14 @@ class TelemetrySampler:
     @property
     def started(self) -> bool:
         return self._thread is not None
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait until the first pass is over: a source delivered a sample, or all were tried.
+
+        Opening sources costs CPU (importing jtop, NVML's init); a caller that is about to
+        serve waits for it here rather than have it overlap its first requests.
+        """
+        return self._settled.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -658,6 +667,7 @@ class TelemetrySampler:
                     continue
                 else:
                     self._publish(sample)
+            self._settled.set()  # a sample, or every source tried and failed
             self._stop.wait(max(0.0, self.cfg.interval_s - (time.monotonic() - started)))
 
     def _choose_source(self) -> None:

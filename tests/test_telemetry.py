@@ -245,3 +245,41 @@ def test_direct_source_is_none_where_nothing_opens(tmp_path, monkeypatch):
 
     monkeypatch.setattr(telemetry.NvmlSource, "open", no_nvml)
     assert telemetry.open_direct_source(cfg_for(tmp_path / "empty")) is None
+
+
+# ----------------------------------------------------------------- first pass (what READY waits for)
+
+
+def test_wait_settled_after_a_sample_or_after_every_source_failed(tmp_path, sampler_factory):
+    board = FakeBoard(tmp_path)
+    sampler = sampler_factory(cfg_for(board.sysfs_root, sources=["sysfs"], interval_s=5.0))
+    assert sampler.wait_settled(10.0)
+    assert sampler.latest() is not None and sampler.latest().source == "sysfs"  # settled = sampled here
+
+    nothing = sampler_factory(cfg_for(tmp_path / "no-board", sources=["sysfs"], interval_s=5.0))
+    assert nothing.wait_settled(10.0)
+    assert nothing.latest() is None and "sysfs" in nothing.status()["source_errors"]
+
+
+def test_wait_settled_gives_up_on_a_source_that_hangs(tmp_path, sampler_factory):
+    import threading
+
+    release = threading.Event()
+
+    class Hanging(SysfsSource):
+        def open(self) -> None:
+            release.wait(30)  # a jtop.service that accepts the connection and never answers
+            super().open()
+
+    board = FakeBoard(tmp_path)
+    cfg = cfg_for(board.sysfs_root, sources=["sysfs"], interval_s=5.0)
+    sampler = TelemetrySampler(cfg, source_factories={"sysfs": lambda: Hanging(cfg)})
+    assert not sampler.wait_settled(0.01)  # not started: nothing settles
+    sampler.start()
+    try:
+        assert not sampler.wait_settled(0.3)
+        release.set()
+        assert sampler.wait_settled(10.0) and sampler.latest() is not None
+    finally:
+        release.set()
+        sampler.stop()
