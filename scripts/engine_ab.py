@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default="full", choices=["full", "demo"], help="F5TTS_v1_Base or the tiny demo arch")
     ap.add_argument("--scope", default=None, choices=["blocks", "model"], help="engine.compile_scope")
     ap.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="engine.dtype")
-    ap.add_argument("--attention", default=None, choices=["auto", "sdpa", "flash"], help="engine.attention")
+    ap.add_argument("--attention", default=None, choices=["sdpa", "flash"], help="engine.attention")
     ap.add_argument("--compile-mode", default=None, help="engine.compile_mode")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--buckets", default=None, help="comma list for engine.length_buckets (default: the engine's)")

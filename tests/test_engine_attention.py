@@ -65,15 +65,6 @@ def test_engine_asked_for_flash_without_it_serves_on_sdpa(tiny_bundle, tmp_path:
     assert result.audio_seconds > 0
 
 
-def test_engine_auto_attention_on_cpu_is_sdpa_quietly(tiny_bundle, tmp_path: Path, caplog) -> None:  # noqa: F811
-    caplog.set_level(logging.INFO, logger="ishowtts_edge")
-    engine = Engine(engine_settings(tiny_bundle, tmp_path, attention="auto", pad_to_buckets="always",
-                                    length_buckets=[256], warmup=False))
-    engine.load()
-    assert engine.describe()["attention"] == "sdpa"
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "attention" in r.getMessage()]
-
-
 @pytest.mark.skipif(not CUDA, reason="FlashAttention needs a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("n", "lengths"), [(256, (200, 200)), (384, (384, 384)), (896, (610, 610)), (130, (7, 130))])

@@ -119,7 +119,7 @@ class Engine:
         self.model: torch.nn.Module | None = None
         self.vocoder: Vocoder | None = None
         self.sampler: FlowSampler | None = None
-        #: Why engine.attention = flash/auto ended up on sdpa (describe(), ``status``); None otherwise.
+        #: Why engine.attention = flash ended up on sdpa (describe(), ``status``); None otherwise.
         self.attention_note: str | None = None
         self.registry: VoiceRegistry | None = None
         self.clock: ClockEmulator | None = None
@@ -231,7 +231,7 @@ class Engine:
         )
 
     def _attention_kernel(self) -> str:
-        """engine.attention resolved on this device: flash only where its check passes."""
+        """engine.attention on this device: flash only where its check passes, else sdpa."""
         wanted = self.config.attention
         self.attention_note = None
         if wanted == "sdpa":
@@ -245,10 +245,7 @@ class Engine:
         if reason is None:
             return "flash"
         self.attention_note = f"flash unavailable: {reason}"
-        if wanted == "flash":  # asked for explicitly: say so where journalctl -p warning shows it
-            log.warning("engine.attention = flash cannot be used; using sdpa %s", kv(reason=reason))
-        else:
-            log.info("attention kernel sdpa %s", kv(reason=self.attention_note))
+        log.warning("engine.attention = flash cannot be used; using sdpa %s", kv(reason=reason))
         return "sdpa"
 
     def reload_voices(self, settings: Settings) -> None:
