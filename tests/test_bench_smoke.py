@@ -249,6 +249,13 @@ def test_daemon_cold_and_warm(report):
             if row["transport_seconds"] is not None:
                 assert row["overhead_seconds"]["mean"] == pytest.approx(
                     row["transport_seconds"]["mean"] + row["daemon_seconds"]["mean"])
+    # The overhead's floor, measured once (cold start): a bare REQ/REP with the sentence's f32 reply.
+    floor = cold["transport_floor"]
+    sentence = next(r for r in cold["results"] if r["text"] == floor["text"] and r["nfe"] == floor["nfe"])
+    assert floor["reply_bytes"] == round(sentence["audio_seconds"] * 24000) * 4
+    assert floor["wait_seconds"] == sentence["synthesis_seconds"]["median"]
+    _assert_stats(floor["seconds"], 2)
+    assert warm["transport_floor"] is None
     # Same text, same reference, same seed rule: all three sides produce the same length of audio.
     up = report["sections"]["upstream"]["results"][0]["audio_seconds"]
     assert cold["results"][0]["audio_seconds"] == pytest.approx(up, abs=0.02)
@@ -258,6 +265,7 @@ def test_printed_table_shows_the_new_figures(report, run_dir):
     stdout = (run_dir / "stdout.txt").read_text()
     assert "length sweep" in stdout and "recompiles after READY, read after the sweep" in stdout
     assert stdout.count("after 1 s idle") == 2  # cold and warm starts
+    assert stdout.count("bare ZeroMQ REQ/REP on this machine") == 1
     assert "x steady" in stdout and "of it transport + client, daemon" in stdout
 
 
