@@ -131,6 +131,8 @@ class EngineConfig(_Section):
     #: inductor generates kernels (the CUDA path).  eager/aot_eager only trace with dynamo and are for
     #: testing: with them the transformer is "compiled" on CPU too, so tests can check shapes/recompiles.
     compile_backend: Literal["inductor", "eager", "aot_eager"] = "inductor"
+    #: false = compile at the first requests instead: they are slow, and telemetry then samples during
+    #: the compile, which led to slower kernels on an H200 (docs/benchmarks.md).
     warmup: bool = True
     nfe_step: int = Field(default=7, ge=1, le=64)
     cfg_strength: float = Field(default=2.0, ge=0.0, le=10.0)
