@@ -264,10 +264,16 @@ class Daemon:
                 os.environ["NUMBA_CACHE_DIR"] = str(cache)
             except OSError as exc:
                 log.warning("numba cache not set %s", kv(dir=cache, reason=exc.strerror))
-        from .engine.core import Engine  # torch import happens here, off the serving loop
-
         try:
-            self._load_engine(Engine)
+            try:
+                from .engine.core import Engine  # torch import happens here, off the serving loop
+            except Exception as exc:  # a broken install (torch, f5-tts): say so and serve status
+                self.engine_error = f"engine not importable: {type(exc).__name__}: {exc}"
+                log.error("engine failed to import %s", kv(error=type(exc).__name__, reason=str(exc)))
+                self.degraded_reasons["engine"] = self.engine_error
+                self._set_state("degraded", self.engine_error)
+            else:
+                self._load_engine(Engine)
         finally:
             self._start_sampling()
             self._loading.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -177,6 +178,32 @@ def test_missing_checkpoint_degrades_visibly_and_keeps_answering(tmp_path, demo_
             assert c.ping()["pong"]
         assert any(m.startswith("STATUS=degraded") for m in notify.messages)
         assert "<3>" in proc.log()  # the reason is in the journal at error priority
+    finally:
+        proc.stop()
+        notify.close()
+
+
+def test_broken_torch_install_degrades_visibly_and_telemetry_still_starts(tmp_path, demo_cache):
+    """The engine's import failing (a broken torch) is a load error like any other: READY, degraded, answering."""
+    broken = tmp_path / "broken"
+    (broken / "torch").mkdir(parents=True)
+    (broken / "torch" / "__init__.py").write_text('raise ImportError("libtorch_cuda.so: cannot open shared object file")\n')
+    config = tmp_path / "edge.toml"
+    config.write_text("[hardware]\nenabled = false\n")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = DaemonProcess(tmp_path, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path),
+                         PYTHONPATH=f"{broken}{os.pathsep}{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    try:
+        notify.collect(lambda m: "READY=1" in m, timeout=120)
+        with Client(proc.endpoint, timeout_s=10) as c:
+            health = c.health()
+            assert health["state"] == "degraded" and health["ready"] is False
+            assert "engine not importable: ImportError: libtorch_cuda.so" in health["reasons"]["engine"]
+            with pytest.raises(ClientError) as err:
+                c.synthesize("hello")
+            assert err.value.code == "not_ready"
+            assert c.status()["telemetry"]["summary"] != "starts when the warm-up ends"
+        assert "<3>daemon: engine failed to import" in proc.log()
     finally:
         proc.stop()
         notify.close()
