@@ -161,21 +161,27 @@ def test_non_loopback_tcp_needs_explicit_permission(tmp_path, endpoint):
     assert load_settings(config).endpoint == endpoint
 
 
+def _ready_but_degraded_and_answering(proc: DaemonProcess, notify: NotifySocket, reason: str) -> dict:
+    """READY=1 came, the engine is reported down with ``reason``, synthesis is refused, the rest answers."""
+    notify.collect(lambda m: "READY=1" in m, timeout=120)
+    with Client(proc.endpoint, timeout_s=10) as c:
+        health = c.health()
+        assert health["state"] == "degraded" and health["ready"] is False
+        assert reason in health["reasons"]["engine"]
+        with pytest.raises(ClientError) as err:
+            c.synthesize("hello")
+        assert err.value.code == "not_ready" and reason in err.value.message
+        assert c.ping()["pong"]
+        return c.status()
+
+
 def test_missing_checkpoint_degrades_visibly_and_keeps_answering(tmp_path, demo_cache):
     config = tmp_path / "edge.toml"
     config.write_text(f'[hardware]\nenabled = false\n[engine]\ncheckpoint = "{tmp_path / "nope.safetensors"}"\n')
     notify = NotifySocket(tmp_path / "notify.sock")
     proc = DaemonProcess(tmp_path, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path))
     try:
-        notify.collect(lambda m: "READY=1" in m, timeout=120)
-        with Client(proc.endpoint, timeout_s=10) as c:
-            health = c.health()
-            assert health["state"] == "degraded" and health["ready"] is False
-            assert "nope.safetensors" in health["reasons"]["engine"]
-            with pytest.raises(ClientError) as err:
-                c.synthesize("hello")
-            assert err.value.code == "not_ready" and "nope.safetensors" in err.value.message
-            assert c.ping()["pong"]
+        _ready_but_degraded_and_answering(proc, notify, "nope.safetensors")
         assert any(m.startswith("STATUS=degraded") for m in notify.messages)
         assert "<3>" in proc.log()  # the reason is in the journal at error priority
     finally:
@@ -194,15 +200,8 @@ def test_broken_torch_install_degrades_visibly_and_telemetry_still_starts(tmp_pa
     proc = DaemonProcess(tmp_path, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path),
                          PYTHONPATH=f"{broken}{os.pathsep}{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     try:
-        notify.collect(lambda m: "READY=1" in m, timeout=120)
-        with Client(proc.endpoint, timeout_s=10) as c:
-            health = c.health()
-            assert health["state"] == "degraded" and health["ready"] is False
-            assert "engine not importable: ImportError: libtorch_cuda.so" in health["reasons"]["engine"]
-            with pytest.raises(ClientError) as err:
-                c.synthesize("hello")
-            assert err.value.code == "not_ready"
-            assert c.status()["telemetry"]["summary"] != "starts when the warm-up ends"
+        status = _ready_but_degraded_and_answering(proc, notify, "engine not importable: ImportError: libtorch_cuda.so")
+        assert status["telemetry"]["summary"] != "starts when the warm-up ends"
         assert "<3>daemon: engine failed to import" in proc.log()
     finally:
         proc.stop()
