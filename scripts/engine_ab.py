@@ -156,14 +156,23 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.synchronize()
 
-    run = on_worker_thread() if a.worker_thread else (lambda fn: fn())
+    if a.worker_thread:  # one long-lived second thread, as the daemon's synthesis worker
+        from concurrent.futures import ThreadPoolExecutor
+
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-ab-worker")
+
+        def run(fn):
+            return worker.submit(fn).result()
+    else:
+        def run(fn):
+            return fn()
     engine = Engine(settings)
     run(engine.load)
     started = time.perf_counter()
     report = run(engine.warmup)
     if a.eager_vocoder:
-        engine.vocoder.release_graphs()
-        engine.vocoder.warm_fft_plans(max(engine.sampler.buckets or [2560]))
+        run(engine.vocoder.release_graphs)
+        run(lambda: engine.vocoder.warm_fft_plans(max(engine.sampler.buckets or [2560])))
     clocks = gpu_clock_reader() if cuda else None
     out: dict = {
         "tag": a.tag, "argv": sys.argv[1:], "torch": torch.__version__, "worker_thread": a.worker_thread,
@@ -235,34 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=1))
     return 0
-
-
-def on_worker_thread():
-    """A function running callables on one long-lived second thread (the daemon's layout) and returning their result."""
-    import queue
-    import threading
-
-    jobs: queue.Queue = queue.Queue()
-
-    def work() -> None:
-        while True:
-            fn, box = jobs.get()
-            try:
-                box.put((True, fn()))
-            except BaseException as exc:  # re-raised on the caller's thread
-                box.put((False, exc))
-
-    threading.Thread(target=work, name="engine-ab-worker", daemon=True).start()
-
-    def run(fn):
-        box: queue.Queue = queue.Queue()
-        jobs.put((fn, box))
-        ok, value = box.get()
-        if not ok:
-            raise value
-        return value
-
-    return run
 
 
 def settings_toml(settings, telemetry: bool = True) -> str:

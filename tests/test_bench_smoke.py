@@ -378,6 +378,27 @@ def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "--config needs --daemon" in proc.stderr
+    for args, message in ((["--daemon", "--worker-thread"], "--worker-thread is an in-process option"),
+                          (["--no-telemetry"], "--no-telemetry needs --daemon")):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", *args],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_engine_ab_on_a_worker_thread_cpu_smoke(tmp_path: Path) -> None:
+    """--worker-thread: load, warm-up and requests on one second thread (the daemon's layout)."""
+    out = tmp_path / "wt.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--model", "demo", "--runs", "2",
+         "--tag", "wt", "--worker-thread", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["worker_thread"] is True and report["steady"]["n"] == 2
+    assert report["first_request"]["rtf"] > 0 and report["recompiles_since_ready"] == 0
 
 
 def test_bench_clock_rows_follow_the_gpu(tmp_path: Path) -> None:
