@@ -318,16 +318,25 @@ def test_bad_arguments_are_refused_clearly(tmp_path):
     assert "unknown text 'sonnet'" in proc.stderr
 
 
+ENGINE_AB = REPO / "scripts" / "engine_ab.py"
+
+
+def run_engine_ab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ENGINE_AB), "--device", "cpu", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def engine_ab_report(tmp_path: Path, name: str, *args: str) -> tuple[dict, subprocess.CompletedProcess]:
+    """One successful CPU run of engine_ab.py (2 steady requests) and its JSON report."""
+    out = tmp_path / f"{name}.json"
+    proc = run_engine_ab("--runs", "2", "--tag", name, "--work-dir", str(tmp_path / "work"), "--json", str(out), *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text()), proc
+
+
 def test_engine_ab_cpu_smoke(tmp_path: Path) -> None:
     """scripts/engine_ab.py runs one engine variant end to end and writes its figures (no timing checks)."""
-    out = tmp_path / "ab.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--model", "demo", "--runs", "2",
-         "--tag", "cpu", "--new-lengths", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report, proc = engine_ab_report(tmp_path, "cpu", "--model", "demo", "--new-lengths")
     assert report["tag"] == "cpu" and report["engine"]["dtype"] == "float32"
     assert report["steady"]["n"] == 2 and len(report["steady"]["values"]) == 2
     assert report["first_request"]["rtf"] > 0 and report["recompiles_since_ready"] == 0
@@ -338,14 +347,7 @@ def test_engine_ab_cpu_smoke(tmp_path: Path) -> None:
 
 def test_engine_ab_through_the_daemon_cpu_smoke(tmp_path: Path) -> None:
     """--daemon runs the same variant through a real daemon process and reads RTF from its replies."""
-    out = tmp_path / "ab-daemon.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--model", "demo", "--runs", "2",
-         "--tag", "cpu", "--daemon", "--buckets", "256,384", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report, proc = engine_ab_report(tmp_path, "cpu", "--model", "demo", "--daemon", "--buckets", "256,384")
     assert report["through"] == "daemon" and report["engine"]["dtype"] == "float32"
     assert report["steady"]["n"] == 2 and all(v > 0 for v in report["steady"]["values"])
     assert report["overhead_ms_median"] > 0 and report["recompiles_since_ready"] == 0
@@ -355,48 +357,23 @@ def test_engine_ab_through_the_daemon_cpu_smoke(tmp_path: Path) -> None:
     assert "cpu (daemon, attention None): ready" in proc.stdout
 
     # --config serves an existing TOML as it is (how a bench.toml is cross-checked from a plain parent)
-    again = tmp_path / "ab-config.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--runs", "2", "--tag", "cfg",
-         "--daemon", "--config", str(config), "--json", str(again)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(again.read_text())
+    report, _ = engine_ab_report(tmp_path, "cfg", "--daemon", "--config", str(config))
     assert report["config"] == str(config) and report["engine"]["dtype"] == "float32"
     assert report["steady"]["n"] == 2 and all(v > 0 for v in report["steady"]["values"])
 
 
 def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--daemon", "--new-lengths"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2 and "not with --daemon" in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--config", "x.toml"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2 and "--config needs --daemon" in proc.stderr
-    for args, message in ((["--daemon", "--worker-thread"], "--worker-thread is an in-process option"),
+    for args, message in ((["--daemon", "--new-lengths"], "not with --daemon"),
+                          (["--config", "x.toml"], "--config needs --daemon"),
+                          (["--daemon", "--worker-thread"], "--worker-thread is an in-process option"),
                           (["--no-telemetry"], "--no-telemetry needs --daemon")):
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", *args],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert proc.returncode == 2 and message in proc.stderr
+        proc = run_engine_ab(*args, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, args
 
 
 def test_engine_ab_on_a_worker_thread_cpu_smoke(tmp_path: Path) -> None:
     """--worker-thread: load, warm-up and requests on one second thread (the daemon's layout)."""
-    out = tmp_path / "wt.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "engine_ab.py"), "--device", "cpu", "--model", "demo", "--runs", "2",
-         "--tag", "wt", "--worker-thread", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report, _ = engine_ab_report(tmp_path, "wt", "--model", "demo", "--worker-thread")
     assert report["worker_thread"] is True and report["steady"]["n"] == 2
     assert report["first_request"]["rtf"] > 0 and report["recompiles_since_ready"] == 0
 
