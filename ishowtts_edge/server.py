@@ -1,24 +1,35 @@
-"""The ZeroMQ front end: one ROUTER socket, one synthesis worker.
+"""The ZeroMQ front end: one ROUTER socket, read by whichever thread is free.
 
-Clients use plain REQ sockets.  A ROUTER (rather than a REP) lets the serving loop
-answer ``status``/``health``/``ping``/``voices`` at once while a synthesis runs on
-the worker thread, and lets it refuse work with ``busy`` instead of queueing without
-bound.  Every request gets exactly one reply, whatever it contains.
+Clients use plain REQ sockets.  A ROUTER (rather than a REP) lets the daemon answer
+``status``/``health``/``ping``/``voices`` at once while a synthesis runs, and lets it
+refuse work with ``busy`` instead of queueing without bound.  Every request gets exactly
+one reply, whatever it contains.
 
-ZeroMQ sockets are not thread-safe, so only the serving loop touches the ROUTER; the
-worker hands finished replies back through an inproc PUSH/PULL pair.
+Two threads share the socket, leader/follower style.  The synthesis worker reads it
+while idle, runs the synthesis it receives itself and sends the reply itself: no
+hand-off between threads on a request's path.  Each hand-off wakes a sleeping thread,
+which after a 30 ms synthesis costs about as much as the ZeroMQ round trip itself
+(docs/benchmarks.md, "Daemon overhead and the transport floor").  While the worker is
+busy (a synthesis, or the engine's start-up) the serving loop (the daemon's main
+thread, :meth:`Server.poll`) reads instead: it answers control ops and queues
+synthesize requests for the worker.
+
+ZeroMQ sockets are not thread-safe but may move between threads behind a full memory
+barrier: every call on the ROUTER is made under one lock, and neither thread sleeps in
+a ZeroMQ call while it holds the lock; both sleep on the socket's ZMQ_FD notification
+descriptor (plus a wake-up pipe each) instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
+import select
 import stat
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -107,8 +118,47 @@ def restrict_ipc(endpoint: str, mode: int = 0o660) -> None:
         os.chmod(path, mode)
 
 
+class _Wakeup:
+    """A self-pipe: lets one thread end another's select() early."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def poke(self) -> None:
+        try:
+            os.write(self.write_fd, b"\0")
+        except BlockingIOError:  # already poked and not yet drained: enough
+            pass
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            os.close(fd)
+
+
+def _sleep_on(fds: list[int], timeout_s: float) -> None:
+    """Wait, without the GIL, until one of ``fds`` is readable or ``timeout_s`` passes."""
+    poller = select.poll()  # not select(): no FD_SETSIZE limit on the descriptor numbers
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    poller.poll(max(0, int(timeout_s * 1000)))  # PEP 475: a signal does not end it early
+
+
 class Server:
-    """Serving loop.  Call :meth:`bind`, then :meth:`poll` repeatedly from one thread."""
+    """Call :meth:`bind`, then :meth:`poll` repeatedly from one thread (the serving loop).
+
+    :meth:`bind` starts the synthesis worker, which runs ``startup`` first and then
+    reads the socket itself whenever it has nothing to synthesize.
+    """
+
+    #: How long the idle worker sleeps between heartbeats (``last_worker_beat``).
+    WORKER_BEAT_SECONDS = 1.0
 
     def __init__(
         self,
@@ -125,21 +175,22 @@ class Server:
         self.context = context or zmq.Context.instance()
         self.stats = ServerStats()
         self.max_queue = max_queue
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._pending = 0  # queued + running, counted by the serving loop only
-        self._done_endpoint = f"inproc://ishowtts-done-{id(self)}"
+        #: Guards the ROUTER and the fields below it; never held while sleeping.
+        self._lock = threading.Lock()
         self._router: zmq.Socket | None = None
-        self._done: zmq.Socket | None = None
-        self._poller = zmq.Poller()
+        self._router_fd = -1
+        self._jobs: deque[_Job] = deque()
+        self._pending = 0  # queued + running
+        #: True while the idle worker is the socket's reader; else the serving loop reads.
+        self._worker_reads = False
+        self._stopped = False
+        self._wake_loop = _Wakeup()
+        self._wake_worker = _Wakeup()
         self._worker: threading.Thread | None = None
         #: monotonic start of the job the worker is running, None when idle.
         self.job_started: float | None = None
         self.last_worker_beat = time.monotonic()
         self._closing = False
-        #: Set by the serving loop once a worker reply has gone out: the worker's after-reply
-        #: bookkeeping waits for it, because while it holds the GIL the serving loop cannot send
-        #: (measured: +0.3-0.5 ms on every reply when the two overlapped).
-        self._reply_sent = threading.Event()
         #: Runs first on the worker thread: the daemon loads and warms up the engine there, so
         #: per-thread CUDA state (cuBLAS/cuDNN handles) is created before READY, not by the
         #: first request.
@@ -157,11 +208,8 @@ class Server:
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.bind(self.endpoint)
         restrict_ipc(self.endpoint)
-        done = self.context.socket(zmq.PULL)
-        done.bind(self._done_endpoint)
-        self._router, self._done = router, done
-        self._poller.register(router, zmq.POLLIN)
-        self._poller.register(done, zmq.POLLIN)
+        self._router = router
+        self._router_fd = router.getsockopt(zmq.FD)
         self._worker = threading.Thread(target=self._work, name="synthesis-worker", daemon=True)
         self._worker.start()
         log.info("listening %s", kv(endpoint=self.endpoint))
@@ -178,36 +226,28 @@ class Server:
         return self._pending
 
     def poll(self, timeout_ms: int) -> None:
-        """Handle whatever arrives within ``timeout_ms``."""
-        assert self._router is not None and self._done is not None
-        events = dict(self._poller.poll(timeout_ms))
-        if self._done in events:
-            while True:
-                try:
-                    # Frames, not bytes: the audio is passed on to the ROUTER without a copy.
-                    frames = self._done.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                self._pending -= 1
-                self._send(frames)
-                self._reply_sent.set()
-        if self._router in events:
-            for _ in range(64):  # bounded so replies from the worker are not starved
-                try:
-                    frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
-                self._handle(frames)
+        """Serving-loop side: read the socket for up to ``timeout_ms`` while the worker is busy.
+
+        While the worker is the reader this only sleeps (woken early when the worker
+        starts a job), so the daemon's loop still runs at its pace.
+        """
+        with self._lock:
+            reading = not self._worker_reads and self._router is not None
+            if reading:
+                self._read_batch()
+        watch = [self._router_fd, self._wake_loop.read_fd] if reading else [self._wake_loop.read_fd]
+        _sleep_on(watch, timeout_ms / 1000)
+        self._wake_loop.drain()
+        with self._lock:
+            if not self._worker_reads and self._router is not None:
+                self._read_batch()
 
     def drain(self, timeout_s: float) -> None:
         """Stop taking work; answer queued jobs with shutting_down; wait for the running one."""
-        self._closing = True
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
+        with self._lock:
+            self._closing = True
+            while self._jobs:
+                job = self._jobs.popleft()
                 self._pending -= 1
                 self._send(job.envelope + error_reply(job.request.id, ErrorCode.SHUTTING_DOWN, "daemon is stopping", "synthesize"))
         deadline = time.monotonic() + timeout_s
@@ -217,11 +257,21 @@ class Server:
             log.warning("stopping with a synthesis still running %s", kv(waited_s=timeout_s))
 
     def close(self) -> None:
-        self._closing = True
-        self._jobs.put_nowait(None)
-        for sock in (self._router, self._done):
-            if sock is not None:
-                sock.close(linger=500)
+        with self._lock:
+            self._closing = self._stopped = True
+        self._wake_worker.poke()
+        self._wake_loop.poke()
+        # An idle worker leaves its select() at once; one stuck in a synthesis is not waited for
+        # (it is a daemon thread, and finds the socket closed if it ever finishes).
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=2.0)
+        with self._lock:
+            if self._router is not None:
+                self._router.close(linger=500)
+                self._router = None
+        if self._worker is None or not self._worker.is_alive():
+            self._wake_loop.close()
+            self._wake_worker.close()
         path = ipc_path(self.endpoint)
         if path is not None:
             try:
@@ -229,10 +279,28 @@ class Server:
             except FileNotFoundError:
                 pass
 
-    # -- serving loop side -------------------------------------------------------
+    # -- either reader (called with the lock held) ----------------------------------------
+
+    def _read_batch(self) -> None:
+        """Everything the ROUTER holds now, handled; bounded so a flood cannot starve a reply.
+
+        Reading until EAGAIN also re-arms ZMQ_FD: it signals again only for new input.
+        """
+        assert self._router is not None
+        for _ in range(64):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self._handle(frames)
+        self._poke_reader()  # more left: make sure the reader comes back at once
+
+    def _poke_reader(self) -> None:
+        (self._wake_worker if self._worker_reads else self._wake_loop).poke()
 
     def _send(self, frames: list[Any]) -> None:
-        assert self._router is not None
+        if self._router is None:  # closed under a worker that finished late
+            return
         try:
             self._router.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:  # the client went away (EHOSTUNREACH): nothing to answer
@@ -265,7 +333,7 @@ class Server:
                 raise ServiceError(
                     ErrorCode.BUSY, f"{self._pending} requests already queued or running; retry later", request_id=request_id
                 )
-            self._jobs.put_nowait(_Job(envelope, request, received_at))
+            self._jobs.append(_Job(envelope, request, received_at))
             self._pending += 1
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
@@ -281,8 +349,6 @@ class Server:
     # -- worker side ---------------------------------------------------------------
 
     def _work(self) -> None:
-        done = self.context.socket(zmq.PUSH)
-        done.connect(self._done_endpoint)
         if self._startup is not None:
             try:
                 self._startup()
@@ -290,31 +356,59 @@ class Server:
                 log.error("worker start-up failed\n%s", traceback.format_exc())
         try:
             while True:
-                try:
-                    job = self._jobs.get(timeout=1.0)
-                except queue.Empty:
+                job = self._next_job()
+                if job is None:
+                    if self._stopped:
+                        return
+                    _sleep_on([self._router_fd, self._wake_worker.read_fd], self.WORKER_BEAT_SECONDS)
+                    self._wake_worker.drain()
                     self.last_worker_beat = time.monotonic()
                     continue
-                if job is None:
-                    return
-                self.job_started = time.monotonic()
-                try:
-                    reply = self._run(job)
-                finally:
-                    self.job_started = None
-                    self.last_worker_beat = time.monotonic()
-                self._reply_sent.clear()
-                done.send_multipart(job.envelope + reply, copy=False)
-                after = getattr(self.backend, "after_reply", None)
-                if after is not None and reply is not None:
-                    # Bounded: a serving loop that is itself busy must not hold up the bookkeeping long.
-                    self._reply_sent.wait(0.05)
-                    try:
-                        after(job.request)
-                    except Exception:
-                        log.error("after-reply hook failed\n%s", traceback.format_exc())
+                self._execute(job)
         finally:
-            done.close(linger=0)
+            with self._lock:  # whatever ended the worker, the serving loop must read from now on
+                self._worker_reads = False
+            self._wake_loop.poke()
+
+    def _next_job(self) -> _Job | None:
+        """The next job to run; None (the worker is then the reader) when there is none."""
+        with self._lock:
+            if self._stopped:
+                return None
+            if not self._jobs and self._router is not None:
+                if not self._worker_reads:
+                    self._worker_reads = True
+                    self._wake_loop.poke()  # the serving loop stops watching the socket
+                self._read_batch()
+            if not self._jobs:
+                return None
+            job = self._jobs.popleft()
+            if self._worker_reads:
+                self._worker_reads = False
+                self._wake_loop.poke()  # the serving loop reads while this job runs
+            self.job_started = time.monotonic()
+            return job
+
+    def _execute(self, job: _Job) -> None:
+        try:
+            reply = self._run(job)
+        finally:
+            self.job_started = None
+            self.last_worker_beat = time.monotonic()
+        with self._lock:
+            self._pending -= 1
+            if not self._stopped:
+                self._send(job.envelope + reply)
+                # Sending may have consumed the ZMQ_FD signal of a request that arrived meanwhile;
+                # the serving loop, reading while this job ran, must not sleep through it.
+                if self._router is not None and self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    self._poke_reader()
+        after = getattr(self.backend, "after_reply", None)
+        if after is not None:
+            try:
+                after(job.request)
+            except Exception:
+                log.error("after-reply hook failed\n%s", traceback.format_exc())
 
     def _run(self, job: _Job) -> list[bytes]:
         request = job.request

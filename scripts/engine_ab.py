@@ -73,12 +73,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="with --daemon: no telemetry sources and no RTF monitor in the daemon")
     ap.add_argument("--runs", type=int, default=20, help="steady-state requests after the first")
     ap.add_argument("--new-lengths", action="store_true", help="also time first vs second request at unseen lengths")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the steady runs, one sentence and its vocoder alone under torch.profiler: "
+                         "GPU busy time, idle gaps and the kernels that take it (in-process only)")
     ap.add_argument("--work-dir", type=Path, default=REPO / ".cache" / "bench")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
-    if a.daemon and (a.new_lengths or a.eager_vocoder):
-        ap.error("--new-lengths and --eager-vocoder are in-process measurements; not with --daemon")
+    if a.daemon and (a.new_lengths or a.eager_vocoder or a.profile):
+        ap.error("--new-lengths, --eager-vocoder and --profile are in-process measurements; not with --daemon")
     if a.worker_thread and a.daemon:
         ap.error("--worker-thread is an in-process option; the daemon always uses its worker thread")
     if a.no_telemetry and not a.daemon:
@@ -225,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                 times.append((time.perf_counter() - t) * 1e3)
             vocoder.append({"frames": frames, "first_ms": times[0], "second_ms": times[1]})
         out["vocoder_new_length"] = vocoder
+    if a.profile:
+        mel = torch.randn(1, engine.model.num_channels, first.mel_frames, device=engine.device)
+        out["profile"] = {
+            "sentence": run(lambda: profile_call(lambda: engine.synthesize(SynthesizeParams(text=SENTENCE, seed=0)), sync)),
+            "vocoder": run(lambda: profile_call(lambda: engine._vocode(mel), sync)),
+        }
     out["recompiles_since_ready"] = engine.describe()["recompiles_since_ready"]
     out["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
     steady = out["steady"]
@@ -240,10 +249,91 @@ def main(argv: list[str] | None = None) -> int:
               f"second {row['second_ms']:.1f} ms")
     for row in out.get("vocoder_new_length", []):
         print(f"  vocoder {row['frames']} frames: first {row['first_ms']:.1f} ms, second {row['second_ms']:.1f} ms")
+    for name, prof in out.get("profile", {}).items():
+        print_profile(name, prof)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=1))
     return 0
+
+
+#: Kernel families by name, first match wins: where a step's GPU time goes.
+KERNEL_FAMILIES = (
+    ("attention", ("flash", "fmha", "attention", "efficient_attention", "sdpa")),
+    ("matmul", ("gemm", "cutlass", "cublas", "xmma", "sm90_", "sm80_", "nvjet", "matmul")),
+    ("fft", ("fft", "cufft", "vector_fft", "regular_fft")),
+    ("conv", ("conv", "implicit", "cudnn", "winograd")),
+    ("inductor fused", ("triton",)),
+)
+
+
+def kernel_family(name: str) -> str:
+    low = name.lower()
+    for family, keys in KERNEL_FAMILIES:
+        if any(k in low for k in keys):
+            return family
+    return "other"
+
+
+def profile_call(fn, sync) -> dict:
+    """One call under torch.profiler: wall time, GPU busy time (union of kernel intervals), idle
+    gaps, and kernel time by family and by name.  On a CPU run: the top operators by self time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync()
+    with profile(activities=activities) as prof:
+        t = time.perf_counter()
+        fn()
+        sync()
+        wall_us = (time.perf_counter() - t) * 1e6
+    events = list(prof.events())
+    kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    by_name: dict[str, list[float]] = {}
+    if kernels:
+        spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+        busy, gaps, cur_start, cur_end = 0.0, [], spans[0][0], spans[0][1]
+        for start, end in spans[1:]:
+            if start > cur_end:
+                busy += cur_end - cur_start
+                gaps.append(start - cur_end)
+                cur_start, cur_end = start, end
+            else:
+                cur_end = max(cur_end, end)
+        busy += cur_end - cur_start
+        for e in kernels:
+            by_name.setdefault(e.name, []).append(e.time_range.end - e.time_range.start)
+        gpu = {"kernels": len(kernels), "busy_us": round(busy, 1), "span_us": round(spans[-1][1] - spans[0][0], 1),
+               "gaps": len(gaps), "gaps_over_10us": sum(1 for g in gaps if g > 10),
+               "gap_us_total": round(sum(gaps), 1), "largest_gap_us": round(max(gaps, default=0.0), 1)}
+    else:
+        for e in events:
+            by_name.setdefault(e.name, []).append(e.self_cpu_time_total)
+        gpu = None
+    families: dict[str, float] = {}
+    for name, times in by_name.items():
+        family = kernel_family(name) if kernels else "cpu op"
+        families[family] = families.get(family, 0.0) + sum(times)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:20]
+    return {"wall_us": round(wall_us, 1), "gpu": gpu,
+            "families_us": {k: round(v, 1) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+            "top": [{"name": name[:120], "calls": len(times), "total_us": round(sum(times), 1)} for name, times in top]}
+
+
+def print_profile(label: str, prof: dict) -> None:
+    gpu = prof["gpu"]
+    if gpu:
+        print(f"  profile {label}: wall {prof['wall_us'] / 1e3:.2f} ms, GPU busy {gpu['busy_us'] / 1e3:.2f} ms "
+              f"over a {gpu['span_us'] / 1e3:.2f} ms span, {gpu['kernels']} kernels, {gpu['gaps']} gaps "
+              f"({gpu['gaps_over_10us']} over 10 us, {gpu['gap_us_total'] / 1e3:.2f} ms in all, largest "
+              f"{gpu['largest_gap_us']:.0f} us)")
+    else:
+        print(f"  profile {label}: wall {prof['wall_us'] / 1e3:.2f} ms (CPU run: operators by self time)")
+    print("    by family: " + ", ".join(f"{k} {v / 1e3:.2f} ms" for k, v in prof["families_us"].items()))
+    for row in prof["top"][:12]:
+        print(f"    {row['total_us'] / 1e3:7.3f} ms {row['calls']:5d}x  {row['name'][:100]}")
 
 
 def settings_toml(settings, telemetry: bool = True) -> str:

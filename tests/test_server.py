@@ -48,13 +48,16 @@ def served(tmp_path):
     server = Server(f"ipc://{tmp_path}/s.sock", backend, Limits(1 << 20, 100, 1 << 16), max_queue=1)
     server.bind()
     stop = threading.Event()
-    loop = threading.Thread(target=lambda: [server.poll(50) for _ in iter(lambda: stop.is_set(), True)])
+    # A serving loop that never wakes on its own (60 s timeout): handing the socket between
+    # it and the worker must work by the wake-ups alone, not by a short poll interval.
+    loop = threading.Thread(target=lambda: [server.poll(60_000) for _ in iter(lambda: stop.is_set(), True)])
     loop.start()
     yield server, backend
     backend.release.set()
     stop.set()
-    loop.join()
-    server.close()
+    server.close()  # also wakes the serving loop
+    loop.join(10)
+    assert not loop.is_alive()
 
 
 def req(endpoint: str, header: dict, timeout_ms: int = 10000) -> zmq.Socket:
@@ -147,3 +150,68 @@ def test_connect_endpoint_turns_wildcards_into_loopback(bound: str, reach: str) 
     from ishowtts_edge.server import connect_endpoint
 
     assert connect_endpoint(bound) == reach
+
+
+def test_an_idle_worker_reads_and_answers_without_the_serving_loop(tmp_path):
+    """No thread calls poll(): the idle worker itself takes the request, runs it and replies."""
+    backend = ControlledBackend()
+    backend.release.set()
+    server = Server(f"ipc://{tmp_path}/w.sock", backend, Limits(1 << 20, 100, 1 << 16), max_queue=1)
+    server.bind()
+    try:
+        assert reply(req(server.endpoint, {"op": "synthesize", "id": "s", "text": "alone"}))["text"] == "alone"
+        assert reply(req(server.endpoint, {"op": "ping", "id": "p"}))["ok"] is True
+    finally:
+        server.close()
+
+
+def test_every_request_of_many_concurrent_clients_gets_its_own_reply(tmp_path):
+    """Replies sent by the worker while the serving loop reads (and the other way round) lose nothing:
+    each of many interleaved control and synthesize requests gets one reply carrying its id.
+
+    The serving loop polls with a 60 s timeout, so a request it slept through (a lost ZMQ_FD
+    wake-up) would miss the clients' 10 s deadline instead of hiding in a short poll interval.
+    """
+    backend = ControlledBackend()
+    backend.release.set()
+    server = Server(f"ipc://{tmp_path}/c.sock", backend, Limits(1 << 20, 100, 1 << 16), max_queue=1)
+    server.bind()
+    stop = threading.Event()
+    loop = threading.Thread(target=lambda: [server.poll(60_000) for _ in iter(lambda: stop.is_set(), True)])
+    loop.start()
+    errors: list[str] = []
+
+    def client(n: int) -> None:
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(server.endpoint)
+        try:
+            for i in range(40):
+                op = "synthesize" if (i + n) % 3 else "status"
+                rid = f"{n}-{i}"
+                sock.send_multipart([json.dumps({"op": op, "id": rid, "text": rid}).encode()])
+                if not sock.poll(10000):
+                    errors.append(f"{rid}: no reply")
+                    return
+                h = json.loads(sock.recv_multipart()[0])
+                if h["id"] != rid or h["op"] != op:
+                    errors.append(f"{rid}: reply for {h['id']} {h['op']}")
+                elif not h["ok"] and h["error"]["code"] != "busy":
+                    errors.append(f"{rid}: {h['error']}")
+                elif h["ok"] and op == "synthesize" and h["text"] != rid:
+                    errors.append(f"{rid}: audio of {h['text']}")
+        finally:
+            sock.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stop.set()
+    server.close()  # also wakes the serving loop
+    loop.join(10)
+    assert not loop.is_alive()
+    assert errors == []
+    assert server.stats.requests["synthesize"] + server.stats.requests["status"] == 6 * 40
+    assert server.pending == 0
