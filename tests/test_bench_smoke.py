@@ -336,13 +336,20 @@ def engine_ab_report(tmp_path: Path, name: str, *args: str) -> tuple[dict, subpr
 
 def test_engine_ab_cpu_smoke(tmp_path: Path) -> None:
     """scripts/engine_ab.py runs one engine variant end to end and writes its figures (no timing checks)."""
-    report, proc = engine_ab_report(tmp_path, "cpu", "--model", "demo", "--new-lengths")
+    report, proc = engine_ab_report(tmp_path, "cpu", "--model", "demo", "--new-lengths", "--profile")
     assert report["tag"] == "cpu" and report["engine"]["dtype"] == "float32"
     assert report["steady"]["n"] == 2 and len(report["steady"]["values"]) == 2
     assert report["first_request"]["rtf"] > 0 and report["recompiles_since_ready"] == 0
     assert [r["chars"] for r in report["new_lengths"]] == [20, 51, 10, 66, 78]
     assert all(r["first_ms"] > 0 and r["second_ms"] > 0 for r in report["vocoder_new_length"])
     assert "cpu: attention None, warm-up" in proc.stdout
+    # --profile on a CPU run: no GPU figures, operators by self time, the attention among them
+    for name in ("sentence", "vocoder"):
+        prof = report["profile"][name]
+        assert prof["gpu"] is None and prof["wall_us"] > 0 and list(prof["families_us"]) == ["cpu op"]
+        assert prof["top"] and all(row["calls"] >= 1 for row in prof["top"])
+    assert any("attention" in row["name"] for row in report["profile"]["sentence"]["top"])
+    assert "profile sentence: wall" in proc.stdout
 
 
 def test_engine_ab_through_the_daemon_cpu_smoke(tmp_path: Path) -> None:
@@ -364,6 +371,7 @@ def test_engine_ab_through_the_daemon_cpu_smoke(tmp_path: Path) -> None:
 
 def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> None:
     for args, message in ((["--daemon", "--new-lengths"], "not with --daemon"),
+                          (["--daemon", "--profile"], "not with --daemon"),
                           (["--config", "x.toml"], "--config needs --daemon"),
                           (["--daemon", "--worker-thread"], "--worker-thread is an in-process option"),
                           (["--no-telemetry"], "--no-telemetry needs --daemon")):
