@@ -379,6 +379,27 @@ def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> Non
         assert proc.returncode == 2 and message in proc.stderr, args
 
 
+@pytest.mark.parametrize("kernel,family", [
+    # names from an H200 profile of one sentence (torch 2.11, cuDNN SDPA, inductor)
+    ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_f16_s16816fprop_analytic_f16_128x64_32x6_nhwc_align8>", "conv"),
+    ("void cudnn::engines_precompiled::nchwToNhwcKernel<__half, __half, float, false, true>", "conv"),
+    ("void implicit_convolve_sgemm<__half, __half, 128, 5, 5, 3, 3, 3, 1, false>", "conv"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x1_kernel0_", "attention"),
+    ("triton_poi_fused__scaled_dot_product_cudnn_attention_add_cos_mul_neg_sin_slice_stack_transpose", "inductor fused"),
+    ("nvjet_sm90_hsh_128x128_64x6_4x2_h_bz_bias_TNT", "matmul"),
+    ("sm80_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize32x32x8_stage3", "matmul"),
+    ("void vector_fft_c2r<64u, 8u>", "fft"),
+    ("void at::native::elementwise_kernel<128, 4>", "other"),
+])
+def test_engine_ab_sorts_kernels_into_families(kernel: str, family: str) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("engine_ab_script", ENGINE_AB)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.kernel_family(kernel) == family
+
+
 def test_engine_ab_on_a_worker_thread_cpu_smoke(tmp_path: Path) -> None:
     """--worker-thread: load, warm-up and requests on one second thread (the daemon's layout)."""
     report, _ = engine_ab_report(tmp_path, "wt", "--model", "demo", "--worker-thread")
@@ -414,3 +435,24 @@ def test_bench_clock_rows_follow_the_gpu(tmp_path: Path) -> None:
     fixed = lambda seed: bench.Sample(seconds=0.1, audio_seconds=1.0, wall_seconds=0.1)  # noqa: E731
     row = bench.measure("clock gone", fixed, warmup=0, runs=2, clocks=clocks)
     assert row["rtf"]["n"] == 2 and row["gpu_clock"] is None
+
+
+SERVER_OVERHEAD = REPO / "scripts" / "server_overhead.py"
+
+
+def test_server_overhead_measures_the_floor_and_the_daemons_front_end(tmp_path: Path) -> None:
+    """scripts/server_overhead.py: a bare REQ/REP and the real Server, each in its own process (no timing checks)."""
+    out = tmp_path / "o.json"
+    proc = subprocess.run([sys.executable, str(SERVER_OVERHEAD), "--runs", "5", "--wait", "0.002",
+                           "--reply-bytes", "4096", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["floor"]["overhead_seconds"]["n"] == 5 and report["server"]["overhead_seconds"]["n"] == 5
+    # only the daemon's Server says how long it held the request (server_seconds in its reply header)
+    assert "inside_server_seconds" in report["server"] and "inside_server_seconds" not in report["floor"]
+    assert report["added_by_server_seconds"] == pytest.approx(
+        report["server"]["overhead_seconds"]["median"] - report["floor"]["overhead_seconds"]["median"])
+    assert "the server adds" in proc.stdout
+    refused = subprocess.run([sys.executable, str(SERVER_OVERHEAD), "--runs", "0"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2 and "--runs and --reply-bytes must be positive" in refused.stderr
