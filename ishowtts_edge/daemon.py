@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,11 @@ SAMPLER_SETTLE_SECONDS = 10.0
 STATUS_EVERY_SECONDS = 2.0
 #: The self-test request before READY=1 runs on a warm engine: seconds even on a CPU.
 SELF_TEST_TIMEOUT_S = 120.0
+#: The GIL switch interval while serving (Python's default is 5 ms).  It bounds how long a
+#: thread that wants the GIL back waits for one holding it; the synthesis worker gives the GIL
+#: up at every CUDA synchronisation, so each burst of Python work elsewhere (telemetry, jtop's
+#: client thread, a status request) could add up to 5 ms per hand-back to a ~30 ms request.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class AlreadyRunning(RuntimeError):
@@ -360,6 +366,7 @@ class Daemon:
 
     def run(self) -> int:
         self._lock_fd = _acquire_lock(self.settings.paths.runtime_dir)
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         s = self.settings
         limits = Limits(s.server.max_message_bytes, s.server.max_text_chars, s.server.max_reference_bytes)
         self._loading.set()

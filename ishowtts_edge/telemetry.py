@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import logging
 import re
+import stat
 import threading
 import time
 from collections import deque
@@ -313,7 +314,22 @@ class SysfsSource(TelemetrySource):
         return sample
 
 
+#: Where jtop.service listens (jetson-stats' JTOP_PIPE).
+JTOP_SOCKET = Path("/run/jtop.sock")
+
+
 def _real_jtop_factory(interval: float) -> Any:
+    # Looked at before building a client: every jtop() starts a thread that probes CUDA,
+    # OpenCV and the OS libraries (subprocesses, ~70 ms of Python), even when no service
+    # answers.  Retried every minute on a host without jtop.service, that thread held the
+    # GIL against the synthesis worker: 2-4 requests in a row 1.5-3.5x slower on an H200
+    # (docs/benchmarks.md, sixth session).
+    try:
+        listening = stat.S_ISSOCK(JTOP_SOCKET.stat().st_mode)
+    except OSError:
+        listening = False
+    if not listening:
+        raise SourceUnavailable(f"The jtop.service is not active (no socket at {JTOP_SOCKET})")
     try:
         from jtop import jtop
     except ImportError as exc:  # jetson-stats not installed

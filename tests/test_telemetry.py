@@ -224,6 +224,37 @@ def test_real_jtop_client_without_service_falls_back_to_sysfs(tmp_path, sampler_
     assert "The jtop.service is not active" in sampler.status()["source_errors"]["jtop"]
 
 
+def test_real_jtop_factory_builds_no_client_without_the_service_socket(tmp_path, monkeypatch):
+    """No socket, no jtop(): its constructor starts a library-probing thread that competed with
+    the synthesis worker for the GIL on every retry (sixth session, H200)."""
+    import socket
+    import threading
+
+    from ishowtts_edge import telemetry
+
+    path = tmp_path / "jtop.sock"
+    monkeypatch.setattr(telemetry, "JTOP_SOCKET", path)
+    threads = threading.active_count()
+    with pytest.raises(SourceUnavailable, match="The jtop.service is not active"):
+        telemetry._real_jtop_factory(1.0)
+    assert threading.active_count() == threads  # no client, so no probing thread
+    path.write_text("")  # a stale plain file is no service either
+    with pytest.raises(SourceUnavailable, match=f"no socket at {path}"):
+        telemetry._real_jtop_factory(1.0)
+    path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        listener.listen()
+        client = telemetry._real_jtop_factory(1.0)  # a socket: the real client is built (not started)
+        try:
+            assert type(client).__name__ == "jtop" and hasattr(client, "start")
+        finally:
+            client.close()
+    finally:
+        listener.close()
+
+
 # ----------------------------------------------------------------- direct reads (tools)
 
 
