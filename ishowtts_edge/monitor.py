@@ -11,7 +11,10 @@ The baseline comes from warm-up measurements (:meth:`RtfMonitor.calibrate`) and 
 then replaced by one learned from the first ``baseline_samples`` real requests seen
 while telemetry says clocks are locked: warm-up timings often carry first-call
 costs (autotuning, allocator growth), real requests do not.  The fit is Theil-Sen
-(medians of pairwise slopes), so a few odd first calls do not bend it.
+(medians of pairwise slopes), so a few odd first calls do not bend it.  Learned from
+one request size, the baseline cannot know the fixed cost per chunk; it then judges
+only sizes near the ones it saw and is refit once a few requests of a new size arrive
+(:meth:`RtfMonitor._widen`), instead of calling every short text slow.
 
 Everything here is plain Python, driven by explicit clocks, so tests replay recorded
 sequences deterministically.  :class:`MonitorHub` fans the resulting events out to
@@ -136,6 +139,13 @@ class SynthesisRecord:
 # --------------------------------------------------------------------------- baseline
 
 
+#: A baseline fit on sizes spanning less than this ratio cannot tell its intercept from its
+#: slope; it then only judges requests within this factor of the sizes it saw.
+NARROW_SPREAD = 1.3
+#: Clean requests of an unseen size a narrow baseline collects before it is refit with them.
+WIDEN_SAMPLES = 5
+
+
 @dataclass(frozen=True)
 class Baseline:
     """Expected synthesis time per chunk: ``intercept_s + seconds_per_unit * frames * nfe``."""
@@ -144,6 +154,20 @@ class Baseline:
     seconds_per_unit: float
     source: str  # "warmup" | "learned"
     n: int
+    #: Work per chunk (frames * nfe) of the smallest and largest points it was fit on.
+    work_lo: float = 0.0
+    work_hi: float = math.inf
+
+    @property
+    def narrow(self) -> bool:
+        """Fit on (nearly) one size: proportional, so its fixed cost per chunk is unknown."""
+        return self.work_hi < self.work_lo * NARROW_SPREAD
+
+    def covers(self, work_per_chunk: float) -> bool:
+        """Whether it can judge a request of this size (a narrow fit only near its own sizes)."""
+        if not self.narrow:
+            return True
+        return self.work_lo / NARROW_SPREAD <= work_per_chunk <= self.work_hi * NARROW_SPREAD
 
     def expected(self, mel_frames: int, nfe_step: int, chunks: int = 1) -> float:
         chunks = max(1, chunks)
@@ -155,6 +179,8 @@ class Baseline:
             "seconds_per_unit": self.seconds_per_unit,
             "source": self.source,
             "n": self.n,
+            "work_range": [_finite(self.work_lo), _finite(self.work_hi)],
+            "narrow": self.narrow,
         }
 
     @classmethod
@@ -170,8 +196,9 @@ class Baseline:
         if len(pts) < 2:
             raise ValueError(f"baseline needs at least 2 valid (work, seconds) points, got {len(pts)}")
         xs = [x for x, _ in pts]
+        lo, hi = min(xs), max(xs)
         per_unit = [(1.0 / x, y / x) for x, y in pts]
-        if max(xs) / min(xs) >= 1.3:
+        if hi / lo >= NARROW_SPREAD:
             slopes = [
                 (z2 - z1) / (u2 - u1)
                 for (u1, z1), (u2, z2) in itertools.combinations(per_unit, 2)
@@ -181,8 +208,8 @@ class Baseline:
                 intercept = _median(slopes)
                 slope = _median([z - intercept * u for u, z in per_unit])
                 if slope > 0 and intercept >= 0:
-                    return cls(intercept, slope, source, len(pts))
-        return cls(0.0, _median([z for _, z in per_unit]), source, len(pts))
+                    return cls(intercept, slope, source, len(pts), lo, hi)
+        return cls(0.0, _median([z for _, z in per_unit]), source, len(pts), lo, hi)
 
 
 # --------------------------------------------------------------------------- alerts
@@ -270,6 +297,10 @@ class RtfMonitor:
         self._lock = threading.RLock()
         self._window: deque[SynthesisRecord] = deque(maxlen=cfg.window_count)
         self._learning: list[tuple[float, float]] = []
+        #: The points behind the learned baseline, and clean requests of sizes a narrow one
+        #: cannot judge yet (see _widen).
+        self._fit_points: list[tuple[float, float]] = []
+        self._outside: list[tuple[float, float]] = []
         self._baseline: Baseline | None = None
         self._alerts: dict[str, Alert] = {}  # key: "rtf" or "telemetry:<cause>"
         self._history: deque[dict[str, Any]] = deque(maxlen=cfg.history_size)
@@ -317,6 +348,8 @@ class RtfMonitor:
         with self._lock:
             self._baseline = None if self._baseline is None or self._baseline.source == "learned" else self._baseline
             self._learning.clear()
+            self._fit_points.clear()
+            self._outside.clear()
             self._window.clear()
 
     def record(self, rec: SynthesisRecord) -> list[AlertEvent]:
@@ -331,6 +364,10 @@ class RtfMonitor:
             self._records_total += 1
             if rec.telemetry is not None:
                 self._learn_from_telemetry(rec.telemetry)
+            baseline = self._baseline
+            if baseline is not None and baseline.source == "learned" and not baseline.covers(rec.work_per_chunk):
+                self._widen(rec)  # a size the baseline cannot judge: learn from it instead
+                return []
             self._window.append(rec)
             self._prune(rec.monotonic)
             self._maybe_learn(rec)
@@ -481,12 +518,35 @@ class RtfMonitor:
         learned = Baseline.fit(self._learning, source="learned")
         previous = self._baseline
         self._baseline = learned
+        self._fit_points = list(self._learning)
         self._learning.clear()
         fields = _baseline_fields(learned)
         if previous is not None:
             # How far warm-up was off: large values mean first-call effects skewed it.
             fields["vs_warmup"] = _mean_ratio(learned, previous, self._window)
         logger.info("RTF baseline learned %s", kv(**fields))
+
+    def _widen(self, rec: SynthesisRecord) -> None:
+        """Refit a narrow baseline once a few clean requests of a new size are in.
+
+        Learned from one request size (an app that always sends sentences), the baseline is
+        proportional and would call a much shorter text slow: its fixed cost per chunk is
+        unknown.  Such requests are not judged; the first WIDEN_SAMPLES clean ones are added
+        to the points the baseline came from, which then tell intercept from slope.
+        """
+        if not self._clean_for_learning(rec):
+            return
+        self._outside.append((rec.work_per_chunk, rec.synthesis_seconds / rec.chunks))
+        if len(self._outside) < WIDEN_SAMPLES:
+            return
+        previous = self._baseline
+        points = self._fit_points + self._outside
+        self._baseline = Baseline.fit(points, source="learned")
+        self._fit_points, self._outside = points, []
+        fields = _baseline_fields(self._baseline)
+        if previous is not None:
+            fields["was_work"] = f"{previous.work_lo:.0f}-{previous.work_hi:.0f}"
+        logger.info("RTF baseline widened to new request sizes %s", kv(**fields))
 
     def _clocks_off(self, tele: TelemetrySample) -> bool | None:
         if not self.expect_clocks_locked or tele.jetson_clocks is None:
@@ -1260,7 +1320,10 @@ def _mean_ratio(new: Baseline, old: Baseline, recs: Iterable[SynthesisRecord]) -
 
 
 def _baseline_fields(b: Baseline) -> dict[str, Any]:
-    return {"source": b.source, "n": b.n, "intercept_s": b.intercept_s, "s_per_frame_step": b.seconds_per_unit}
+    fields = {"source": b.source, "n": b.n, "intercept_s": b.intercept_s, "s_per_frame_step": b.seconds_per_unit}
+    if b.narrow:
+        fields["judges_work"] = f"{b.work_lo / NARROW_SPREAD:.0f}-{b.work_hi * NARROW_SPREAD:.0f}"
+    return fields
 
 
 def _finite(value: Any) -> Any:

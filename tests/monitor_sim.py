@@ -44,6 +44,8 @@ class Phase:
     state: BoardState = field(default_factory=BoardState)
     #: Linear ramp of the GPU clock to this value over the phase (slow drift).
     ramp_to_mhz: float | None = None
+    #: Every request of the phase this (mel_frames, nfe, chunks) instead of the random mix.
+    sizes: tuple[int, int, int] | None = None
 
 
 class FakeClock:
@@ -92,10 +94,10 @@ class Simulator:
             throttle=list(state.throttle),
         )
 
-    def one(self, state: BoardState) -> SynthesisRecord:
+    def one(self, state: BoardState, sizes: tuple[int, int, int] | None = None) -> SynthesisRecord:
         self.clock.advance(STEP_S)
         self.n += 1
-        frames, nfe, chunks = self.request_mix()
+        frames, nfe, chunks = sizes or self.request_mix()
         cur = state.gpu_cur_mhz
         if state.unlocked_jitter:
             cur = state.gpu_max_mhz * self.rng.uniform(0.45, 1.0)
@@ -125,7 +127,7 @@ class Simulator:
                 if phase.ramp_to_mhz is not None:
                     frac = (i + 1) / phase.count
                     state = replace(state, gpu_cur_mhz=start + (phase.ramp_to_mhz - start) * frac)
-                yield index, self.one(state)
+                yield index, self.one(state, phase.sizes)
 
 
 def warmup_points(scale: float = 1.0) -> list[tuple[int, int, float]]:

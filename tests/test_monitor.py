@@ -9,7 +9,7 @@ import pytest
 
 from ishowtts_edge.config import MonitorConfig
 from ishowtts_edge.monitor import Baseline, RtfMonitor, SynthesisRecord
-from monitor_sim import LOCKED_MHZ, BoardState, FakeClock, Phase, Simulator, warmup_points
+from monitor_sim import A_S, B_S, LOCKED_MHZ, BoardState, FakeClock, Phase, Simulator, warmup_points
 
 SEEDS = [1, 2, 3]
 
@@ -270,6 +270,35 @@ def test_calibration_gives_a_baseline_before_any_request_and_learning_replaces_i
     events = rtf_events(replay(monitor, sim, [Phase(10), Phase(10, BoardState(gpu_cur_mhz=700.0))]))
     assert events and events[0][2].alert.cause == "clock_drift"
     assert monitor.baseline.source == "warmup"  # nothing learned while an alert is active
+
+
+def test_learned_on_one_size_then_a_new_size_is_learned_not_alerted():
+    """An app that sent only sentences, then short lines: a baseline fit on one size is proportional,
+    and called every short line ~60 % slow (an ERROR alert in the sixth session's H200 bench)."""
+    monitor, sim = make(seed=5)
+    sentence, short = (880, 7, 1), (90, 7, 1)
+    events = replay(monitor, sim, [Phase(40, sizes=sentence)])
+    assert events == [] and monitor.baseline.narrow and not monitor.baseline.covers(90 * 7)
+    events = replay(monitor, sim, [Phase(60, sizes=short)])
+    assert rtf_events(events) == []
+    b = monitor.baseline
+    assert b.source == "learned" and not b.narrow and b.covers(90 * 7)
+    assert b.intercept_s == pytest.approx(A_S, rel=0.15)  # the fixed cost per chunk, now known
+    assert b.expected(90, 7) == pytest.approx(A_S + B_S * 90 * 7, rel=0.05)
+    assert monitor.status()["baseline"]["narrow"] is False
+    # The widened baseline still catches a real slowdown on the short lines.
+    events = rtf_events(replay(monitor, sim, [Phase(30, BoardState(gpu_cur_mhz=700.0), sizes=short)]))
+    assert events and events[0][2].action == "raised" and events[0][2].alert.cause == "clock_drift"
+
+
+def test_a_narrow_baseline_learns_nothing_from_a_new_size_on_a_throttled_board():
+    """Requests of a new size seen while the board throttles do not teach the baseline."""
+    monitor, sim = make(seed=6)
+    replay(monitor, sim, [Phase(40, sizes=(880, 7, 1))])
+    hot = BoardState(temp_c=95.0, throttle=("thermal",), gpu_cur_mhz=900.0)
+    replay(monitor, sim, [Phase(20, hot, sizes=(90, 7, 1))])
+    assert monitor.baseline.narrow  # still the sentence-only fit
+    assert monitor.baseline.n == 30
 
 
 def test_baseline_fit_falls_back_to_proportional_for_one_size():
