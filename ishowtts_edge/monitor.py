@@ -2,9 +2,9 @@
 
 Raw RTF mixes two things: short texts pay fixed costs (so their RTF is high) and a
 slowed GPU makes everything slower.  Each synthesis is therefore compared with a
-*baseline* that predicts its time from its size (``a + b * mel_frames * nfe`` per
-chunk), and the monitor watches ``measured / expected`` instead of RTF.  That ratio
-is ~1.0 on a healthy board whatever the texts are, so its spread and its median
+*baseline* that predicts its time from its size (``a + b * frames * nfe`` per chunk,
+frames being what the transformer ran on: reference + generated, padded), and the
+monitor watches ``measured / expected`` instead of RTF.  That ratio is ~1.0 on a healthy board whatever the texts are, so its spread and its median
 move only when the hardware does.
 
 The baseline comes from warm-up measurements (:meth:`RtfMonitor.calibrate`) and is
@@ -68,6 +68,14 @@ class SynthesisRecord:
     nfe_step: int
     chunks: int = 1
     telemetry: TelemetrySample | None = None
+    #: Frames the transformer ran on (reference + generated, padded; engine's model_frames).
+    #: The size the baseline uses when known: generated frames alone leave out the
+    #: reference, whose cost also grows with the step count.
+    model_frames: int | None = None
+
+    @property
+    def work_frames(self) -> int:
+        return self.model_frames or self.mel_frames
 
     @classmethod
     def from_result(
@@ -89,6 +97,7 @@ class SynthesisRecord:
             nfe_step=int(result.nfe_step),
             chunks=int(getattr(result, "chunks", 1) or 1),
             telemetry=telemetry,
+            model_frames=getattr(result, "model_frames", None),
         )
 
     @property
@@ -97,7 +106,7 @@ class SynthesisRecord:
 
     @property
     def work_per_chunk(self) -> float:
-        return self.mel_frames * self.nfe_step / self.chunks
+        return self.work_frames * self.nfe_step / self.chunks
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field: one broken record must not poison the window."""
@@ -111,8 +120,10 @@ class SynthesisRecord:
             raise ValueError(
                 f"synthesis record {self.request_id!r}: synthesis_seconds={self.synthesis_seconds} must be > 0"
             )
-        for name in ("mel_frames", "nfe_step", "chunks"):
+        for name in ("mel_frames", "nfe_step", "chunks", "model_frames"):
             value = getattr(self, name)
+            if name == "model_frames" and value is None:
+                continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"synthesis record {self.request_id!r}: {name}={value!r} must be an integer >= 1")
 
@@ -126,6 +137,7 @@ class SynthesisRecord:
             "synthesis_seconds": _finite(self.synthesis_seconds),
             "rtf": _finite(self.rtf),
             "mel_frames": self.mel_frames,
+            "model_frames": self.model_frames,
             "nfe_step": self.nfe_step,
             "chunks": self.chunks,
             "gpu_cur_mhz": tele.gpu_cur_mhz if tele else None,
@@ -480,7 +492,7 @@ class RtfMonitor:
             return []
         out = []
         for r in recs:
-            expected = self._baseline.expected(r.mel_frames, r.nfe_step, r.chunks)
+            expected = self._baseline.expected(r.work_frames, r.nfe_step, r.chunks)
             if expected > 0:
                 out.append(r.synthesis_seconds / expected)
         return out
@@ -1312,9 +1324,9 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
 
 def _mean_ratio(new: Baseline, old: Baseline, recs: Iterable[SynthesisRecord]) -> float | None:
     ratios = [
-        old.expected(r.mel_frames, r.nfe_step, r.chunks) / new.expected(r.mel_frames, r.nfe_step, r.chunks)
+        old.expected(r.work_frames, r.nfe_step, r.chunks) / new.expected(r.work_frames, r.nfe_step, r.chunks)
         for r in recs
-        if new.expected(r.mel_frames, r.nfe_step, r.chunks) > 0
+        if new.expected(r.work_frames, r.nfe_step, r.chunks) > 0
     ]
     return sum(ratios) / len(ratios) if ratios else None
 

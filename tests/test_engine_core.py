@@ -197,6 +197,12 @@ def test_padding_to_a_bucket_changes_nothing_but_float_noise(tiny_bundle, tmp_pa
         a, b = plain.synthesize(params), padded.synthesize(params)
         assert a.mel_frames == b.mel_frames
         np.testing.assert_allclose(b.audio, a.audio, rtol=0, atol=1e-4 * np.abs(a.audio).max())
+        # What the transformer ran on (the RTF monitor's size): reference + generated, padded.
+        ref_frames = plain.registry.get(plain.settings.default_voice).payload.ref_audio_len
+        assert a.model_frames == a.mel_frames + a.chunks * ref_frames
+        assert b.model_frames >= a.model_frames
+        if b.chunks == 1:
+            assert b.model_frames in (256, 1024)
 
 
 def test_models_without_text_mask_padding_are_never_padded(tiny_bundle) -> None:

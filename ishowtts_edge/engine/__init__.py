@@ -33,6 +33,9 @@ class SynthesisResult:
     chunks: int = 1
     seed: int | None = None  # the noise seed used (drawn at random when the request gave none)
     voice_seconds: float = 0.0  # looking up / preparing the voice; not part of synthesis_seconds
+    #: Frames the transformer ran on, summed over chunks: reference + generated, padded to the
+    #: length bucket.  What a step costs follows this, not mel_frames (the RTF monitor's size).
+    model_frames: int | None = None
 
     @property
     def audio_seconds(self) -> float:

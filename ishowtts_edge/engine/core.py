@@ -346,7 +346,8 @@ class Engine:
         """(1, n_mels, frames) float32 -> (1, samples): see engine/vocoder.py for why it is not Vocos.decode."""
         return self.vocoder(mel)  # type: ignore[misc]
 
-    def _chunk(self, prompt: VoicePrompt, gen_text: str, opts: dict[str, Any], generator) -> tuple[np.ndarray, int]:
+    def _chunk(self, prompt: VoicePrompt, gen_text: str, opts: dict[str, Any], generator) -> tuple[np.ndarray, int, int]:
+        """One chunk: (audio, frames generated, frames the transformer ran on)."""
         text = self._text_ids(prompt, gen_text)
         duration = duration_frames(prompt.ref_audio_len, prompt.prompt_text, gen_text, opts["speed"])
         out = self.sampler.sample(  # type: ignore[union-attr]
@@ -364,7 +365,9 @@ class Engine:
             wave = self._vocode(generated)
             if prompt.rms < self.config.target_rms:
                 wave = wave * prompt.rms / self.config.target_rms
-        return wave.squeeze().cpu().numpy(), int(generated.shape[-1])
+        total = int(out.shape[1])
+        processed = (self.sampler.bucket_for(total) if self.sampler.buckets else None) or total  # type: ignore[union-attr]
+        return wave.squeeze().cpu().numpy(), int(generated.shape[-1]), processed
 
     def _options(self, params: SynthesizeParams) -> dict[str, Any]:
         cfg = self.config
@@ -414,11 +417,12 @@ class Engine:
         with self._lock:
             started = time.perf_counter()
             generator = torch.Generator(device=self.device).manual_seed(opts["seed"])
-            waves, frames = [], 0
+            waves, frames, model_frames = [], 0, 0
             for gen_text in chunks:
-                wave, count = self._chunk(prompt, gen_text, opts, generator)
+                wave, count, processed = self._chunk(prompt, gen_text, opts, generator)
                 waves.append(wave)
                 frames += count
+                model_frames += processed
             audio = np.clip(cross_fade(waves, self.config.cross_fade_s, sample_rate), -1.0, 1.0).astype(np.float32)
             elapsed = time.perf_counter() - started
         return SynthesisResult(
@@ -426,6 +430,7 @@ class Engine:
             sample_rate=sample_rate,
             synthesis_seconds=elapsed,
             mel_frames=frames,
+            model_frames=model_frames,
             nfe_step=opts["nfe_step"],
             chunks=len(chunks),
             seed=opts["seed"],
@@ -555,8 +560,9 @@ class Engine:
     def _synthesize_with(self, voice: PreparedVoice, params: SynthesizeParams) -> SynthesisResult:
         opts = self._options(params)
         generator = torch.Generator(device=self.device).manual_seed(opts["seed"])
-        wave, frames = self._chunk(voice.payload, params.text, opts, generator)
-        return SynthesisResult(wave, self.arch.sample_rate, 0.0, frames, opts["nfe_step"])  # type: ignore[union-attr]
+        wave, frames, processed = self._chunk(voice.payload, params.text, opts, generator)
+        return SynthesisResult(wave, self.arch.sample_rate, 0.0, frames, opts["nfe_step"],  # type: ignore[union-attr]
+                               model_frames=processed)
 
     # -- status -------------------------------------------------------------------------------------
 
