@@ -29,6 +29,7 @@ import stat
 import threading
 import time
 import traceback
+import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,10 @@ class Server:
         self._stopped = False
         self._wake_loop = _Wakeup()
         self._wake_worker = _Wakeup()
+        # Closed with the object, not by close(): a serving loop on another thread may still be
+        # inside poll() then, and must not find its descriptors closed (or reused) under it.
+        weakref.finalize(self, self._wake_loop.close)
+        weakref.finalize(self, self._wake_worker.close)
         self._worker: threading.Thread | None = None
         #: monotonic start of the job the worker is running, None when idle.
         self.job_started: float | None = None
@@ -269,9 +274,6 @@ class Server:
             if self._router is not None:
                 self._router.close(linger=500)
                 self._router = None
-        if self._worker is None or not self._worker.is_alive():
-            self._wake_loop.close()
-            self._wake_worker.close()
         path = ipc_path(self.endpoint)
         if path is not None:
             try:
