@@ -108,6 +108,11 @@ class SynthesisRecord:
     def work_per_chunk(self) -> float:
         return self.work_frames * self.nfe_step / self.chunks
 
+    @property
+    def fit_point(self) -> tuple[float, int, float]:
+        """(frames per chunk, nfe, seconds per chunk): what Baseline.fit takes."""
+        return self.work_frames / self.chunks, self.nfe_step, self.synthesis_seconds / self.chunks
+
     def validate(self) -> None:
         """Raise ValueError naming the bad field: one broken record must not poison the window."""
         for name in ("audio_seconds", "synthesis_seconds", "monotonic", "wall"):
@@ -156,11 +161,22 @@ class SynthesisRecord:
 NARROW_SPREAD = 1.3
 #: Clean requests of an unseen size a narrow baseline collects before it is refit with them.
 WIDEN_SAMPLES = 5
+#: The most points a baseline keeps for refits (the most recent).
+MAX_FIT_POINTS = 200
+#: Points a step count needs before the baseline judges requests at it.
+MIN_GROUP_POINTS = 5
+#: Step counts this far apart (largest / smallest) let the fit measure the per-step cost.
+NFE_SPREAD = 2.0
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """Expected synthesis time per chunk: ``intercept_s + seconds_per_unit * frames * nfe``."""
+    """Expected synthesis time per chunk: ``intercept_s + nfe * (step_s + seconds_per_unit * frames)``.
+
+    ``intercept_s`` is what a chunk costs once (vocoder, host work), ``step_s`` what every
+    sampling step costs whatever its length (kernel launches, small GEMMs below peak),
+    ``seconds_per_unit`` what a frame costs per step.
+    """
 
     intercept_s: float
     seconds_per_unit: float
@@ -169,59 +185,116 @@ class Baseline:
     #: Work per chunk (frames * nfe) of the smallest and largest points it was fit on.
     work_lo: float = 0.0
     work_hi: float = math.inf
+    step_s: float = 0.0
+    #: The step counts it has enough points at to judge; () = not recorded (judges any).
+    nfe_values: tuple[int, ...] = ()
+    #: False when no step count's sizes spread enough to tell the fixed cost from the
+    #: per-frame one: the model is then proportional.
+    sized: bool = True
+    #: True when step_s was measured (step counts far enough apart): every step count is judged.
+    per_step: bool = False
 
     @property
     def narrow(self) -> bool:
         """Fit on (nearly) one size: proportional, so its fixed cost per chunk is unknown."""
-        return self.work_hi < self.work_lo * NARROW_SPREAD
+        return not self.sized or self.work_hi < self.work_lo * NARROW_SPREAD
 
-    def covers(self, work_per_chunk: float) -> bool:
-        """Whether it can judge a request of this size (a narrow fit only near its own sizes)."""
+    def covers(self, frames_per_chunk: float, nfe_step: int) -> bool:
+        """Whether it can judge a request of this size and step count.
+
+        Fit on one step count, the per-step cost is folded into the intercept: only that
+        step count is judged.  A narrow fit judges only sizes near its own.
+        """
+        if self.nfe_values and not self.per_step and nfe_step not in self.nfe_values:
+            return False
         if not self.narrow:
             return True
-        return self.work_lo / NARROW_SPREAD <= work_per_chunk <= self.work_hi * NARROW_SPREAD
+        work = frames_per_chunk * nfe_step
+        return self.work_lo / NARROW_SPREAD <= work <= self.work_hi * NARROW_SPREAD
 
     def expected(self, mel_frames: int, nfe_step: int, chunks: int = 1) -> float:
         chunks = max(1, chunks)
-        return chunks * self.intercept_s + self.seconds_per_unit * mel_frames * nfe_step
+        return chunks * (self.intercept_s + nfe_step * self.step_s) + self.seconds_per_unit * mel_frames * nfe_step
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "intercept_s": self.intercept_s,
+            "step_s": self.step_s,
             "seconds_per_unit": self.seconds_per_unit,
             "source": self.source,
             "n": self.n,
             "work_range": [_finite(self.work_lo), _finite(self.work_hi)],
+            "nfe_values": list(self.nfe_values),
+            "per_step": self.per_step,
             "narrow": self.narrow,
         }
 
     @classmethod
-    def fit(cls, points: Sequence[tuple[float, float]], *, source: str) -> "Baseline":
-        """Robust fit of (work per chunk, seconds per chunk).
+    def fit(cls, points: Sequence[tuple[float, float, float]], *, source: str) -> "Baseline":
+        """Robust fit of (frames per chunk, nfe, seconds per chunk) points.
 
-        Theil-Sen in the per-unit form ``y/x = b + a/x``: errors there are relative, which is
-        what the monitor judges, so short requests (where the intercept matters) weigh as
-        much as long ones.  With too narrow a spread of sizes the intercept cannot be told
-        from the slope, so the model becomes proportional (intercept 0) instead.
+        Per step count, Theil-Sen in the per-unit form ``y/x = b + a/x`` (x = frames * nfe):
+        errors there are relative, which is what the monitor judges, so short requests
+        (where the intercept matters) weigh as much as long ones.  The per-frame cost ``b``
+        is the median over the step counts whose sizes spread enough to tell it from the
+        intercept; each step count's intercept then follows from ``b``, and with two or
+        more step counts a line through those intercepts splits them into the once-per-
+        chunk and the per-step cost.  With no spread of sizes at all the model becomes
+        proportional (intercept 0).
         """
-        pts = [(float(x), float(y)) for x, y in points if x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y)]
+        pts = [(float(f), int(n), float(y)) for f, n, y in points
+               if f > 0 and n >= 1 and y > 0 and math.isfinite(f) and math.isfinite(y)]
         if len(pts) < 2:
-            raise ValueError(f"baseline needs at least 2 valid (work, seconds) points, got {len(pts)}")
-        xs = [x for x, _ in pts]
-        lo, hi = min(xs), max(xs)
-        per_unit = [(1.0 / x, y / x) for x, y in pts]
-        if hi / lo >= NARROW_SPREAD:
-            slopes = [
-                (z2 - z1) / (u2 - u1)
-                for (u1, z1), (u2, z2) in itertools.combinations(per_unit, 2)
-                if abs(u2 - u1) > 0.02 * min(u1, u2)
-            ]
-            if slopes:
-                intercept = _median(slopes)
-                slope = _median([z - intercept * u for u, z in per_unit])
-                if slope > 0 and intercept >= 0:
-                    return cls(intercept, slope, source, len(pts), lo, hi)
-        return cls(0.0, _median([z for _, z in per_unit]), source, len(pts), lo, hi)
+            raise ValueError(f"baseline needs at least 2 valid (frames, nfe, seconds) points, got {len(pts)}")
+        works = [f * n for f, n, _ in pts]
+        lo, hi = min(works), max(works)
+        groups: dict[int, list[tuple[float, float]]] = {}
+        for f, n, y in pts:
+            groups.setdefault(n, []).append((f * n, y))
+        # Step counts with too few points say too little about their own fixed cost.
+        usable = {n: g for n, g in groups.items() if len(g) >= MIN_GROUP_POINTS}
+        if not usable:
+            n_most = max(groups, key=lambda n: len(groups[n]))
+            usable = {n_most: groups[n_most]}
+        slopes = [fitted[1] for fitted in map(_fit_one_step_count, usable.values()) if fitted is not None]
+        if not slopes:
+            # Proportional, from the step count seen most: one factor cannot serve step
+            # counts whose fixed costs differ, so the others stay unjudged until sizes spread.
+            n_most = max(usable, key=lambda n: len(usable[n]))
+            group = usable[n_most]
+            xs = [x for x, _ in group]
+            slope = _median([y / x for x, y in group])
+            return cls(0.0, slope, source, len(pts), min(xs), max(xs), 0.0, (n_most,), sized=False)
+        slope = _median(slopes)
+        # Each step count's fixed part, with the shared per-frame cost taken out.
+        fixed = {n: max(0.0, _median([y - slope * x for x, y in group])) for n, group in usable.items()}
+        intercept, step, per_step = _median(list(fixed.values())), 0.0, False
+        if len(fixed) >= 2 and max(fixed) / min(fixed) >= NFE_SPREAD:
+            pairs = [(n1, n2) for n1, n2 in itertools.combinations(sorted(fixed), 2) if n2 / n1 >= 1.5]
+            step = _median([(fixed[n2] - fixed[n1]) / (n2 - n1) for n1, n2 in pairs])
+            intercept = _median([fixed[n] - step * n for n in fixed])
+            per_step = step >= 0 and intercept >= 0
+            if not per_step:  # noise: keep one fixed cost for the step counts seen
+                intercept, step = _median(list(fixed.values())), 0.0
+        return cls(intercept, slope, source, len(pts), lo, hi, step, tuple(sorted(usable)), per_step=per_step)
+
+
+def _fit_one_step_count(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(intercept, per-unit cost) of (work, seconds) points at one step count; None without spread."""
+    xs = [x for x, _ in points]
+    if max(xs) / min(xs) < NARROW_SPREAD:
+        return None
+    per_unit = [(1.0 / x, y / x) for x, y in points]
+    slopes = [
+        (z2 - z1) / (u2 - u1)
+        for (u1, z1), (u2, z2) in itertools.combinations(per_unit, 2)
+        if abs(u2 - u1) > 0.02 * min(u1, u2)
+    ]
+    if not slopes:
+        return None
+    intercept = _median(slopes)
+    slope = _median([z - intercept * u for u, z in per_unit])
+    return (intercept, slope) if slope > 0 and intercept >= 0 else None
 
 
 # --------------------------------------------------------------------------- alerts
@@ -308,11 +381,12 @@ class RtfMonitor:
         self.expect_clocks_locked = expect_clocks_locked
         self._lock = threading.RLock()
         self._window: deque[SynthesisRecord] = deque(maxlen=cfg.window_count)
-        self._learning: list[tuple[float, float]] = []
-        #: The points behind the learned baseline, and clean requests of sizes a narrow one
-        #: cannot judge yet (see _widen).
-        self._fit_points: list[tuple[float, float]] = []
-        self._outside: list[tuple[float, float]] = []
+        #: (frames per chunk, nfe, seconds per chunk) of clean requests, for the fit.
+        self._learning: list[tuple[float, int, float]] = []
+        #: The points behind the learned baseline, and clean requests of sizes or step counts
+        #: it cannot judge yet (see _widen).
+        self._fit_points: list[tuple[float, int, float]] = []
+        self._outside: list[tuple[float, int, float]] = []
         self._baseline: Baseline | None = None
         self._alerts: dict[str, Alert] = {}  # key: "rtf" or "telemetry:<cause>"
         self._history: deque[dict[str, Any]] = deque(maxlen=cfg.history_size)
@@ -342,7 +416,7 @@ class RtfMonitor:
             chunks = float(point[3]) if len(point) == 4 else 1.0
             if chunks < 1:
                 raise ValueError(f"calibration point {point!r}: chunks must be >= 1")
-            pairs.append((frames * nfe / chunks, seconds / chunks))
+            pairs.append((frames / chunks, int(nfe), seconds / chunks))
         baseline = Baseline.fit(pairs, source="warmup")
         with self._lock:
             if self._baseline is None or self._baseline.source == "warmup":
@@ -376,11 +450,11 @@ class RtfMonitor:
             self._records_total += 1
             if rec.telemetry is not None:
                 self._learn_from_telemetry(rec.telemetry)
-            baseline = self._baseline
-            if baseline is not None and baseline.source == "learned" and not baseline.covers(rec.work_per_chunk):
-                self._widen(rec)  # a size the baseline cannot judge: learn from it instead
-                return []
             self._window.append(rec)
+            if not self._judges(rec):
+                self._prune(rec.monotonic)
+                self._widen(rec)  # a size or step count the baseline cannot judge: learn from it instead
+                return []
             self._prune(rec.monotonic)
             self._maybe_learn(rec)
             if self._baseline is None:
@@ -492,6 +566,8 @@ class RtfMonitor:
             return []
         out = []
         for r in recs:
+            if not self._judges(r):
+                continue
             expected = self._baseline.expected(r.work_frames, r.nfe_step, r.chunks)
             if expected > 0:
                 out.append(r.synthesis_seconds / expected)
@@ -524,7 +600,7 @@ class RtfMonitor:
             return
         if not self._clean_for_learning(rec):
             return
-        self._learning.append((rec.work_per_chunk, rec.synthesis_seconds / rec.chunks))
+        self._learning.append(rec.fit_point)
         if len(self._learning) < self.cfg.baseline_samples:
             return
         learned = Baseline.fit(self._learning, source="learned")
@@ -538,27 +614,42 @@ class RtfMonitor:
             fields["vs_warmup"] = _mean_ratio(learned, previous, self._window)
         logger.info("RTF baseline learned %s", kv(**fields))
 
+    def _judges(self, rec: SynthesisRecord) -> bool:
+        """Whether the current baseline can judge this record (a warm-up baseline judges all)."""
+        baseline = self._baseline
+        return (baseline is None or baseline.source != "learned"
+                or baseline.covers(rec.work_frames / rec.chunks, rec.nfe_step))
+
     def _widen(self, rec: SynthesisRecord) -> None:
-        """Refit a narrow baseline once a few clean requests of a new size are in.
+        """Refit the baseline once a few clean requests it cannot judge are in.
 
         Learned from one request size (an app that always sends sentences), the baseline is
         proportional and would call a much shorter text slow: its fixed cost per chunk is
-        unknown.  Such requests are not judged; the first WIDEN_SAMPLES clean ones are added
-        to the points the baseline came from, which then tell intercept from slope.
+        unknown.  Learned at one step count, its per-step cost is folded into the fixed
+        cost, and would call short texts at more steps slow.  Such requests are not
+        judged; the first WIDEN_SAMPLES clean ones are added to the points the baseline
+        came from, which then tell the costs apart.
         """
-        if not self._clean_for_learning(rec):
+        # Unlike the first learning, not during an RTF alert either: the learned baseline says
+        # the board is slow then, and refitting would take the slowdown in as normal.
+        if self._alerts or not self._clean_for_learning(rec):
             return
-        self._outside.append((rec.work_per_chunk, rec.synthesis_seconds / rec.chunks))
+        self._outside.append(rec.fit_point)
         if len(self._outside) < WIDEN_SAMPLES:
             return
         previous = self._baseline
-        points = self._fit_points + self._outside
+        points = (self._fit_points + self._outside)[-MAX_FIT_POINTS:]
         self._baseline = Baseline.fit(points, source="learned")
         self._fit_points, self._outside = points, []
         fields = _baseline_fields(self._baseline)
         if previous is not None:
             fields["was_work"] = f"{previous.work_lo:.0f}-{previous.work_hi:.0f}"
-        logger.info("RTF baseline widened to new request sizes %s", kv(**fields))
+            fields["was_nfe"] = ",".join(map(str, previous.nfe_values)) or "any"
+        changed = previous is None or (previous.narrow, previous.nfe_values) != (self._baseline.narrow,
+                                                                                 self._baseline.nfe_values)
+        # Info when what it can judge changed; a refit that changed nothing is not news.
+        logger.log(logging.INFO if changed else logging.DEBUG,
+                   "RTF baseline widened to new request sizes %s", kv(**fields))
 
     def _clocks_off(self, tele: TelemetrySample) -> bool | None:
         if not self.expect_clocks_locked or tele.jetson_clocks is None:
@@ -1332,7 +1423,8 @@ def _mean_ratio(new: Baseline, old: Baseline, recs: Iterable[SynthesisRecord]) -
 
 
 def _baseline_fields(b: Baseline) -> dict[str, Any]:
-    fields = {"source": b.source, "n": b.n, "intercept_s": b.intercept_s, "s_per_frame_step": b.seconds_per_unit}
+    fields = {"source": b.source, "n": b.n, "intercept_s": b.intercept_s, "step_s": b.step_s,
+              "s_per_frame_step": b.seconds_per_unit, "nfe": ",".join(map(str, b.nfe_values)) or "any"}
     if b.narrow:
         fields["judges_work"] = f"{b.work_lo / NARROW_SPREAD:.0f}-{b.work_hi * NARROW_SPREAD:.0f}"
     return fields

@@ -35,6 +35,7 @@ class BoardState:
     load: float = 1.0  # extra slowdown the telemetry cannot see
     outlier_p: float = 0.0  # chance of a 1.5x pause (GC, page cache)
     unlocked_jitter: bool = False  # clocks off: the governor picks a clock per request
+    step_s: float = 0.0  # a cost every sampling step pays whatever its length (launches, small GEMMs)
     telemetry: bool = True
 
 
@@ -101,7 +102,7 @@ class Simulator:
         cur = state.gpu_cur_mhz
         if state.unlocked_jitter:
             cur = state.gpu_max_mhz * self.rng.uniform(0.45, 1.0)
-        ideal = chunks * A_S + B_S * frames * nfe
+        ideal = chunks * (A_S + nfe * state.step_s) + B_S * frames * nfe
         noise = math.exp(self.rng.gauss(0.0, state.noise))
         if state.outlier_p and self.rng.random() < state.outlier_p:
             noise *= 1.5

@@ -278,16 +278,39 @@ def test_learned_on_one_size_then_a_new_size_is_learned_not_alerted():
     monitor, sim = make(seed=5)
     sentence, short = (880, 7, 1), (90, 7, 1)
     events = replay(monitor, sim, [Phase(40, sizes=sentence)])
-    assert events == [] and monitor.baseline.narrow and not monitor.baseline.covers(90 * 7)
+    assert events == [] and monitor.baseline.narrow and not monitor.baseline.covers(90, 7)
     events = replay(monitor, sim, [Phase(60, sizes=short)])
     assert rtf_events(events) == []
     b = monitor.baseline
-    assert b.source == "learned" and not b.narrow and b.covers(90 * 7)
+    assert b.source == "learned" and not b.narrow and b.covers(90, 7)
     assert b.intercept_s == pytest.approx(A_S, rel=0.15)  # the fixed cost per chunk, now known
     assert b.expected(90, 7) == pytest.approx(A_S + B_S * 90 * 7, rel=0.05)
     assert monitor.status()["baseline"]["narrow"] is False
     # The widened baseline still catches a real slowdown on the short lines.
     events = rtf_events(replay(monitor, sim, [Phase(30, BoardState(gpu_cur_mhz=700.0), sizes=short)]))
+    assert events and events[0][2].action == "raised" and events[0][2].alert.cause == "clock_drift"
+
+
+def test_learned_at_one_step_count_another_is_judged_once_seen():
+    """Learned at NFE 7 only, then short texts at NFE 32: a per-step cost folded into the fixed cost
+    made them look 30 % slow (a WARNING in the sixth session's H200 bench)."""
+    from dataclasses import replace
+
+    board = BoardState(step_s=0.01)
+    monitor, sim = make(seed=8)
+    events = replay(monitor, sim, [Phase(10, board, sizes=(f, 7, 1)) for f in (90, 400, 900)])
+    b = monitor.baseline
+    assert b.nfe_values == (7,) and not b.per_step and not b.covers(90, 32) and b.covers(90, 7)
+    events += replay(monitor, sim, [Phase(40, board, sizes=(90, 32, 1))])
+    assert rtf_events(events) == []
+    b = monitor.baseline
+    assert b.per_step and b.covers(90, 32) and b.covers(400, 16)
+    assert b.step_s == pytest.approx(0.01, rel=0.3)
+    for frames, nfe in ((90, 32), (900, 7), (400, 16)):
+        assert b.expected(frames, nfe) == pytest.approx(A_S + nfe * 0.01 + B_S * frames * nfe, rel=0.05)
+    # A real slowdown at the new step count is still caught.
+    slow = replace(board, gpu_cur_mhz=700.0)
+    events = rtf_events(replay(monitor, sim, [Phase(30, slow, sizes=(90, 32, 1))]))
     assert events and events[0][2].action == "raised" and events[0][2].alert.cause == "clock_drift"
 
 
@@ -302,9 +325,10 @@ def test_a_narrow_baseline_learns_nothing_from_a_new_size_on_a_throttled_board()
 
 
 def test_baseline_fit_falls_back_to_proportional_for_one_size():
-    b = Baseline.fit([(3500, 1.12), (3500, 1.13), (3510, 1.11)], source="learned")
-    assert b.intercept_s == 0.0
+    b = Baseline.fit([(500, 7, 1.12), (500, 7, 1.13), (501, 7, 1.11)], source="learned")
+    assert b.intercept_s == 0.0 and b.narrow and b.nfe_values == (7,)
     assert b.expected(500, 7) == pytest.approx(1.12, rel=0.02)
+    assert b.covers(500, 7) and not b.covers(100, 7) and not b.covers(500, 32)
 
 
 @pytest.mark.parametrize(
