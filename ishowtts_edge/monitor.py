@@ -256,27 +256,33 @@ class Baseline:
         if not usable:
             n_most = max(groups, key=lambda n: len(groups[n]))
             usable = {n_most: groups[n_most]}
-        slopes = [fitted[1] for fitted in map(_fit_one_step_count, usable.values()) if fitted is not None]
-        if not slopes:
-            # Proportional, from the step count seen most: one factor cannot serve step
-            # counts whose fixed costs differ, so the others stay unjudged until sizes spread.
-            n_most = max(usable, key=lambda n: len(usable[n]))
-            group = usable[n_most]
-            xs = [x for x, _ in group]
-            slope = _median([y / x for x, y in group])
-            return cls(0.0, slope, source, len(pts), min(xs), max(xs), 0.0, (n_most,), sized=False)
-        slope = _median(slopes)
-        # Each step count's fixed part, with the shared per-frame cost taken out.
-        fixed = {n: max(0.0, _median([y - slope * x for x, y in group])) for n, group in usable.items()}
-        intercept, step, per_step = _median(list(fixed.values())), 0.0, False
-        if len(fixed) >= 2 and max(fixed) / min(fixed) >= NFE_SPREAD:
-            pairs = [(n1, n2) for n1, n2 in itertools.combinations(sorted(fixed), 2) if n2 / n1 >= 1.5]
-            step = _median([(fixed[n2] - fixed[n1]) / (n2 - n1) for n1, n2 in pairs])
-            intercept = _median([fixed[n] - step * n for n in fixed])
-            per_step = step >= 0 and intercept >= 0
-            if not per_step:  # noise: keep one fixed cost for the step counts seen
-                intercept, step = _median(list(fixed.values())), 0.0
-        return cls(intercept, slope, source, len(pts), lo, hi, step, tuple(sorted(usable)), per_step=per_step)
+        nfe_values = tuple(sorted(usable))
+        if len(usable) >= 2 and max(usable) / min(usable) >= NFE_SPREAD:
+            # Per step count: its own fit's intercept where its sizes spread (the relative-
+            # error form suits short requests), else what is left after the shared per-frame
+            # cost; a line through those intercepts splits off the per-step cost.
+            fits = {n: f for n, f in ((n, _fit_one_step_count(g)) for n, g in usable.items()) if f}
+            if fits:
+                slope = _median([b for _, b in fits.values()])
+                fixed = {n: fits[n][0] if n in fits else max(0.0, _median([y - slope * x for x, y in g]))
+                         for n, g in usable.items()}
+                pairs = [(n1, n2) for n1, n2 in itertools.combinations(sorted(fixed), 2) if n2 / n1 >= 1.5]
+                step = _median([(fixed[n2] - fixed[n1]) / (n2 - n1) for n1, n2 in pairs])
+                intercept = _median([fixed[n] - step * n for n in fixed])
+                if step >= 0 and intercept >= 0:
+                    return cls(intercept, slope, source, len(pts), lo, hi, step, nfe_values, per_step=True)
+        # One fixed cost: the two-parameter fit over every point (a few at other step counts
+        # do not bend it), judging only the step counts with enough points.
+        fitted = _fit_one_step_count([(f * n, y) for f, n, y in pts])
+        if fitted is not None:
+            return cls(fitted[0], fitted[1], source, len(pts), lo, hi, 0.0, nfe_values)
+        # Proportional, from the step count seen most: one factor cannot serve step counts
+        # whose fixed costs differ, so the others stay unjudged until sizes spread.
+        n_most = max(usable, key=lambda n: len(usable[n]))
+        group = usable[n_most]
+        xs = [x for x, _ in group]
+        slope = _median([y / x for x, y in group])
+        return cls(0.0, slope, source, len(pts), min(xs), max(xs), 0.0, (n_most,), sized=False)
 
 
 def _fit_one_step_count(points: list[tuple[float, float]]) -> tuple[float, float] | None:
