@@ -233,14 +233,14 @@ class Baseline:
     def fit(cls, points: Sequence[tuple[float, float, float]], *, source: str) -> "Baseline":
         """Robust fit of (frames per chunk, nfe, seconds per chunk) points.
 
-        Per step count, Theil-Sen in the per-unit form ``y/x = b + a/x`` (x = frames * nfe):
+        The core is Theil-Sen in the per-unit form ``y/x = b + a/x`` (x = frames * nfe):
         errors there are relative, which is what the monitor judges, so short requests
-        (where the intercept matters) weigh as much as long ones.  The per-frame cost ``b``
-        is the median over the step counts whose sizes spread enough to tell it from the
-        intercept; each step count's intercept then follows from ``b``, and with two or
-        more step counts a line through those intercepts splits them into the once-per-
-        chunk and the per-step cost.  With no spread of sizes at all the model becomes
-        proportional (intercept 0).
+        (where the intercept matters) weigh as much as long ones.  Step counts with at
+        least MIN_GROUP_POINTS points are the ones judged.  When they lie NFE_SPREAD apart,
+        each gets its own intercept and a line through those splits the once-per-chunk from
+        the per-step cost (``per_step``).  Otherwise one fit over every point gives a single
+        fixed cost (the per-step one folded in).  With no spread of sizes at all the model
+        becomes proportional (intercept 0) and judges only sizes near its own.
         """
         pts = [(float(f), int(n), float(y)) for f, n, y in points
                if f > 0 and n >= 1 and y > 0 and math.isfinite(f) and math.isfinite(y)]
