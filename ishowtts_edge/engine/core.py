@@ -366,7 +366,7 @@ class Engine:
             if prompt.rms < self.config.target_rms:
                 wave = wave * prompt.rms / self.config.target_rms
         total = int(out.shape[1])
-        processed = (self.sampler.bucket_for(total) if self.sampler.buckets else None) or total  # type: ignore[union-attr]
+        processed = self.sampler.bucket_for(total) or total  # type: ignore[union-attr]
         return wave.squeeze().cpu().numpy(), int(generated.shape[-1]), processed
 
     def _options(self, params: SynthesizeParams) -> dict[str, Any]:
