@@ -105,10 +105,6 @@ class SynthesisRecord:
         return self.synthesis_seconds / self.audio_seconds
 
     @property
-    def work_per_chunk(self) -> float:
-        return self.work_frames * self.nfe_step / self.chunks
-
-    @property
     def fit_point(self) -> tuple[float, int, float]:
         """(frames per chunk, nfe, seconds per chunk): what Baseline.fit takes."""
         return self.work_frames / self.chunks, self.nfe_step, self.synthesis_seconds / self.chunks

@@ -158,8 +158,8 @@ class Server:
     reads the socket itself whenever it has nothing to synthesize.
     """
 
-    #: How long the idle worker sleeps between heartbeats (``last_worker_beat``).
-    WORKER_BEAT_SECONDS = 1.0
+    #: The idle worker's longest sleep: a safety net, close() and new requests wake it anyway.
+    WORKER_IDLE_SECONDS = 1.0
 
     def __init__(
         self,
@@ -194,7 +194,6 @@ class Server:
         self._worker: threading.Thread | None = None
         #: monotonic start of the job the worker is running, None when idle.
         self.job_started: float | None = None
-        self.last_worker_beat = time.monotonic()
         self._closing = False
         #: Runs first on the worker thread: the daemon loads and warms up the engine there, so
         #: per-thread CUDA state (cuBLAS/cuDNN handles) is created before READY, not by the
@@ -362,9 +361,8 @@ class Server:
                 if job is None:
                     if self._stopped:
                         return
-                    _sleep_on([self._router_fd, self._wake_worker.read_fd], self.WORKER_BEAT_SECONDS)
+                    _sleep_on([self._router_fd, self._wake_worker.read_fd], self.WORKER_IDLE_SECONDS)
                     self._wake_worker.drain()
-                    self.last_worker_beat = time.monotonic()
                     continue
                 self._execute(job)
         finally:
@@ -396,7 +394,6 @@ class Server:
             reply = self._run(job)
         finally:
             self.job_started = None
-            self.last_worker_beat = time.monotonic()
         with self._lock:
             self._pending -= 1
             if not self._stopped:

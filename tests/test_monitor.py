@@ -460,11 +460,11 @@ def test_record_from_result_takes_engine_fields():
                              synthesis_seconds=0.5, mel_frames=188, nfe_step=7, chunks=1)
     rec = SynthesisRecord.from_result(result, request_id="abc", monotonic=5.0, wall=6.0)
     assert (rec.audio_seconds, rec.rtf, rec.mel_frames, rec.nfe_step) == (2.0, 0.25, 188, 7)
-    assert rec.model_frames is None and rec.work_per_chunk == 188 * 7  # an engine that does not say
+    assert rec.model_frames is None and rec.fit_point == (188, 7, 0.5)  # an engine that does not say
     with_model = SynthesisRecord.from_result(
         SynthesisResult(audio=result.audio, sample_rate=24000, synthesis_seconds=0.5, mel_frames=188,
                         nfe_step=7, chunks=1, model_frames=768), monotonic=5.0, wall=6.0)
-    assert with_model.work_per_chunk == 768 * 7 and with_model.to_dict()["model_frames"] == 768
+    assert with_model.fit_point == (768, 7, 0.5) and with_model.to_dict()["model_frames"] == 768
     d = rec.to_dict()
     assert d["request_id"] == "abc" and d["rtf"] == 0.25 and d["gpu_cur_mhz"] is None
     assert math.isfinite(d["wall"])
