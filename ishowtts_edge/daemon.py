@@ -125,7 +125,8 @@ class Daemon:
             raise
         voice = params.voice or (None if reference is not None else self.settings.default_voice)
         header, frames = synthesis_payload(result, params.format, voice)
-        self.degraded_reasons.pop("out_of_memory", None)
+        if "out_of_memory" in self.degraded_reasons:
+            self._recover("out_of_memory")
         self._last_result = (request.id, result)
         return header, frames
 
@@ -254,6 +255,16 @@ class Daemon:
         self.degraded_reasons[key] = reason
         if self.state == "ready":
             self._set_state("degraded")
+            self.notifier.status(self.status_line())
+
+    def _recover(self, key: str) -> None:
+        """A passing cause went away (a synthesis succeeded after an OOM): ready again once no cause is left."""
+        if self.degraded_reasons.pop(key, None) is None:
+            return
+        log.info("recovered %s", kv(component=key))
+        if self.state == "degraded" and not self.degraded_reasons:
+            self._set_state("ready")
+            self.notifier.status(self.status_line())
 
     def _progress(self, message: str) -> None:
         self._progress_at = time.monotonic()

@@ -129,8 +129,13 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
         header = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ServiceError(ErrorCode.BAD_REQUEST, f"header is not JSON: {exc.msg} at char {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits, nesting deeper than the stack
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"header is not usable JSON: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise ServiceError(ErrorCode.BAD_REQUEST, "header must be a JSON object")
+    if _has_lone_surrogate(text, header):
+        # JSON lets "\ud800" through; such a string cannot be logged, echoed or read as text.
+        raise ServiceError(ErrorCode.BAD_REQUEST, "header has a string with a lone UTF-16 surrogate (\\ud800-\\udfff)")
 
     raw_id = header.get("id")
     if raw_id is None:
@@ -187,6 +192,17 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
     return request
 
 
+def _has_lone_surrogate(text: str, header: dict[str, Any]) -> bool:
+    """True when a JSON escape decoded to an unpaired surrogate (a valid pair decodes to one code point)."""
+    if "\\u" not in text:  # the only way to write a surrogate in text that decoded as UTF-8
+        return False
+    try:
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
@@ -197,7 +213,12 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def encode_header(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """Compact UTF-8 JSON; a string that UTF-8 cannot carry (a lone surrogate) is sent \\u-escaped, never an exception."""
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(header, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
 def ok_reply(request_id: str | None, op: str, payload: dict[str, Any], attachments: list[bytes] | None = None) -> list[bytes]:

@@ -80,6 +80,12 @@ MALFORMED = [
     ("unknown voice", [b'{"op": "synthesize", "text": "hi", "voice": "nobody"}'], "unknown_voice"),
     ("oversized message", [b'{"op": "synthesize", "text": "hi", "ref_text": "x"}', b"\0" * (17 * 1024 * 1024)], "too_large"),
     ("empty frame 0", [b""], "bad_request"),
+    # JSON allows escapes that are not Unicode text: the reply (which echoes the id) and the
+    # log line could not be encoded, and the reader thread died with them.
+    ("lone surrogate id", [b'{"op": "ping", "id": "\\ud800"}'], "bad_request"),
+    ("lone surrogate text", [b'{"op": "synthesize", "id": "s", "text": "hi \\udfff"}'], "bad_request"),
+    ("integer of 5000 digits", [b'{"op": "synthesize", "text": "hi", "seed": 1' + b"0" * 5000 + b"}"], "bad_request"),
+    ("nesting deeper than the stack", [b'{"op": "ping", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"], "bad_request"),
 ]
 
 

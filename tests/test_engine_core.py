@@ -280,6 +280,53 @@ def test_out_of_memory_is_reported_and_engine_stays_usable(tiny_bundle, tmp_path
     assert engine.synthesize(SynthesizeParams(text=TEXT, seed=1)).audio.size > 0
 
 
+def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundle, tmp_path: Path, voices, monkeypatch) -> None:
+    """One OOM is a passing cause: `status` and systemd's STATUS= say degraded, then ready again."""
+    from conftest import NotifySocket
+    from ishowtts_edge.daemon import Daemon
+    from ishowtts_edge.protocol import Limits, parse_request
+
+    notify = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    settings = engine_settings(tiny_bundle, tmp_path, voices)
+    daemon = Daemon(settings)
+    engine = Engine(settings)
+    engine.load()
+    real_sample = engine.sampler.sample
+    fail = {"next": True}
+
+    def sample_maybe_oom(*args, **kwargs):
+        if fail.pop("next", False):  # CUDA cannot run here; raise what the allocator raises
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(engine.sampler, "sample", sample_maybe_oom)
+    daemon.engine = engine
+    daemon._set_state("ready")
+    request = parse_request([b'{"op":"synthesize","id":"r1","text":"' + TEXT.encode() + b'","seed":1}'], Limits(1 << 20, 2000, 1 << 20))
+    try:
+        with pytest.raises(ServiceError) as info:
+            daemon.synthesize(request)
+        assert info.value.code is ErrorCode.OUT_OF_MEMORY
+        assert daemon.health()["state"] == "degraded" and "out_of_memory" in daemon.health()["reasons"]
+        notify.collect(lambda m: any(x.startswith("STATUS=degraded") and "out_of_memory" in x for x in m), timeout=5)
+
+        header, frames = daemon.synthesize(request)
+        assert header["samples"] > 0 and frames[0]
+        assert daemon.health() == {"state": "ready", "ready": True, "reasons": {}, "detail": ""}
+        notify.collect(lambda m: m[-1].startswith("STATUS=ready"), timeout=5)
+
+        # A cause that does not pass with a request (here: hardware) keeps the daemon degraded.
+        fail["next"] = True
+        daemon._degrade("hardware", "jetson_clocks failed")
+        with pytest.raises(ServiceError):
+            daemon.synthesize(request)
+        daemon.synthesize(request)
+        assert daemon.health()["state"] == "degraded" and list(daemon.health()["reasons"]) == ["hardware"]
+    finally:
+        notify.close()
+
+
 # --- clock emulation -----------------------------------------------------------------------------
 
 

@@ -108,6 +108,19 @@ def test_sighup_reloads_voices_without_reloading_model(tmp_path, demo_cache):
             assert c.status()["warmup"] == warm_before  # the model was not warmed up again
             out = c.synthesize("Now with Alice.", voice="alice", seed=1)
             assert out.header["voice"] == "alice"
+
+        # A broken config on reload: refused, the running one kept, and READY=1 sent again
+        # (without it systemd would leave the unit "reloading" until its timeout).
+        config.write_text("[hardware]\nenabled = false\n\n[server]\nmax_queue = -3\n")
+        mark = len(notify.messages)
+        proc.proc.send_signal(signal.SIGHUP)
+        msgs = notify.collect(lambda m: "READY=1" in m[mark:], timeout=60)
+        assert _index(msgs[mark:], "RELOADING=1") < _index(msgs[mark:], "READY=1")
+        assert "<3>daemon: reload refused, keeping the running configuration" in proc.log()
+        assert "<3>  server.max_queue: " in proc.log()
+        with Client(proc.endpoint, timeout_s=60) as c:
+            assert {v["id"] for v in c.voices()} == after
+            assert c.synthesize("Still Alice.", voice="alice", seed=1).header["voice"] == "alice"
     finally:
         proc.stop()
         notify.close()
