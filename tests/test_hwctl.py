@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -186,25 +187,27 @@ def test_unknown_mode_name_lists_the_boards_modes(world_tmp, helper_factory):
 
 
 @pytest.mark.parametrize(
-    "line",
+    "line,reason",
     [
-        '{"action": "reboot"}',
-        '{"action": "query; reboot"}',
-        '{"action": "query", "power_mode": "MAXN"}',
-        '{"action": "apply", "args": ["-f", "/tmp/evil.conf"]}',
-        '{"action": "apply", "power_mode": "MAXN; reboot"}',
-        '{"action": "apply", "power_mode": true}',
-        '{"action": "restore", "file": "/etc/shadow"}',
-        '["query"]',
-        "query",
-        '{"action": "query", "x": "' + "a" * 5000 + '"}',
+        ('{"action": "reboot"}', "action 'reboot' refused"),
+        ('{"action": "query; reboot"}', "action 'query; reboot' refused"),
+        ('{"action": "query", "power_mode": "MAXN"}', "query: unexpected argument(s) power_mode refused"),
+        ('{"action": "apply", "args": ["-f", "/tmp/evil.conf"]}', "apply: unexpected argument(s) args refused"),
+        ('{"action": "apply", "power_mode": "MAXN; reboot"}', "power_mode must be a plain mode name"),
+        ('{"action": "apply", "power_mode": true}', "power_mode must be a mode name or id"),
+        ('{"action": "restore", "file": "/etc/shadow"}', "restore: unexpected argument(s) file refused"),
+        ('["query"]', "request must be a JSON object"),
+        ("query", "request is not a JSON object on one line"),
+        ('{"action": "query", "x": "' + "a" * 5000 + '"}', "request longer than"),
     ],
 )
-def test_anything_outside_the_protocol_is_refused(shared_helper, users, line):
+def test_anything_outside_the_protocol_is_refused(shared_helper, users, line, reason):
+    """Refused for what the request says: an allowed peer passes the peer check first."""
     board, helper = shared_helper
     reply = raw_request(users.member, user_python(users.member), helper.socket, line)
     assert reply["ok"] is False
     assert reply["error"]["kind"] in ("refused", "bad_request")
+    assert reason in reply["error"]["message"], reply
     assert board.power_mode() == (3, "MODE_50W") and not board.clocks_locked()
 
 
@@ -320,17 +323,28 @@ def test_direct_cli_as_non_root_says_so(world_tmp, users):
     assert json.loads(done.stdout)["error"]["kind"] == "not_root"
 
 
-def test_group_writable_config_is_refused(world_tmp, helper_factory):
+@pytest.mark.parametrize("mode,owned_by_outsider", [(0o664, False), (0o646, False), (0o644, True)],
+                         ids=["group-writable", "world-writable", "not-root-owned"])
+def test_config_others_could_write_is_refused(world_tmp, users, mode, owned_by_outsider):
+    """The helper runs its configured nvpmodel as root: whoever can edit the config owns the board."""
     require_root()
     board = FakeBoard(world_tmp)
     config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state")
-    config.chmod(0o666)
-    done = subprocess.run(
-        [sys.executable, "-m", "ishowtts_edge.hwctl", "query", "--config", str(config)],
-        capture_output=True, text=True, env=repo_env(), timeout=60,
-    )
+
+    def query() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ishowtts_edge.hwctl", "query", "--config", str(config)],
+            capture_output=True, text=True, env=repo_env(), timeout=60,
+        )
+
+    config.chmod(0o644)
+    assert query().returncode == 0  # the same file, root-owned and 0644, is accepted
+    config.chmod(mode)
+    if owned_by_outsider:
+        os.chown(config, users.outsider.uid, -1)
+    done = query()
     assert done.returncode == 1
-    assert "must be owned by root" in json.loads(done.stdout)["error"]["message"]
+    assert "must be owned by root and not group/world-writable" in json.loads(done.stdout)["error"]["message"]
 
 
 # ----------------------------------------------------------------- client transport errors
