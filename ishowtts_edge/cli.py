@@ -79,7 +79,9 @@ def cmd_voices(args: argparse.Namespace) -> int:
     for v in voices:
         state = "" if v.get("available", True) else f"  UNAVAILABLE: {v.get('error', '')}"
         text = (v.get("ref_text") or "")[:60]
-        print(f"{v['id']:<20} {v.get('ref_seconds', 0):5.1f} s  {text}{state}")
+        seconds = v.get("ref_seconds")  # None for a voice whose files cannot be read
+        length = f"{seconds:5.1f} s" if seconds is not None else "    - s"
+        print(f"{v['id']:<20} {length}  {text}{state}")
     return 0
 
 
@@ -149,17 +151,31 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMMON_OPTIONS = (
+    (("--config", "-c"), {"help": "TOML config (default: $ISHOWTTS_EDGE_CONFIG or /etc/ishowtts-edge/ishowtts-edge.toml)"}),
+    (("--endpoint",), {"help": "daemon endpoint (default: from the config)"}),
+    (("--timeout",), {"type": float, "help": "seconds to wait for a reply (default: 60)"}),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ishowtts-edge", description="F5-TTS speech appliance for Jetson AGX Orin")
     p.add_argument("--version", action="version", version=f"ishowtts-edge {__version__}")
-    p.add_argument("--config", "-c", help="TOML config (default: $ISHOWTTS_EDGE_CONFIG or /etc/ishowtts-edge/ishowtts-edge.toml)")
-    p.add_argument("--endpoint", help="daemon endpoint (default: from the config)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a reply")
+    # Accepted before or after the command (`serve --config X` is what people type); after it,
+    # SUPPRESS leaves a value given before it in place.
+    common = argparse.ArgumentParser(add_help=False)
+    for flags, options in _COMMON_OPTIONS:
+        p.add_argument(*flags, **options)
+        common.add_argument(*flags, default=argparse.SUPPRESS, **options)
+    p.set_defaults(timeout=60.0)
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("serve", help="run the daemon in the foreground").set_defaults(func=cmd_serve)
+    def command(name: str, help: str, parser=sub) -> argparse.ArgumentParser:
+        return parser.add_parser(name, help=help, parents=[common])
 
-    say = sub.add_parser("say", help="synthesize TEXT to a file")
+    command("serve", "run the daemon in the foreground").set_defaults(func=cmd_serve)
+
+    say = command("say", "synthesize TEXT to a file")
     say.add_argument("text")
     say.add_argument("--voice", "-v")
     say.add_argument("--output", "-o", default="out.wav", help="file to write, or - for stdout (WAV)")
@@ -171,17 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--seed", type=int)
     say.set_defaults(func=cmd_say)
 
-    st = sub.add_parser("status", help="show the daemon's state, RTF, hardware and alerts")
+    st = command("status", "show the daemon's state, RTF, hardware and alerts")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    vo = sub.add_parser("voices", help="list voices")
+    vo = command("voices", "list voices")
     vo.add_argument("--json", action="store_true")
     vo.set_defaults(func=cmd_voices)
 
     model = sub.add_parser("model", help="model files")
     msub = model.add_subparsers(dest="model_command", required=True)
-    fetch = msub.add_parser("fetch", help="download the released F5-TTS v1 Base checkpoint and Vocos (needs internet)")
+    fetch = command("fetch", "download the released F5-TTS v1 Base checkpoint and Vocos (needs internet)", msub)
     fetch.add_argument("dest", help="directory to download into")
     fetch.set_defaults(func=cmd_model_fetch)
     return p

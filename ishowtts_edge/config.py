@@ -349,18 +349,20 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     """Read ``path`` (or the default location) and the environment; raise ConfigError if invalid."""
     toml_path = Path(path) if path is not None else default_config_path()
     where = str(toml_path) if toml_path is not None else "(defaults)"
-    if toml_path is not None and not toml_path.is_file():
-        raise ConfigError(f"config file {toml_path}: not found")
 
     class _Loaded(Settings):
         _toml_path = toml_path
 
     try:
+        if toml_path is not None and not toml_path.is_file():
+            raise ConfigError(f"config file {toml_path}: not found")
         loaded = _Loaded(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(where, exc)) from None
     except ValueError as exc:  # TOML syntax errors arrive as tomllib.TOMLDecodeError (a ValueError)
         raise ConfigError(f"config file {where}: {exc}") from None
+    except OSError as exc:  # unreadable (an editor's or `install -m600`'s mode): a config error, not a crash on SIGHUP
+        raise ConfigError(f"config file {where}: cannot read it: {exc.strerror or exc}") from None
     settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
     settings.source_file = toml_path
     return settings

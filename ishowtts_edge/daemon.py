@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from pydantic import BaseModel
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
@@ -53,6 +54,8 @@ SELF_TEST_TIMEOUT_S = 120.0
 #: up at every CUDA synchronisation, so each burst of Python work elsewhere (telemetry, jtop's
 #: client thread, a status request) could add up to 5 ms per hand-back to a ~30 ms request.
 GIL_SWITCH_INTERVAL_S = 0.0005
+#: What SIGHUP applies; every other setting was built into sockets, threads or the model at start.
+RELOADABLE_SETTINGS = ("default_voice", "voices")
 
 
 class AlreadyRunning(RuntimeError):
@@ -247,7 +250,8 @@ class Daemon:
         if changed:
             log.info("state %s", kv(state=state, reason=reason))
             if self.publisher is not None:
-                self.publisher.publish("state", {"state": state, "reason": reason, "degraded": dict(self.degraded_reasons)})
+                # Its own topic: "state" is the monitor's picture (status line, alerts, window).
+                self.publisher.publish("service", {"state": state, "reason": reason, "degraded": dict(self.degraded_reasons)})
 
     def _degrade(self, key: str, reason: str) -> None:
         if self.degraded_reasons.get(key) != reason:
@@ -355,7 +359,7 @@ class Daemon:
         self._reload.set()
 
     def _do_reload(self) -> None:
-        """SIGHUP: re-read voices and non-model settings; the model stays loaded."""
+        """SIGHUP: re-read the voices and default_voice; other changes are named in the journal and wait for a restart."""
         self.notifier.reloading()
         try:
             fresh = load_settings(self.settings.source_file)
@@ -363,11 +367,16 @@ class Daemon:
             log.error("reload refused, keeping the running configuration\n%s", exc)
             self.notifier.ready(self.status_line())
             return
-        if fresh.engine != self.settings.engine:
-            log.warning("reload: [engine] changes need a restart; they are ignored until then")
-        old_engine = self.settings.engine
+        # Sockets, the model, threads and the monitor were built from the running settings at
+        # start; only the voices are re-read.  The rest is kept, so `status` shows what runs.
+        for name in Settings.model_fields:
+            if name in RELOADABLE_SETTINGS or name == "source_file":
+                continue
+            if getattr(fresh, name) != getattr(self.settings, name):
+                section = f"[{name}]" if isinstance(getattr(fresh, name), BaseModel) else name
+                log.warning("reload: %s changes need a restart; they are ignored until then", section)
+                setattr(fresh, name, getattr(self.settings, name))
         self.settings = fresh
-        self.settings.engine = old_engine
         if self.engine is not None:
             try:
                 self.engine.reload_voices(self.settings)

@@ -30,7 +30,7 @@ from .logs import kv
 logger = logging.getLogger(__name__)
 
 EVENTS_VERSION = 1
-TOPICS = ("alert.raised", "alert.updated", "alert.cleared", "remediation", "state")
+TOPICS = ("alert.raised", "alert.updated", "alert.cleared", "remediation", "state", "service")
 
 
 class EventPublisherError(RuntimeError):

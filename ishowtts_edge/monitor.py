@@ -1270,7 +1270,7 @@ class MonitorHub:
         return line
 
     def publish_state(self) -> None:
-        """Publish the "state" event (the daemon may call this on its own state changes too)."""
+        """Publish the "state" event: the monitor's current picture, after every alert change."""
         if self.publisher is None or not self.cfg.enabled:
             return
         payload = {

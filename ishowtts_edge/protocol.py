@@ -83,6 +83,8 @@ class SynthesizeParams(BaseModel):
     def _ints_are_floats(cls, value: Any) -> Any:
         # strict mode refuses 2 for a float; JSON writers often drop the ".0".
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > 2**53:  # float() overflows past 1e308; nothing this large is a valid value
+                raise ValueError("must be a finite number in range")
             return float(value)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number")
@@ -151,7 +153,7 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
 
     op = header.get("op")
     version = header.get("v", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
+    if version != PROTOCOL_VERSION or isinstance(version, bool):  # true == 1 in Python, not in the protocol
         raise fail(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version!r}; this daemon speaks {PROTOCOL_VERSION}")
     if not isinstance(op, str):
         raise fail(ErrorCode.BAD_REQUEST, "op is missing or not a string")

@@ -40,10 +40,10 @@ class DaemonProcess:
         self.tmp = tmp
         self.endpoint = f"ipc://{tmp / 'run' / 'tts.sock'}"
         self.log_path = tmp / "daemon.log"
-        args = [sys.executable, "-m", "ishowtts_edge.cli"]
+        # `serve --config X`, as the man page writes it (the Makefile puts --config first).
+        args = [sys.executable, "-m", "ishowtts_edge.cli", "serve"]
         if config is not None:
             args += ["--config", str(config)]
-        args.append("serve")
         self.env = daemon_env(tmp, cache, **env)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)

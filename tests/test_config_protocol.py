@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,28 @@ def test_missing_file_and_bad_values(tmp_path):
     assert str(f) in text and "voices.x" in text and "engine.device" in text
 
 
+def test_unreadable_file_is_a_config_error(tmp_path):
+    """A SIGHUP after an editor left the file 0600 root must be refused, not end the daemon."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # /tmp: traversable by anyone, unlike tmp_path
+        os.chmod(folder, 0o755)
+        f = Path(folder) / "c.toml"
+        f.write_text("[server]\nmax_queue = 2\n")
+        f.chmod(0)
+        as_root = os.geteuid() == 0
+        if as_root:  # root reads any file: become the daemon's kind of user for the read
+            os.seteuid(65534)
+        try:
+            with pytest.raises(ConfigError, match=r"cannot read it: Permission denied") as err:
+                load_settings(f)
+        finally:
+            if as_root:
+                os.seteuid(0)
+        assert str(f) in str(err.value)
+
+
 def test_voice_forms(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[voices.a]\ndir = "/v/a"\n[voices.b]\nref_audio = "/v/b.wav"\nref_text = "hi"\n')
@@ -62,6 +85,8 @@ def test_parse_valid_synthesize():
         (frames(op="synthesize", text="x" * 51), ErrorCode.TEXT_TOO_LONG),
         (frames(op="synthesize", text="hi", seed=-1), ErrorCode.BAD_REQUEST),
         ([b'{"op":"synthesize","text":"hi","speed":Infinity}'], ErrorCode.BAD_REQUEST),
+        ([b'{"op":"synthesize","text":"hi","speed":1' + b"0" * 400 + b"}"], ErrorCode.BAD_REQUEST),  # float() overflows
+        ([b'{"v":true,"op":"ping"}'], ErrorCode.UNSUPPORTED_VERSION),
         (frames(op="synthesize", text="hi", id=True), ErrorCode.BAD_REQUEST),
         (frames(op="synthesize", text="hi", ref_text="r") + [b"x" * 1001], ErrorCode.TOO_LARGE),
         (frames(op="synthesize", text="hi", voice="v", ref_text="r") + [b"x"], ErrorCode.BAD_REQUEST),

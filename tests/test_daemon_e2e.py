@@ -192,6 +192,30 @@ def test_cli_say_and_status(daemon, tmp_path):
     assert "state:" in human.stdout and "engine:" in human.stdout
 
 
+def test_voices_command_lists_an_unavailable_voice_with_its_reason(tmp_path, demo_cache):
+    """The operator runs `voices` exactly when a voice is broken: it must not crash then."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, DaemonProcess
+
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[hardware]\nenabled = false\n\n[voices.ghost]\ndir = "{tmp_path / "gone"}"\n')
+    proc = DaemonProcess(tmp_path, demo_cache, config=config)
+    try:
+        proc.wait_ready()
+        listed = subprocess.run(
+            [sys.executable, "-m", "ishowtts_edge.cli", "voices", "--endpoint", proc.endpoint],  # options after the command too
+            env=proc.env, capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+    finally:
+        proc.stop()
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
+    assert "UNAVAILABLE: " in lines["ghost"] and "    - s" in lines["ghost"]
+    assert "UNAVAILABLE" not in lines["demo"] and " s  " in lines["demo"]
+
+
 def test_status_when_daemon_is_not_running(tmp_path):
     import subprocess
     import sys

@@ -282,8 +282,12 @@ def test_out_of_memory_is_reported_and_engine_stays_usable(tiny_bundle, tmp_path
 
 def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundle, tmp_path: Path, voices, monkeypatch) -> None:
     """One OOM is a passing cause: `status` and systemd's STATUS= say degraded, then ready again."""
+    import json
+
+    import zmq
     from conftest import NotifySocket
     from ishowtts_edge.daemon import Daemon
+    from ishowtts_edge.events import EventPublisher
     from ishowtts_edge.protocol import Limits, parse_request
 
     notify = NotifySocket(tmp_path / "notify.sock")
@@ -303,6 +307,22 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
     monkeypatch.setattr(engine.sampler, "sample", sample_maybe_oom)
     daemon.engine = engine
     daemon._set_state("ready")
+    daemon.publisher = EventPublisher(f"ipc://{tmp_path}/events.sock")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(daemon.publisher.endpoint)
+    while not sub.poll(50):  # ZeroMQ's slow joiner: probe until the subscription is in place
+        daemon.publisher.publish("state", {"probe": True})
+    while sub.poll(100):
+        sub.recv_multipart()
+
+    def service_events() -> list[dict]:
+        got = []
+        while sub.poll(500):
+            topic, body = sub.recv_multipart()
+            if topic == b"service":
+                got.append(json.loads(body)["data"])
+        return got
     request = parse_request([b'{"op":"synthesize","id":"r1","text":"' + TEXT.encode() + b'","seed":1}'], Limits(1 << 20, 2000, 1 << 20))
     try:
         with pytest.raises(ServiceError) as info:
@@ -310,11 +330,14 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
         assert info.value.code is ErrorCode.OUT_OF_MEMORY
         assert daemon.health()["state"] == "degraded" and "out_of_memory" in daemon.health()["reasons"]
         notify.collect(lambda m: any(x.startswith("STATUS=degraded") and "out_of_memory" in x for x in m), timeout=5)
+        [event] = service_events()
+        assert event["state"] == "degraded" and "CUDA out of memory" in event["degraded"]["out_of_memory"]
 
         header, frames = daemon.synthesize(request)
         assert header["samples"] > 0 and frames[0]
         assert daemon.health() == {"state": "ready", "ready": True, "reasons": {}, "detail": ""}
         notify.collect(lambda m: m[-1].startswith("STATUS=ready"), timeout=5)
+        assert service_events() == [{"state": "ready", "reason": "", "degraded": {}}]
 
         # A cause that does not pass with a request (here: hardware) keeps the daemon degraded.
         fail["next"] = True
@@ -325,6 +348,8 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
         assert daemon.health()["state"] == "degraded" and list(daemon.health()["reasons"]) == ["hardware"]
     finally:
         notify.close()
+        sub.close(linger=0)
+        daemon.publisher.close()
 
 
 # --- clock emulation -----------------------------------------------------------------------------

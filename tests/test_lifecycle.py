@@ -97,7 +97,8 @@ def test_sighup_reloads_voices_without_reloading_model(tmp_path, demo_cache):
         t = np.arange(sr * 2) / sr
         sf.write(voice_dir / "ref.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype("float32"), sr)
         (voice_dir / "ref.txt").write_text("Alice speaking.")
-        config.write_text(f'[hardware]\nenabled = false\n\n[voices.alice]\ndir = "{voice_dir}"\n')
+        # [server] is built into the socket at start: a reload names it and keeps the running limits.
+        config.write_text(f'[hardware]\nenabled = false\n\n[server]\nmax_text_chars = 10\n\n[voices.alice]\ndir = "{voice_dir}"\n')
         mark = len(notify.messages)
         proc.proc.send_signal(signal.SIGHUP)
         msgs = notify.collect(lambda m: "READY=1" in m[mark:], timeout=60)
@@ -106,8 +107,10 @@ def test_sighup_reloads_voices_without_reloading_model(tmp_path, demo_cache):
             after = {v["id"] for v in c.voices()}
             assert after == before | {"alice"}
             assert c.status()["warmup"] == warm_before  # the model was not warmed up again
-            out = c.synthesize("Now with Alice.", voice="alice", seed=1)
+            out = c.synthesize("Now with Alice, longer than ten.", voice="alice", seed=1)
             assert out.header["voice"] == "alice"
+        assert "<4>daemon: reload: [server] changes need a restart; they are ignored until then" in proc.log()
+        assert "[voices]" not in proc.log() and "[hardware] changes" not in proc.log()
 
         # A broken config on reload: refused, the running one kept, and READY=1 sent again
         # (without it systemd would leave the unit "reloading" until its timeout).
