@@ -144,12 +144,16 @@ def test_voices_lists_the_demo_voice(daemon):
 
 def test_status_reports_engine_and_counts(daemon):
     with Client(daemon.endpoint, timeout_s=10) as client:
+        before = client.status()["requests"]
+        client.ping()
+        raw_request(daemon.endpoint, [b'{"op": "synthesize", "text": 3}'])
         status = client.status()
     assert status["state"] in ("ready", "degraded")
     assert status["engine"]["device"] == "cpu"
     assert status["engine"]["demo"] is True
-    assert status["requests"]["requests"].get("ping", 0) >= 1
-    assert status["requests"]["errors"].get("bad_request", 0) >= 1
+    after = status["requests"]
+    assert after["requests"].get("ping", 0) == before["requests"].get("ping", 0) + 1
+    assert after["errors"].get("bad_request", 0) == before["errors"].get("bad_request", 0) + 1
 
 
 def test_adhoc_reference_voice(daemon):
