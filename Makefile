@@ -8,12 +8,15 @@ DEV_DIR := $(CURDIR)/.run
 
 .PHONY: run test bench deb clean
 
-$(STAMP): pyproject.toml requirements/f5-tts.txt requirements/torch-dev.txt
+# The tests run on the versions the .deb ships (requirements/bundle.txt as constraints:
+# numpy 1.26, x-transformers 1.44, ...).  jetson-stats comes from the host on a Jetson; the
+# bundle's nvidia-ml-py pin makes this 4.3, and .ci/run repeats the telemetry tests on 7.x.
+$(STAMP): pyproject.toml requirements/f5-tts.txt requirements/torch-dev.txt requirements/bundle.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c 'import torch, torchaudio' 2>/dev/null || $(PY) -m pip install -r requirements/torch-dev.txt
 	$(PY) -m pip install --no-deps -r requirements/f5-tts.txt
-	$(PY) -m pip install -e '.[test,bench]'
+	$(PY) -m pip install -c requirements/bundle.txt -e '.[test,bench]'
 	touch $@
 
 # The daemon in the foreground with the repo's default config; sockets, state and the

@@ -206,7 +206,10 @@ class FakeBoard:
         put(d / "available_governors", "userspace performance simple_ondemand nvhost_podgov")
         link(d / "device", lay.gpu_dev)
         link(lay.devfreq_class, d)
-        put(lay.gpu_dev / "of_node/name", "gpu" if jp6 else "ga10b")
+        # A device-tree property: the raw string with its NUL terminator, no newline (jetson-stats
+        # 4.3 compares cat(...).rstrip("\0") with "gpu"; a "gpu\n" made it find no GPU).
+        (lay.gpu_dev / "of_node").mkdir(parents=True, exist_ok=True)
+        (lay.gpu_dev / "of_node/name").write_bytes(b"gpu\0" if jp6 else b"ga10b\0")
         put(lay.gpu_dev / "load", 0)
         for name, value in (("load", 0), ("railgate_enable", 1), ("tpc_pg_mask", 0)):
             put(lay.gpu0 / name, value)

@@ -69,10 +69,15 @@ def run_probe(board: FakeBoard, work: Path, probe: str, env: dict[str, str], tim
     probe_file = work / "probe.py"
     probe_file.write_text(probe)
     python = f"{base}/bin/python{sysconfig.get_python_version()}"
-    site = sysconfig.get_paths()["purelib"]  # the venv's, where jetson-stats lives
+    site = sysconfig.get_paths()["purelib"]  # the venv's: the service's other imports
+    import jtop
+
+    # The jetson-stats the client imports (PYTHONPATH may lay another version over the venv's):
+    # the service refuses a client of another major.minor, as on a real board.
+    jtop_home = str(Path(jtop.__file__).resolve().parents[1])
     service_cmd = (
         f"env JTOP_SERVICE=True JTOP_TESTING=true PYTHONHOME={shlex.quote(str(prefix))} "
-        f"PYTHONPATH={shlex.quote(site)} {shlex.quote(python)} -m jtop --force"
+        f"PYTHONPATH={shlex.quote(jtop_home + os.pathsep + site)} {shlex.quote(python)} -m jtop --force"
     )
     q = shlex.quote
     script = f"""set -e
