@@ -163,17 +163,28 @@ def test_chunker_matches_upstream(text: str, max_chars: int) -> None:
 
 @pytest.mark.parametrize(
     "prompt",
-    ["Some call me nature.  ", "对，这就是我。", "Quote \"this\".  ", "Numbers 123.  ", "Hi!.  "],
+    # 他在银 + 行工作: jieba reads 银行 as one word (hang2) only when converted whole
+    ["Some call me nature.  ", "对，这就是我。", "Quote \"this\".  ", "Numbers 123.  ", "Hi!.  ", "他在银"],
 )
 @pytest.mark.parametrize(
-    "gen", ["Hello world", "你好世界，今天很好", "\"Quoted\" start", "123 go", "...wait", "'tis fine", "Mixed 中文 text"]
+    "gen", ["Hello world", "你好世界，今天很好", "\"Quoted\" start", "123 go", "...wait", "'tis fine", "Mixed 中文 text", "行工作"]
 )
-def test_cached_prompt_tokens_equal_whole_string_conversion(prompt: str, gen: str) -> None:
+def test_engine_text_ids_equal_whole_string_conversion(prompt: str, gen: str) -> None:
+    """The engine reuses a voice's cached prompt tokens; the ids must be upstream's all the same."""
+    from types import SimpleNamespace
+
+    from ishowtts_edge.engine.core import Engine, VoicePrompt, ensure_f5_model_importable
+
+    ensure_f5_model_importable()  # as the engine does before its first conversion
     from f5_tts.model.utils import convert_char_to_pinyin
 
     whole = convert_char_to_pinyin([prompt + gen])[0]
-    if prompt[-1].isspace():  # the engine's composition rule
-        assert convert_char_to_pinyin([prompt])[0] + convert_char_to_pinyin([gen])[0] == whole
+    vocab = {token: i for i, token in enumerate(sorted(set(whole) | set(convert_char_to_pinyin([prompt])[0])), 1)}
+    engine = SimpleNamespace(_vocab=vocab, device=torch.device("cpu"))
+    voice = VoicePrompt(cond=torch.zeros(1), ref_audio_len=0, rms=torch.zeros(1), ref_text=prompt, prompt_text=prompt,
+                        prompt_tokens=convert_char_to_pinyin([prompt])[0])
+    ids = Engine._text_ids(engine, voice, gen)
+    assert ids.tolist() == [[vocab.get(token, 0) for token in whole]]
 
 
 def test_cross_fade_overlap_is_limited_by_the_shorter_wave() -> None:
