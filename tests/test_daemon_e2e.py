@@ -249,6 +249,14 @@ def test_client_lazy_pirate_gives_up_after_bounded_retries(tmp_path):
             silent.recv_multipart()
             received += 1
         assert received == 3  # first try + two retries, each on a fresh socket
+        # A synthesis is not retried: a slow one would run again on the GPU behind itself.
+        with pytest.raises(ClientError) as err:
+            client.synthesize("Only once.")
+        assert err.value.code == "timeout"
+        ops = []
+        while silent.poll(200):
+            ops.append(json.loads(silent.recv_multipart()[2])["op"])
+        assert ops == ["synthesize"]
         client.close()
     finally:
         silent.close(linger=0)

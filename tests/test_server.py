@@ -7,6 +7,7 @@ contract: a backend that raises, blocks or refuses must still yield exactly one 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -73,6 +74,15 @@ def reply(sock: zmq.Socket, timeout_ms: int = 10000) -> dict:
     header = json.loads(sock.recv_multipart()[0])
     sock.close()
     return header
+
+
+def test_ipc_socket_is_for_owner_and_group_only(served):
+    """Local apps reach the daemon through its group; others must not even connect."""
+    import stat
+
+    server, _ = served
+    path = server.endpoint[len("ipc://"):]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
 
 
 def test_exception_in_synthesis_is_an_internal_error_reply(served):
