@@ -357,14 +357,18 @@ class Server:
                 log.error("worker start-up failed\n%s", traceback.format_exc())
         try:
             while True:
-                job = self._next_job()
-                if job is None:
-                    if self._stopped:
-                        return
-                    _sleep_on([self._router_fd, self._wake_worker.read_fd], self.WORKER_IDLE_SECONDS)
-                    self._wake_worker.drain()
-                    continue
-                self._execute(job)
+                try:
+                    job = self._next_job()
+                    if job is None:
+                        if self._stopped:
+                            return
+                        _sleep_on([self._router_fd, self._wake_worker.read_fd], self.WORKER_IDLE_SECONDS)
+                        self._wake_worker.drain()
+                        continue
+                    self._execute(job)
+                except Exception:  # a bug here must not leave queued requests unanswered forever
+                    log.error("synthesis worker recovered from an error\n%s", traceback.format_exc())
+                    time.sleep(0.1)  # a persistent fault then logs 10/s, not a busy loop
         finally:
             with self._lock:  # whatever ended the worker, the serving loop must read from now on
                 self._worker_reads = False

@@ -85,6 +85,27 @@ def test_ipc_socket_is_for_owner_and_group_only(served):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
 
 
+def test_worker_survives_an_error_outside_any_request(served):
+    """An exception escaping the worker's own loop (a bug) is logged; the next request is still served."""
+    server, _ = served
+    real_handle = server._handle
+    calls = {"n": 0}
+
+    def handle_breaking_once(frames):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("bug in the reader")
+        return real_handle(frames)
+
+    server._handle = handle_breaking_once
+    lost = req(server.endpoint, {"op": "ping", "id": "lost"})
+    assert not lost.poll(500)  # that message is gone with the error
+    lost.close()
+    h = reply(req(server.endpoint, {"op": "ping", "id": "next"}))
+    assert h["ok"] is True and h["id"] == "next"
+    assert server.worker_alive(60)  # before: the worker thread was gone, synthesize never answered
+
+
 def test_exception_in_synthesis_is_an_internal_error_reply(served):
     server, backend = served
     h = reply(req(server.endpoint, {"op": "synthesize", "id": 1, "text": "raise"}))
