@@ -93,6 +93,43 @@ def test_undecodable_reference_is_bad_reference(payload: bytes, fragment: str) -
     assert fragment in info.value.message
 
 
+def _flac_of_silence(seconds: float, rate: int = 16000, channels: int = 1) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((int(seconds * rate), channels), np.float32), rate, format="FLAC")
+    return buf.getvalue()
+
+
+def test_an_hour_of_compressed_silence_is_refused_from_its_header(tmp_path: Path) -> None:
+    """~180 KB of FLAC is an hour of audio: 230 MB decoded at 16 kHz, GBs at 48 kHz stereo."""
+    import tracemalloc
+
+    payload = _flac_of_silence(3600)
+    path = tmp_path / "hour.flac"
+    path.write_bytes(payload)
+    assert len(payload) < 1 << 20
+    for source in (payload, path):  # an uploaded reference and a configured voice's file
+        tracemalloc.start()
+        try:
+            with pytest.raises(ServiceError) as err:
+                decode_audio(source)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert err.value.code is ErrorCode.BAD_REFERENCE
+        assert "is 3600 s long; the limit is 120 s" in err.value.message
+        assert peak < 8 << 20  # decoding it would allocate 230 MB
+
+
+def test_reference_with_too_many_samples_is_refused_and_a_long_usual_one_is_not() -> None:
+    with pytest.raises(ServiceError) as err:
+        decode_audio(_flac_of_silence(60, rate=96000, channels=8))  # 1 min, but 46 M samples
+    assert err.value.code is ErrorCode.BAD_REFERENCE and "8 channels" in err.value.message
+    decoded = decode_audio(_flac_of_silence(110, rate=48000, channels=2))  # below both limits
+    assert decoded.samples.shape == (2, 110 * 48000)
+
+
 def test_decode_reads_flac_bytes(tmp_path: Path) -> None:
     sf.write(tmp_path / "a.flac", np.full(2400, 0.25, dtype=np.float32), 24000, subtype="PCM_16")
     audio = decode_audio((tmp_path / "a.flac").read_bytes())

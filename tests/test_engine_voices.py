@@ -164,3 +164,28 @@ def test_reference_at_a_low_sample_rate_is_resampled(engine: Engine, tmp_path: P
     sf.write(path, tone(2.0, rate=8000), 8000, subtype="PCM_16")
     result = engine.synthesize(SynthesizeParams(text="Low rate reference.", ref_text="A tone.", seed=1), path.read_bytes())
     assert result.audio.size > 0 and result.sample_rate == 24000
+
+
+def test_reference_at_an_odd_sample_rate_is_refused_not_resampled(engine: Engine, tmp_path: Path) -> None:
+    """7919 Hz would need a 24000 x 7919 polyphase kernel: 0.7 GB and 18 s of the worker."""
+    path = tmp_path / "prime.wav"
+    sf.write(path, tone(2.0, rate=7919), 7919, subtype="PCM_16")
+    with pytest.raises(ServiceError) as info:
+        engine.synthesize(SynthesizeParams(text="Odd rate.", ref_text="A tone.", seed=1), path.read_bytes())
+    assert info.value.code is ErrorCode.BAD_REFERENCE
+    assert "sample rate 7919 Hz" in info.value.message and "44100" in info.value.message
+    assert 7919 not in engine._resamplers
+
+
+def test_usual_rates_resample_and_the_resampler_cache_stays_bounded(engine: Engine) -> None:
+    import torch
+
+    from ishowtts_edge.engine.core import MAX_CACHED_RESAMPLERS
+
+    rates = [8000, 11025, 12000, 16000, 22050, 32000, 37800, 44100, 48000, 88200, 96000, 176400, 192000, 384000]
+    for rate in rates:
+        out = engine._resample(torch.zeros(1, rate), rate)  # one second
+        assert abs(out.shape[-1] - 24000) <= 1, rate
+    assert list(engine._resamplers) == rates[-MAX_CACHED_RESAMPLERS:]
+    engine._resample(torch.zeros(1, 8000), rates[-MAX_CACHED_RESAMPLERS])  # a hit moves to the end
+    assert list(engine._resamplers)[-1] == rates[-MAX_CACHED_RESAMPLERS]

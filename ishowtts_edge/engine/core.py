@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
 import threading
 import time
@@ -77,6 +78,10 @@ def _noop(_: str) -> None:
 
 #: Seconds between progress calls while one long step (a compile, a model load) runs.
 HEARTBEAT_S = 5.0
+#: Largest reduced term of rate/target a reference may need (see _resample).
+MAX_RESAMPLE_RATIO_TERM = 1000
+#: Resamplers kept, one per input rate, least recently used dropped first.
+MAX_CACHED_RESAMPLERS = 8
 
 
 @contextlib.contextmanager
@@ -127,7 +132,8 @@ class Engine:
         self._counters_at_ready: dict[str, int] | None = None
         self._demo_voice_dir: Path | None = None
         self._vocab: dict[str, int] = {}
-        self._resamplers: dict[int, Any] = {}
+        self._resamplers: dict[int, Any] = {}  # insertion order = use order
+        self._resamplers_lock = threading.Lock()  # SIGHUP's voice reload and the worker both resample
         self._lock = threading.Lock()
 
     # -- loading ----------------------------------------------------------------------------------
@@ -260,11 +266,26 @@ class Engine:
         target = self.arch.sample_rate  # type: ignore[union-attr]
         if rate == target:
             return audio
-        resampler = self._resamplers.get(rate)
+        with self._resamplers_lock:
+            resampler = self._resamplers.pop(rate, None)
         if resampler is None:
             import torchaudio
 
-            resampler = self._resamplers[rate] = torchaudio.transforms.Resample(rate, target)
+            # torchaudio's polyphase kernel is (target/g) x (rate/g) taps, g = gcd: every usual
+            # rate (8 k-384 kHz, 11025 and 44100 families) stays below 400 x 400; 7919 Hz would
+            # take 24000 x 7919 (0.7 GB, 18 s).
+            g = math.gcd(rate, target)
+            if max(rate // g, target // g) > MAX_RESAMPLE_RATIO_TERM:
+                raise ServiceError(
+                    ErrorCode.BAD_REFERENCE,
+                    f"reference sample rate {rate} Hz cannot be resampled to {target} Hz cheaply; "
+                    "convert it to a usual rate (16000, 22050, 24000, 44100 or 48000 Hz)",
+                )
+            resampler = torchaudio.transforms.Resample(rate, target)
+        with self._resamplers_lock:
+            self._resamplers[rate] = resampler  # most recent last
+            while len(self._resamplers) > MAX_CACHED_RESAMPLERS:
+                self._resamplers.pop(next(iter(self._resamplers)))
         return resampler(audio)
 
     def _prepare_voice(self, audio_bytes: bytes, ref_text: str, label: str) -> PreparedVoice:

@@ -31,6 +31,11 @@ _FULL_SCALE = 32768.0
 _SILENT_RATE = 11025
 #: A reference shorter than this after trimming carries no usable voice.
 MIN_REFERENCE_SECONDS = 0.3
+#: Longest reference decoded at all.  Upstream keeps at most ~12 s of it, and a compressed
+#: file's size says little about its length: 825 KB of FLAC silence is 60 min, 5.5 GB decoded.
+MAX_REFERENCE_SECONDS = 120.0
+#: Frames x channels decoded at most (128 MiB of float32), for many-channel or high-rate files.
+MAX_REFERENCE_SAMPLES = 1 << 25
 
 
 @dataclass
@@ -49,7 +54,9 @@ def decode_audio(data: bytes | Path, *, what: str = "reference audio") -> Decode
     if isinstance(source, io.BytesIO) and not source.getbuffer().nbytes:
         raise ServiceError(ErrorCode.BAD_REFERENCE, f"{what} is empty")
     try:
-        samples, rate = sf.read(source, dtype="float32", always_2d=True)
+        with sf.SoundFile(source) as audio:
+            _check_length(audio.frames, audio.samplerate, audio.channels, what)
+            samples, rate = audio.read(dtype="float32", always_2d=True), audio.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
         raise ServiceError(
             ErrorCode.BAD_REFERENCE, f"{what} cannot be decoded (WAV, FLAC or OGG expected): {exc}"
@@ -59,6 +66,22 @@ def decode_audio(data: bytes | Path, *, what: str = "reference audio") -> Decode
     if not np.all(np.isfinite(samples)):
         raise ServiceError(ErrorCode.BAD_REFERENCE, f"{what} contains NaN or infinite samples")
     return DecodedAudio(np.ascontiguousarray(samples.T), int(rate))
+
+
+def _check_length(frames: int, rate: int, channels: int, what: str) -> None:
+    """Refuse from the header what would be too long to decode, before decoding it."""
+    if rate > 0 and frames / rate > MAX_REFERENCE_SECONDS:
+        raise ServiceError(
+            ErrorCode.BAD_REFERENCE,
+            f"{what} is {frames / rate:.0f} s long; the limit is {MAX_REFERENCE_SECONDS:.0f} s "
+            "(at most ~12 s of it is used: cut a clean 5-12 s passage)",
+        )
+    if frames * channels > MAX_REFERENCE_SAMPLES:
+        raise ServiceError(
+            ErrorCode.BAD_REFERENCE,
+            f"{what} has {channels} channels x {frames} frames; the limit is {MAX_REFERENCE_SAMPLES} samples "
+            "(send mono or stereo at a usual rate)",
+        )
 
 
 # --- pydub arithmetic on (channels, frames) arrays on the 16-bit scale -----------------------
