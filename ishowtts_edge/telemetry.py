@@ -77,7 +77,7 @@ class SourceUnavailable(Exception):
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text().strip()
+        return path.read_text().strip().strip("\0")  # device-tree properties end in NUL, not newline
     except (OSError, UnicodeDecodeError):
         return None
 
@@ -357,8 +357,20 @@ class JtopSource(TelemetrySource):
 
     #: How long connecting may take before the attempt counts as failed.
     START_TIMEOUT_S = 15.0
+    #: Connect threads still running after START_TIMEOUT_S, by client factory: jetson-stats'
+    #: close() does not end a start() that a hung jtop.service never answers, so each retry
+    #: would leave one more thread (and client) behind.
+    _stuck_connects: dict[Any, tuple[threading.Thread, float]] = {}
 
     def open(self) -> None:
+        stuck = self._stuck_connects.get(self.factory)
+        if stuck is not None:
+            thread, since = stuck
+            if thread.is_alive():
+                raise SourceUnavailable(
+                    f"an earlier connect to jtop.service is still unanswered after {time.monotonic() - since:.0f} s"
+                )
+            del self._stuck_connects[self.factory]
         jetson = self.factory(self.cfg.interval_s)
         # Connect from a fresh thread every time: multiprocessing's proxies cache one
         # connection per thread and address, so after jtop.service restarts, a retry from
@@ -373,8 +385,11 @@ class JtopSource(TelemetrySource):
                 failure.append(exc)
 
         thread = threading.Thread(target=connect, name="jtop-connect", daemon=True)
+        started = time.monotonic()
         thread.start()
         thread.join(self.START_TIMEOUT_S)
+        if thread.is_alive():
+            self._stuck_connects[self.factory] = (thread, started)
         if thread.is_alive() or failure:
             _close_quietly(jetson)
             reason = _first_line(failure[0]) if failure else f"no answer within {self.START_TIMEOUT_S:g} s"
@@ -682,6 +697,7 @@ class TelemetrySampler:
                     self._fail(source, f"{type(exc).__name__}: {exc}")
                     continue
                 else:
+                    self._read_ok(source.name)
                     self._publish(sample)
             self._settled.set()  # a sample, or every source tried and failed
             self._stop.wait(max(0.0, self.cfg.interval_s - (time.monotonic() - started)))
@@ -710,9 +726,7 @@ class TelemetrySampler:
     def _switch_to(self, source: TelemetrySource) -> None:
         with self._lock:
             previous, self._source = self._source, source
-            self._errors.pop(source.name, None)
-            self._backoff.pop(source.name, None)
-            self._retry_at.pop(source.name, None)
+            self._retry_at.pop(source.name, None)  # its error and back-off stay until it delivers (_read_ok)
             skipped = {name: why for name, why in self._errors.items() if name in self._factories}
             self._switches.append({"wall": time.time(), "from": previous.name if previous else None, "to": source.name})
         if previous is not None:
@@ -726,14 +740,24 @@ class TelemetrySampler:
             unavailable="; ".join(f"{n}: {w}" for n, w in skipped.items()) or "none",
         ))
 
+    def _read_ok(self, name: str) -> None:
+        """A sample came: the source works, so its next failure starts from the shortest back-off."""
+        if name in self._backoff or name in self._errors:
+            with self._lock:
+                self._backoff.pop(name, None)
+                self._errors.pop(name, None)
+
     def _fail(self, source: TelemetrySource, reason: str) -> None:
         source.close()
         with self._lock:
             if self._source is source:
                 self._source = None
             self._switches.append({"wall": time.time(), "from": source.name, "to": None, "reason": reason})
+            again = self._errors.get(source.name) == reason  # opened, then failed as before: no sample between
         self._mark_failed(source.name, reason)
-        log.warning("telemetry source lost %s", kv(source=source.name, reason=reason))
+        # A source that opens and then fails the same way every time (a jtop that connects but
+        # sends nothing) would otherwise write a warning per retry, forever.
+        log.log(logging.DEBUG if again else logging.WARNING, "telemetry source lost %s", kv(source=source.name, reason=reason))
 
     def _mark_failed(self, name: str, reason: str) -> None:
         delay = min(self._backoff.get(name, self.cfg.reconnect_min_s / 2) * 2, self.cfg.reconnect_max_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -205,6 +206,49 @@ def test_jtop_death_falls_back_to_sysfs_and_comes_back(tmp_path, sampler_factory
     assert len(service.clients) >= 2
     sampler.stop()
     assert service.clients[-1]._closed
+
+
+def test_jtop_that_connects_but_sends_nothing_is_retried_with_growing_delays(tmp_path, sampler_factory, caplog):
+    """Opening is not working: before, every successful open reset the back-off, so a stalled
+    jtop.service was reconnected (and a costly client built) every retry, with a warning each."""
+    board = FakeBoard(tmp_path)
+    service = FakeJtopService(board)
+    service.stalled = True
+    cfg = cfg_for(board.sysfs_root, sources=["jtop", "sysfs"], reconnect_min_s=0.05, reconnect_max_s=1.6)
+    sampler = sampler_factory(cfg, source_factories=jtop_sources(service, cfg))
+    wait_for(lambda: (s := sampler.latest()) and s.source == "sysfs", what="fallback to sysfs")
+    time.sleep(3.0)
+    # Delays 0.05, 0.1, 0.2, 0.4, 0.8, 1.6 s: about 7 clients in 3 s; a reset back-off made 30 or more.
+    assert 3 <= len(service.clients) <= 10, len(service.clients)
+    lost = [r for r in caplog.records if "telemetry source lost" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(lost) == 1, [r.getMessage() for r in lost]
+    assert "no data" in sampler.status()["source_errors"]["jtop"]
+
+    service.stalled = False  # samples again: the source is back, its error and back-off forgotten
+    wait_for(lambda: (s := sampler.latest()) and s.source == "jtop", timeout=10, what="jtop again")
+    wait_for(lambda: "jtop" not in sampler.status()["source_errors"], what="jtop error cleared")
+    assert "jtop" not in sampler._backoff
+
+
+def test_hung_jtop_service_leaves_one_connect_thread_however_many_retries(tmp_path, sampler_factory, monkeypatch):
+    """jetson-stats' close() does not end a start() the service never answers: one thread, one client."""
+    import threading
+
+    monkeypatch.setattr(JtopSource, "START_TIMEOUT_S", 0.1)
+    board = FakeBoard(tmp_path)
+    service = FakeJtopService(board)
+    service.answering.clear()
+    cfg = cfg_for(board.sysfs_root, sources=["jtop", "sysfs"], reconnect_min_s=0.05, reconnect_max_s=0.1)
+    sampler = sampler_factory(cfg, source_factories=jtop_sources(service, cfg))
+    wait_for(lambda: (s := sampler.latest()) and s.source == "sysfs", what="fallback to sysfs")
+    wait_for(lambda: "still unanswered" in sampler.status()["source_errors"].get("jtop", ""), what="pending connect reported")
+    time.sleep(1.0)  # about ten retries
+    assert sum(t.name == "jtop-connect" for t in threading.enumerate()) == 1
+    assert len(service.clients) == 1
+
+    service.answering.set()  # the service answers at last: the stuck start() returns, a retry connects
+    wait_for(lambda: (s := sampler.latest()) and s.source == "jtop", what="jtop after the hang")
+    assert not any(t.name == "jtop-connect" and t.is_alive() for t in threading.enumerate())
 
 
 def test_jtop_version_mismatch_is_reported_and_sysfs_used(tmp_path, sampler_factory):

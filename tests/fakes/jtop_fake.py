@@ -36,6 +36,13 @@ class FakeJtopService:
         self.permission = True
         self.generation = 0  # bumps on every kill, so old clients see a lost connection
         self.clients: list[FakeJtop] = []
+        #: Cleared: the service accepts connections and never answers (a hung jtop.service);
+        #: start() blocks until it is set again, and close() does not end it (as in jetson-stats).
+        self.answering = threading.Event()
+        self.answering.set()
+        #: True: connected clients get no data, so ok() is False after its wait (jetson-stats'
+        #: ok() when the service's loop stalls).
+        self.stalled = False
 
     def kill(self) -> None:
         self.running = False
@@ -86,6 +93,7 @@ class FakeJtop:
     # -- life cycle, as jtop.jtop
 
     def start(self) -> None:
+        self.service.answering.wait()
         if not self.service.running:
             raise JtopException(NOT_ACTIVE)
         if not self.service.permission:
@@ -108,6 +116,8 @@ class FakeJtop:
                 time.sleep(wait)
         if self.service.generation != self._generation:
             raise JtopException(LOST)
+        if self.service.stalled:
+            return False
         self._refresh()
         return True
 
