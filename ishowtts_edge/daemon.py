@@ -54,6 +54,8 @@ SELF_TEST_TIMEOUT_S = 120.0
 #: up at every CUDA synchronisation, so each burst of Python work elsewhere (telemetry, jtop's
 #: client thread, a status request) could add up to 5 ms per hand-back to a ~30 ms request.
 GIL_SWITCH_INTERVAL_S = 0.0005
+#: Degraded causes that a synthesis succeeding disproves: the request path works again.
+PASSING_CAUSES = ("out_of_memory", "self_test")
 #: What SIGHUP applies; every other setting was built into sockets, threads or the model at start.
 RELOADABLE_SETTINGS = ("default_voice", "voices")
 
@@ -128,8 +130,9 @@ class Daemon:
             raise
         voice = params.voice or (None if reference is not None else self.settings.default_voice)
         header, frames = synthesis_payload(result, params.format, voice)
-        if "out_of_memory" in self.degraded_reasons:
-            self._recover("out_of_memory")
+        for cause in PASSING_CAUSES:
+            if cause in self.degraded_reasons:
+                self._recover(cause)
         self._last_result = (request.id, result)
         return header, frames
 

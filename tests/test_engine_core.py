@@ -339,6 +339,12 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
         notify.collect(lambda m: m[-1].startswith("STATUS=ready"), timeout=5)
         assert service_events() == [{"state": "ready", "reason": "", "degraded": {}}]
 
+        # A failed self-test is disproved the same way by a request that works.
+        daemon._degrade("self_test", "a synthesize request to ourselves failed: timeout")
+        assert daemon.health()["state"] == "degraded"
+        daemon.synthesize(request)
+        assert daemon.health()["state"] == "ready"
+
         # A cause that does not pass with a request (here: hardware) keeps the daemon degraded.
         fail["next"] = True
         daemon._degrade("hardware", "jetson_clocks failed")
