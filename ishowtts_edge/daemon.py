@@ -320,12 +320,8 @@ class Daemon:
             log.info("warm-up done %s", kv(seconds=report.seconds, shapes=len(report.shapes), compiled=report.compiled))
             if report.error:
                 self._degrade("compile", report.error)
-            points = getattr(report, "timings", None)
-            if self.hub is not None and points:
-                try:
-                    self.hub.calibrate(points)
-                except ValueError as exc:
-                    log.info("warm-up timings not usable as an RTF baseline %s", kv(reason=str(exc)))
+            # No warm-up RTF baseline: warm-up runs are compiles and graph captures, not requests
+            # (docs/monitoring.md); the monitor learns from the first healthy requests instead.
             # What exists now (torch, the model, compiled code) lives as long as the process; out of
             # the collector's generations, full collections no longer walk it and stall a request.
             gc.collect()

@@ -7,10 +7,10 @@ frames being what the transformer ran on: reference + generated, padded), and th
 monitor watches ``measured / expected`` instead of RTF.  That ratio is ~1.0 on a healthy board whatever the texts are, so its spread and its median
 move only when the hardware does.
 
-The baseline comes from warm-up measurements (:meth:`RtfMonitor.calibrate`) and is
-then replaced by one learned from the first ``baseline_samples`` real requests seen
-while telemetry says clocks are locked: warm-up timings often carry first-call
-costs (autotuning, allocator growth), real requests do not.  The fit is Theil-Sen
+The baseline is learned from the first ``baseline_samples`` real requests seen while
+telemetry says clocks are locked (a provisional one can be given with
+:meth:`RtfMonitor.calibrate`; the daemon does not, as its warm-up runs carry first-call
+costs such as autotuning and graph capture, and real requests do not).  The fit is Theil-Sen
 (medians of pairwise slopes), so a few odd first calls do not bend it.  Learned from
 one request size, the baseline cannot know the fixed cost per chunk; it then judges
 only sizes near the ones it saw and is refit once a few requests of a new size arrive
