@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -466,7 +467,11 @@ class Daemon:
             now = time.monotonic()
             if self._reload.is_set():
                 self._reload.clear()
-                self._do_reload()
+                try:
+                    self._do_reload()
+                except Exception:  # a reload must never end the service it reloads
+                    log.error("reload failed, keeping the running configuration\n%s", traceback.format_exc())
+                    self.notifier.ready(self.status_line())
             loading = self._loading.is_set()
             if loading and now - last_extend > 10 and now - self._progress_at < LOADER_STALL_SECONDS:
                 self.notifier.extend_timeout(EXTEND_BY_SECONDS)
