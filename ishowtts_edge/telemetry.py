@@ -383,12 +383,18 @@ class JtopSource(TelemetrySource):
                 jetson.start()
             except BaseException as exc:  # noqa: BLE001 - JtopException and the socket errors it lets through
                 failure.append(exc)
+            if abandoned.is_set():
+                # jetson-stats' start() sets the client running again after our close(): a late
+                # answer would leave its reader thread (and service connection) up for good.
+                _close_quietly(jetson)
 
+        abandoned = threading.Event()
         thread = threading.Thread(target=connect, name="jtop-connect", daemon=True)
         started = time.monotonic()
         thread.start()
         thread.join(self.START_TIMEOUT_S)
         if thread.is_alive():
+            abandoned.set()  # before the close below: whichever runs last closes the client
             self._stuck_connects[self.factory] = (thread, started)
         if thread.is_alive() or failure:
             _close_quietly(jetson)
@@ -590,6 +596,8 @@ class TelemetrySampler:
         self._errors: dict[str, str] = {}
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
+        #: Sources whose last failure repeated the one before it, with no sample in between.
+        self._repeating: set[str] = set()
         self._last_error: str | None = None
         self._switches: deque[dict[str, Any]] = deque(maxlen=10)
         self._samples = 0
@@ -728,12 +736,18 @@ class TelemetrySampler:
             previous, self._source = self._source, source
             self._retry_at.pop(source.name, None)  # its error and back-off stay until it delivers (_read_ok)
             skipped = {name: why for name, why in self._errors.items() if name in self._factories}
+            names = list(self._factories)
+            ahead = names[: names.index(source.name)]
+            # Nothing new when the source reopens after failing the same way again, or is the
+            # fallback while every source ahead of it does: a flapping jtop would log each round.
+            repeat = (source.name in self._repeating if source.name in self._errors
+                      else bool(ahead) and all(name in self._repeating for name in ahead))
             self._switches.append({"wall": time.time(), "from": previous.name if previous else None, "to": source.name})
         if previous is not None:
             previous.close()
         preferred = next(iter(self._factories))
         # Running on a fallback is worth a warning; getting the preferred source (back) is news.
-        level = logging.INFO if source.name == preferred else logging.WARNING
+        level = logging.DEBUG if repeat else logging.INFO if source.name == preferred else logging.WARNING
         log.log(level, "telemetry source %s", kv(
             source=source.name,
             previous=previous.name if previous else "none",
@@ -745,7 +759,11 @@ class TelemetrySampler:
         if name in self._backoff or name in self._errors:
             with self._lock:
                 self._backoff.pop(name, None)
-                self._errors.pop(name, None)
+                reason = self._errors.pop(name, None)
+                quiet = name in self._repeating
+                self._repeating.discard(name)
+            if quiet:  # its reopening was logged at debug only
+                log.info("telemetry source delivering again %s", kv(source=name, after=reason or "none"))
 
     def _fail(self, source: TelemetrySource, reason: str) -> None:
         source.close()
@@ -763,6 +781,10 @@ class TelemetrySampler:
         delay = min(self._backoff.get(name, self.cfg.reconnect_min_s / 2) * 2, self.cfg.reconnect_max_s)
         with self._lock:
             first = name not in self._errors or self._errors[name] != reason
+            if first:
+                self._repeating.discard(name)
+            else:
+                self._repeating.add(name)
             self._errors[name] = reason
             self._last_error = f"{name}: {reason}"
             self._backoff[name] = delay

@@ -211,6 +211,7 @@ def test_jtop_death_falls_back_to_sysfs_and_comes_back(tmp_path, sampler_factory
 def test_jtop_that_connects_but_sends_nothing_is_retried_with_growing_delays(tmp_path, sampler_factory, caplog):
     """Opening is not working: before, every successful open reset the back-off, so a stalled
     jtop.service was reconnected (and a costly client built) every retry, with a warning each."""
+    caplog.set_level(logging.INFO, logger="ishowtts_edge.telemetry")
     board = FakeBoard(tmp_path)
     service = FakeJtopService(board)
     service.stalled = True
@@ -222,12 +223,17 @@ def test_jtop_that_connects_but_sends_nothing_is_retried_with_growing_delays(tmp
     assert 3 <= len(service.clients) <= 10, len(service.clients)
     lost = [r for r in caplog.records if "telemetry source lost" in r.getMessage() and r.levelno >= logging.WARNING]
     assert len(lost) == 1, [r.getMessage() for r in lost]
+    # The fallback to sysfs is news once, not on every round of the same failure.
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ishowtts_edge.telemetry" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings  # "lost jtop" and "source sysfs", once each
     assert "no data" in sampler.status()["source_errors"]["jtop"]
 
     service.stalled = False  # samples again: the source is back, its error and back-off forgotten
     wait_for(lambda: (s := sampler.latest()) and s.source == "jtop", timeout=10, what="jtop again")
     wait_for(lambda: "jtop" not in sampler.status()["source_errors"], what="jtop error cleared")
     assert "jtop" not in sampler._backoff
+    assert any("telemetry source delivering again" in r.getMessage() and "source=jtop" in r.getMessage()
+               and r.levelno == logging.INFO for r in caplog.records)  # its quiet reopening is reported once it works
 
 
 def test_hung_jtop_service_leaves_one_connect_thread_however_many_retries(tmp_path, sampler_factory, monkeypatch):
@@ -249,6 +255,8 @@ def test_hung_jtop_service_leaves_one_connect_thread_however_many_retries(tmp_pa
     service.answering.set()  # the service answers at last: the stuck start() returns, a retry connects
     wait_for(lambda: (s := sampler.latest()) and s.source == "jtop", what="jtop after the hang")
     assert not any(t.name == "jtop-connect" and t.is_alive() for t in threading.enumerate())
+    # Its late start() set the abandoned client running again (jetson-stats does): closed once more.
+    assert service.clients[0]._closed and not service.clients[-1]._closed
 
 
 def test_jtop_version_mismatch_is_reported_and_sysfs_used(tmp_path, sampler_factory):

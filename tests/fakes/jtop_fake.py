@@ -106,6 +106,9 @@ class FakeJtop:
             )
         self._generation = self.service.generation
         self._refresh()
+        # jetson-stats' start() ends with `self._running = True`: a close() that came while it
+        # was blocked (its `_running = False`) does not keep the client from running.
+        self._closed = False
 
     def ok(self, spin: bool = False) -> bool:
         if self._closed:
