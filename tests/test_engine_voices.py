@@ -189,3 +189,28 @@ def test_usual_rates_resample_and_the_resampler_cache_stays_bounded(engine: Engi
     assert list(engine._resamplers) == rates[-MAX_CACHED_RESAMPLERS:]
     engine._resample(torch.zeros(1, 8000), rates[-MAX_CACHED_RESAMPLERS])  # a hit moves to the end
     assert list(engine._resamplers)[-1] == rates[-MAX_CACHED_RESAMPLERS]
+
+
+def test_huge_voice_file_is_refused_by_its_size_before_it_is_read(engine: Engine, tmp_path: Path) -> None:
+    """A 2-hour WAV would be read whole (1.4 GB) for its hash before the decoder's length check."""
+    import tracemalloc
+
+    from ishowtts_edge.engine.voices import MAX_VOICE_FILE_BYTES
+
+    huge = tmp_path / "huge.wav"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_VOICE_FILE_BYTES + 1)  # sparse: costs no disk
+    settings = engine.settings.model_copy(deep=True)
+    settings.voices = {**settings.voices, "huge": VoiceConfig(ref_audio=huge, ref_text="Long.")}
+    engine.reload_voices(settings)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ServiceError) as info:
+            engine.registry.get("huge")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.code is ErrorCode.BAD_REFERENCE and "the limit is 64 MiB" in info.value.message
+    assert peak < 8 << 20
+    assert {v["id"]: v for v in engine.voices()}["huge"]["available"] is False
+    assert engine.registry.get("alice").ref_text == "Alice speaks here."

@@ -27,6 +27,9 @@ from ishowtts_edge.protocol import ErrorCode, ServiceError
 log = logging.getLogger(__name__)
 
 DEMO_VOICE_ID = "demo"
+#: Largest voice file read at all: 120 s (the decode limit) of 48 kHz stereo 32-bit WAV is
+#: 46 MB; a file much larger is read whole for its hash, so it is refused by its size first.
+MAX_VOICE_FILE_BYTES = 64 << 20
 
 
 @dataclass
@@ -80,6 +83,13 @@ class _VoiceSource:
 
     def read(self, voice_id: str) -> tuple[bytes, str]:
         try:
+            size = self.audio_path.stat().st_size
+            if size > MAX_VOICE_FILE_BYTES:
+                raise ServiceError(
+                    ErrorCode.BAD_REFERENCE,
+                    f"voice {voice_id}: {self.audio_path} is {size >> 20} MiB; the limit is {MAX_VOICE_FILE_BYTES >> 20} MiB "
+                    "(at most ~12 s of a reference is used: cut a clean 5-12 s passage)",
+                )
             audio = self.audio_path.read_bytes()
         except OSError as exc:
             raise ServiceError(
