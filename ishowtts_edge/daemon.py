@@ -132,8 +132,7 @@ class Daemon:
         voice = params.voice or (None if reference is not None else self.settings.default_voice)
         header, frames = synthesis_payload(result, params.format, voice)
         for cause in PASSING_CAUSES:
-            if cause in self.degraded_reasons:
-                self._recover(cause)
+            self._recover(cause)
         self._last_result = (request.id, result)
         return header, frames
 

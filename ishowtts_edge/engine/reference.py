@@ -36,6 +36,8 @@ MIN_REFERENCE_SECONDS = 0.3
 MAX_REFERENCE_SECONDS = 120.0
 #: Frames x channels decoded at most (128 MiB of float32), for many-channel or high-rate files.
 MAX_REFERENCE_SAMPLES = 1 << 25
+#: What to do about a reference refused for its length or size.
+TRIM_ADVICE = "at most ~12 s of a reference is used: cut a clean 5-12 s passage"
 
 
 @dataclass
@@ -73,8 +75,7 @@ def _check_length(frames: int, rate: int, channels: int, what: str) -> None:
     if rate > 0 and frames / rate > MAX_REFERENCE_SECONDS:
         raise ServiceError(
             ErrorCode.BAD_REFERENCE,
-            f"{what} is {frames / rate:.0f} s long; the limit is {MAX_REFERENCE_SECONDS:.0f} s "
-            "(at most ~12 s of it is used: cut a clean 5-12 s passage)",
+            f"{what} is {frames / rate:.0f} s long; the limit is {MAX_REFERENCE_SECONDS:.0f} s ({TRIM_ADVICE})",
         )
     if frames * channels > MAX_REFERENCE_SAMPLES:
         raise ServiceError(

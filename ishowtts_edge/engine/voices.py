@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ishowtts_edge.config import VoiceConfig
+from ishowtts_edge.engine.reference import TRIM_ADVICE
 from ishowtts_edge.logs import kv
 from ishowtts_edge.protocol import ErrorCode, ServiceError
 
@@ -87,8 +88,8 @@ class _VoiceSource:
             if size > MAX_VOICE_FILE_BYTES:
                 raise ServiceError(
                     ErrorCode.BAD_REFERENCE,
-                    f"voice {voice_id}: {self.audio_path} is {size >> 20} MiB; the limit is {MAX_VOICE_FILE_BYTES >> 20} MiB "
-                    "(at most ~12 s of a reference is used: cut a clean 5-12 s passage)",
+                    f"voice {voice_id}: {self.audio_path} is {size >> 20} MiB; "
+                    f"the limit is {MAX_VOICE_FILE_BYTES >> 20} MiB ({TRIM_ADVICE})",
                 )
             audio = self.audio_path.read_bytes()
         except OSError as exc:
