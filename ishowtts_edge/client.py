@@ -150,7 +150,8 @@ class Client:
         retry: bool = False,
         **sampling: Any,
     ) -> Synthesis:
-        """Synthesize ``text``.  ``sampling`` may hold nfe_step, cfg_strength, sway_sampling_coef, speed, seed."""
+        """Synthesize ``text``.  ``sampling`` may hold nfe_step, cfg_strength, sway_sampling_coef, speed, seed,
+        normalize and echo_text (docs/protocol.md)."""
         fields: dict[str, Any] = {"text": text, "format": format}
         if voice is not None:
             fields["voice"] = voice

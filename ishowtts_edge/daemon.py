@@ -130,7 +130,7 @@ class Daemon:
                 self._degrade("out_of_memory", f"CUDA out of memory at {time.strftime('%H:%M:%S')}: {exc.message}")
             raise
         voice = params.voice or (None if reference is not None else self.settings.default_voice)
-        header, frames = synthesis_payload(result, params.format, voice)
+        header, frames = synthesis_payload(result, params.format, voice, params.echo_text)
         for cause in PASSING_CAUSES:
             self._recover(cause)
         self._last_result = (request.id, result)

@@ -77,6 +77,10 @@ class SynthesizeParams(BaseModel):
     sway_sampling_coef: float | None = Field(default=None, ge=-2.0, le=2.0)
     speed: float | None = Field(default=None, ge=0.3, le=3.0)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    #: Say numbers, dates, times, money, units and abbreviations as words first (docs/protocol.md).
+    normalize: bool = True
+    #: Return the text as spoken (after normalisation) in the reply header's ``text``.
+    echo_text: bool = False
 
     @field_validator("cfg_strength", "sway_sampling_coef", "speed", mode="before")
     @classmethod

@@ -431,8 +431,10 @@ class Server:
             return error_reply(request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request.op)
 
 
-def synthesis_payload(result: Any, fmt: str, voice: str | None) -> tuple[dict[str, Any], list[bytes]]:
-    """Reply header fields and audio frame for an engine SynthesisResult."""
+def synthesis_payload(
+    result: Any, fmt: str, voice: str | None, echo_text: bool = False
+) -> tuple[dict[str, Any], list[bytes]]:
+    """Reply header fields and audio frame for an engine SynthesisResult (``text``: what was spoken, on request)."""
     audio = encode_audio(result.audio, result.sample_rate, fmt)
     header = {
         "sample_rate": result.sample_rate,
@@ -447,5 +449,7 @@ def synthesis_payload(result: Any, fmt: str, voice: str | None) -> tuple[dict[st
         "chunks": result.chunks,
         "voice": voice,
     }
+    if echo_text:
+        header["text"] = result.text
     return header, [audio]
 

@@ -29,7 +29,7 @@ trap 'rm -rf "$tool"' EXIT
 "$python" -m venv "$tool/venv"
 "$tool/venv/bin/python" -m pip install -q --upgrade "pip>=23.1"
 # pip wheel copies a published wheel when one fits this platform and builds the few
-# sdist-only pure-Python packages (encodec, sdnotify).  --no-deps: the pins are the
+# sdist-only pure-Python packages (encodec, sdnotify, docopt).  --no-deps: the pins are the
 # whole closure (torch excluded on purpose; see bundle.txt).
 "$tool/venv/bin/python" -m pip wheel -q --no-deps --wheel-dir "$wheelhouse" -r "$bundle"
 "$tool/venv/bin/python" -m pip download -q --no-deps --dest "$wheelhouse" "flit_core>=3.4,<4"

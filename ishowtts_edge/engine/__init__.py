@@ -36,6 +36,8 @@ class SynthesisResult:
     #: Frames the transformer ran on, summed over chunks: reference + generated, padded to the
     #: length bucket.  What a step costs follows this, not mel_frames (the RTF monitor's size).
     model_frames: int | None = None
+    #: The text as spoken: the request's text after the text front end (ishowtts_edge.text).
+    text: str = ""
 
     @property
     def audio_seconds(self) -> float:

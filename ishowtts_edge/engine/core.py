@@ -51,6 +51,7 @@ from ishowtts_edge.engine.vocoder import Vocoder
 from ishowtts_edge.engine.voices import PreparedVoice, VoiceRegistry
 from ishowtts_edge.logs import kv
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
+from ishowtts_edge.text import normalize as normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,10 @@ class Engine:
         voice_seconds = time.perf_counter() - voice_started
         prompt: VoicePrompt = voice.payload
         opts = self._options(params)
-        chunks = chunk_text(params.text, max_chunk_bytes(prompt.ref_text, voice.ref_seconds, opts["speed"]))
+        # The spoken form is what gets chunked, tokenised and timed: "$19.99" needs the audio
+        # length of "nineteen dollars and ninety-nine cents".
+        text = normalize_text(params.text) if params.normalize else params.text
+        chunks = chunk_text(text, max_chunk_bytes(prompt.ref_text, voice.ref_seconds, opts["speed"]))
         if not chunks:
             raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
         sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
@@ -456,6 +460,7 @@ class Engine:
             chunks=len(chunks),
             seed=opts["seed"],
             voice_seconds=voice_seconds,
+            text=text,
         )
 
     # -- warm-up ------------------------------------------------------------------------------------

@@ -1,0 +1,447 @@
+"""English: numbers, dates, times, money, units and abbreviations written the way they are said.
+
+num2words spells every number (cardinal, ordinal, year).  What no library at this cost covers
+is deciding *which* reading a token gets ("4:30" is a time, "555-1234" a phone number, "Henry
+VIII" a regnal ordinal), so those rules are here, one pass each, in the order of
+:data:`_PASSES`: specific shapes first, plain cardinals last.  Each rule has rows in
+tests/test_text_normalise.py.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Callable
+
+from num2words.lang_EN import Num2Word_EN
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """ASCII digits only: \\d would also match Arabic-Indic or Devanagari digits, which the spellers refuse."""
+    return re.compile(pattern, re.ASCII)
+
+_SPELLER = Num2Word_EN()
+
+#: Plain integers longer than this are read digit by digit: an amount that large is written
+#: with separators or "billion"; a bare run of ten digits is a phone number or an identifier.
+MAX_CARDINAL_DIGITS = 9
+
+_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@lru_cache(maxsize=4096)
+def cardinal(value: int) -> str:
+    """num2words' cardinal without its commas ("one million two hundred ..."): a comma is a clause break to the chunker."""
+    return _SPELLER.to_cardinal(value).replace(",", "")
+
+
+@lru_cache(maxsize=1024)
+def ordinal(value: int) -> str:
+    return _SPELLER.to_ordinal(value).replace(",", "")
+
+
+@lru_cache(maxsize=1024)
+def year(value: int) -> str:
+    return _SPELLER.to_year(value).replace("oh-", "oh ")
+
+
+def digits(text: str) -> str:
+    """'0042' -> 'zero zero four two'."""
+    return " ".join(_DIGITS[int(c)] for c in text if "0" <= c <= "9")
+
+
+def number(text: str) -> str:
+    """An unsigned integer or decimal as written ("1,234", "3.50", "0042"), in words."""
+    whole, _, fraction = text.partition(".")
+    separated = "," in whole
+    whole = whole.replace(",", "")
+    if not whole:
+        words = ""
+    elif (len(whole) > 1 and whole[0] == "0") or (len(whole) > MAX_CARDINAL_DIGITS and not separated):
+        words = digits(whole)
+    else:
+        words = cardinal(int(whole))
+    if fraction:  # every digit said, trailing zeros too: "3.50" is "three point five zero"
+        words = f"{words} point {digits(fraction)}".strip()
+    return words
+
+
+def _plural(word: str, value: str) -> str:
+    if value in ("1", "one") or word.endswith("hertz"):
+        return word
+    return _PLURALS.get(word, word + "s")
+
+
+_PLURALS = {"foot": "feet", "penny": "pence", "yen": "yen", "inch": "inches"}
+
+# -- abbreviations ---------------------------------------------------------------------------------
+
+#: Always followed by a name, so the full stop is never also a sentence end.
+_TITLES = {"Mr": "Mister", "Mrs": "Missus", "Ms": "Miz", "Prof": "Professor", "Capt": "Captain", "Gen": "General",
+           "Lt": "Lieutenant", "Col": "Colonel", "Sgt": "Sergeant", "Gov": "Governor", "Sen": "Senator",
+           "Rep": "Representative", "Rev": "Reverend", "Mt": "Mount", "Ft": "Fort"}
+#: May end a sentence: the full stop stays when it does.
+_WORDS = {"Jr": "Junior", "Sr": "Senior", "vs": "versus", "etc": "et cetera", "approx": "approximately",
+          "Inc": "Incorporated", "Ltd": "Limited", "Corp": "Corporation", "Ave": "Avenue", "Blvd": "Boulevard",
+          "Rd": "Road", "Dept": "Department", "Univ": "University", "est": "established"}
+
+_TITLE_RE = _compile(r"\b(" + "|".join(_TITLES) + r")\.(?=\s+[A-Z])")
+_WORD_RE = _compile(r"\b(" + "|".join(_WORDS) + r")\.(?=(\s+\S)?)")
+_DOCTOR_SAINT_RE = _compile(r"\b(Dr|St)\.(?=(\s+[A-Z])?)(?=(\s+\S)?)")
+_LATIN_RE = _compile(r"\b(e\.g|i\.e)\.(?=(\s+\S)?)")
+_NUMBER_SIGN_RE = _compile(r"\b(No|no|Nos|nos)\.\s*(?=\d)|#(?=\d)")
+
+
+def _sentence_dot(match: re.Match[str], words: str, follower: int) -> str:
+    """Keep a full stop that also ends a sentence (end of text, or a capital follows)."""
+    after = match.group(follower)
+    ends = after is None or after.lstrip()[:1].isupper()
+    return words + "." if ends else words
+
+
+def _abbreviations(text: str) -> str:
+    text = _TITLE_RE.sub(lambda m: _TITLES[m.group(1)], text)
+    # Dr./St. before a name are Doctor/Saint; after one ("Elm St.") they are Drive/Street.
+    text = _DOCTOR_SAINT_RE.sub(
+        lambda m: ({"Dr": "Doctor", "St": "Saint"}[m.group(1)] if m.group(2)
+                   else _sentence_dot(m, {"Dr": "Drive", "St": "Street"}[m.group(1)], 3)), text)
+    text = _LATIN_RE.sub(lambda m: _sentence_dot(m, {"e.g": "for example", "i.e": "that is"}[m.group(1)], 2), text)
+    text = _WORD_RE.sub(lambda m: _sentence_dot(m, _WORDS[m.group(1)], 2), text)
+    text = _NUMBER_SIGN_RE.sub("number ", text)
+    return text.replace("&", " and ").replace("  and  ", " and ")
+
+
+# -- shapes ----------------------------------------------------------------------------------------
+
+_NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # 1,234,567 or 1234567
+_NUM_DEC = rf"(?:{_NUM})(?:\.\d+)?"
+
+_PHONE_RE = _compile(
+    r"(?<![\w+.-])(\+\d{1,3}[\s.-]?)?(\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}(?![\w-])"  # (555) 123-4567, +1 555 123 4567
+    r"|(?<![\w.-])\d{3}-\d{4}(?![\w-])"  # 555-1234
+    r"|(?<![\w.-])\d{1,4}(?:-\d{2,4}){2,}(?![\w-])"  # 1-800-555-1234, 4111-1111-1111-1111
+    r"|(?<![\w.-])\+?0\d{1,4}(?: \d{2,4}){2,}(?![\w-])"  # 020 7946 0958: space-separated only from a leading 0
+)
+
+
+def _phone(match: re.Match[str]) -> str:
+    groups = re.findall(r"\+?\d+", match.group(0))
+    if match.group(0)[:1] != "+" and sum(len(g) for g in groups) < 7:
+        return match.group(0)  # "10 20 30": a list of numbers, not a phone number
+    return ", ".join(("plus " if g[0] == "+" else "") + digits(g) for g in groups)
+
+
+_CURRENCIES = {"$": ("dollar", "cent"), "€": ("euro", "cent"), "£": ("pound", "penny"), "¥": ("yen", None)}
+_MAGNITUDES = {"k": "thousand", "K": "thousand", "m": "million", "M": "million", "mn": "million", "b": "billion",
+               "bn": "billion", "B": "billion", "thousand": "thousand", "million": "million", "billion": "billion",
+               "trillion": "trillion"}
+_MONEY_RE = _compile(
+    rf"(?<![\w.])([-−])?([$€£¥])\s?({_NUM})(?:\.(\d+))?(?:\s?(thousand|million|billion|trillion|bn|mn|[kKmMbB])\b)?"
+)
+
+
+def _money(match: re.Match[str]) -> str:
+    sign, symbol, whole, fraction, magnitude = match.groups()
+    unit, subunit = _CURRENCIES[symbol]
+    minus = "minus " if sign else ""
+    if magnitude:  # "$2.5 million": two point five million dollars
+        amount = number(whole + ("." + fraction if fraction else ""))
+        return f"{minus}{amount} {_MAGNITUDES[magnitude]} {_plural(unit, '')}"
+    if fraction is None or subunit is None or len(fraction) != 2:
+        amount = number(whole + ("." + fraction if fraction else ""))
+        return f"{minus}{amount} {_plural(unit, amount)}"
+    units, cents = int(whole.replace(",", "")), int(fraction)
+    said = []
+    if units or not cents:
+        said.append(f"{number(whole)} {_plural(unit, str(units))}")
+    if cents:
+        said.append(f"{cardinal(cents)} {_plural(subunit, str(cents))}")
+    return minus + " and ".join(said)
+
+
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December"]
+_MONTH_ABBR = {m[:3]: m for m in _MONTHS} | {"Sept": "September"} | {m: m for m in _MONTHS}
+_MONTH_ALT = r"(?:" + "|".join(sorted(_MONTH_ABBR, key=len, reverse=True)) + r")"
+_ISO_DATE_RE = _compile(r"(?<![\d.-])(\d{4})-(\d{1,2})-(\d{1,2})(?![\d-])")
+_SLASH_DATE_RE = _compile(r"(?<![\d/.])(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})(?![\d/])")
+_MONTH_DAY_RE = _compile(rf"\b({_MONTH_ALT})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:(,?\s+)(\d{{4}})\b)?")
+_DAY_MONTH_RE = _compile(rf"(\bthe\s+)?\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_ALT})\b(?:\.?(,?\s+)(\d{{4}})\b)?")
+
+
+def _date_words(y: int | None, m: int, d: int) -> str | None:
+    if not (1 <= m <= 12 and 1 <= d <= 31):
+        return None
+    said = f"{_MONTHS[m - 1]} {ordinal(d)}"
+    return f"{said}, {year(y)}" if y is not None else said
+
+
+def _iso_date(match: re.Match[str]) -> str:
+    return _date_words(int(match.group(1)), int(match.group(2)), int(match.group(3))) or match.group(0)
+
+
+def _slash_date(match: re.Match[str]) -> str:
+    """m/d/y as in the US, unless the first number cannot be a month (then d/m/y); 'yy' is 20yy below 50."""
+    first, second, y = int(match.group(1)), int(match.group(2)), match.group(3)
+    full = int(y) if len(y) == 4 else (2000 + int(y) if int(y) < 50 else 1900 + int(y))
+    m, d = (first, second) if first <= 12 else (second, first)
+    return _date_words(full, m, d) or match.group(0)
+
+
+def _month_day(match: re.Match[str]) -> str:
+    month, day, gap, y = match.groups()
+    if not 1 <= int(day) <= 31:
+        return match.group(0)
+    said = f"{_MONTH_ABBR[month]} {ordinal(int(day))}"
+    return said + (f"{gap}{year(int(y))}" if y else "")
+
+
+def _day_month(match: re.Match[str]) -> str:
+    the, day, month, gap, y = match.groups()
+    if not 1 <= int(day) <= 31:
+        return match.group(0)
+    said = f"{the or 'the '}{ordinal(int(day))} of {_MONTH_ABBR[month]}"
+    return said + (f"{gap}{year(int(y))}" if y else "")
+
+
+_AMPM = r"(?:\s?([AaPp])\.?[Mm]\b(\.)?)"
+_TIME_RE = _compile(rf"(?<![\d:.])([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?(?![\d:]){_AMPM}?")
+_HOUR_AMPM_RE = _compile(rf"(?<![\d:.,])(1[0-2]|0?[1-9])(?![\d:]){_AMPM}")
+
+
+def _ampm(match: re.Match[str], letter: str, dot: str | None) -> str:
+    said = " AM" if letter in "Aa" else " PM"
+    if dot:  # "p.m." that also ends the sentence keeps its full stop
+        rest = match.string[match.end():]
+        if not rest.strip() or rest.lstrip()[:1].isupper():
+            said += "."
+    return said
+
+
+def _time(match: re.Match[str]) -> str:
+    hour, minute, second, letter, dot = match.groups()
+    h, m = int(hour), int(minute)
+    if letter is None and h == 0:
+        said = f"twelve {_minutes(m)}".strip() + " AM"  # "00:30" is said "twelve thirty AM"
+    elif letter is None and h > 12 and m == 0:
+        said = f"{cardinal(h)} hundred"  # "14:00": fourteen hundred
+    elif letter is None and m == 0:
+        said = f"{cardinal(h)} o'clock"
+    else:
+        said = f"{cardinal(h)} {_minutes(m)}".strip()
+    if second is not None and int(second):
+        said += f" and {cardinal(int(second))} {_plural('second', second.lstrip('0'))}"
+    if letter is not None:
+        said += _ampm(match, letter, dot)
+    return said
+
+
+def _minutes(m: int) -> str:
+    return "" if m == 0 else f"oh {cardinal(m)}" if m < 10 else cardinal(m)
+
+
+def _hour_ampm(match: re.Match[str]) -> str:
+    return cardinal(int(match.group(1))) + _ampm(match, match.group(2), match.group(3))
+
+
+_PERCENT_RE = _compile(rf"(?<![\w.])([-−+])?({_NUM_DEC})\s?%")
+
+
+def _percent(match: re.Match[str]) -> str:
+    sign = {"-": "minus ", "−": "minus ", "+": "plus "}.get(match.group(1) or "", "")
+    return f"{sign}{number(match.group(2))} percent"
+
+
+#: symbol -> (singular, plural); longest alternatives first in the pattern.
+_UNITS = {
+    "km/h": "kilometer per hour", "kph": "kilometer per hour", "mph": "mile per hour", "m/s": "meter per second",
+    "km": "kilometer", "cm": "centimeter", "mm": "millimeter", "m": "meter", "mi": "mile", "ft": "foot",
+    "yd": "yard", "kg": "kilogram", "mg": "milligram", "g": "gram", "lbs": "pound", "lb": "pound", "oz": "ounce",
+    "ml": "milliliter", "mL": "milliliter", "L": "liter", "l": "liter",
+    "°C": "degree Celsius", "℃": "degree Celsius", "°F": "degree Fahrenheit", "℉": "degree Fahrenheit", "°": "degree",
+    "TB": "terabyte", "GB": "gigabyte", "MB": "megabyte", "KB": "kilobyte", "kB": "kilobyte",
+    "GHz": "gigahertz", "MHz": "megahertz", "kHz": "kilohertz", "Hz": "hertz",
+    "kWh": "kilowatt hour", "kW": "kilowatt", "W": "watt", "V": "volt", "mAh": "milliamp hour",
+    "ms": "millisecond", "sec": "second", "min": "minute", "hrs": "hour", "hr": "hour", "h": "hour",
+}
+_UNIT_ALT = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
+_UNIT_RE = _compile(rf"(?<![\w.])([-−])?({_NUM_DEC})\s?({_UNIT_ALT})(?![\w/])")
+
+
+def _unit(match: re.Match[str]) -> str:
+    sign, value, symbol = match.groups()
+    name = _UNITS[symbol]
+    amount = number(value)
+    first, _, rest = name.partition(" ")
+    if rest and (first == "degree" or rest.startswith("per ")):  # "degrees Celsius", "kilometers per hour"
+        said = f"{_plural(first, value)} {rest}"
+    else:  # "grams", "kilowatt hours"
+        head, _, last = name.rpartition(" ")
+        said = f"{head} {_plural(last, value)}".strip()
+    return f"{'minus ' if sign else ''}{amount} {said}"
+
+
+_ORDINAL_RE = _compile(rf"(?<![\w.])({_NUM})(st|nd|rd|th|ST|ND|RD|TH)\b")
+
+_YEAR_CONTEXT = ("in|since|from|by|until|till|through|during|circa|before|after|around|between|year|early|late|mid|"
+                 "spring|summer|autumn|fall|winter|of|to")
+_YEAR_RE = _compile(rf"\b((?i:{_YEAR_CONTEXT})|{'|'.join(_MONTHS)})(\s+)(1\d{{3}}|20\d{{2}})(?![\d,.]?\d)"
+                      r"|(?<![\w.,])(1\d{3}|20\d{2})(?=\s?(?:AD|BC|BCE|CE)\b)")
+_DECADE_RE = _compile(r"(?<![\w.,])(1\d|20)(\d0)s\b|(?<![\w])'(\d0)s\b")
+
+
+def _year(match: re.Match[str]) -> str:
+    context, gap, value, era = match.groups()
+    return f"{context}{gap}{year(int(value))}" if value else year(int(era))
+
+
+def _decade(match: re.Match[str]) -> str:
+    words = year(int(match.group(1) + match.group(2))) if match.group(1) else cardinal(int(match.group(3)))
+    return words[:-1] + "ies" if words.endswith("y") else words + "s"
+
+
+# Roman numerals: only after a word that announces a number, or a regnal name.
+_ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
+#: 1 to 89 only: "Class C" and "Type D" are letters, and nothing counted after these words reaches 90.
+_ROMAN_RE = r"((?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3}))"
+_COUNTED = ("Chapter|Part|Book|Volume|Vol\\.|Act|Scene|Section|Article|Episode|Season|Phase|Level|Stage|Round|"
+            "Title|Appendix|Canto|Psalm|War|Type|Class|Grade|Bowl|Mark|Schedule|Amendment")
+_REGNAL = ("Henry|Elizabeth|Edward|George|William|Charles|James|Richard|John|Mary|Louis|Philip|Frederick|Peter|"
+           "Catherine|Alexander|Nicholas|Ivan|Leo|Pius|Benedict|Gregory|Paul|Innocent|Clement|Boniface|Urban|"
+           "Alfonso|Ferdinand|Carlos|Felipe|Juan|Gustav|Gustavus|Charles|Christian|Frederik|Harald|Olaf|Haakon|"
+           "Wilhelm|Otto|Rudolf|Ludwig|Friedrich|Francis|Napoleon|Constantine|Justinian|Ramesses|Ramses|Thutmose|"
+           "Amenhotep|Selim|Mehmed|Suleiman|Murad|Victor|Umberto|Pedro|Manuel|Sancho|Stephen|Malcolm|David|Robert")
+_COUNTED_RE = _compile(rf"\b({_COUNTED}) {_ROMAN_RE}\b(?!['’]\w)")
+_REGNAL_RE = _compile(rf"\b({_REGNAL}) {_ROMAN_RE}\b(?!['’]\w)")
+
+
+def roman_value(numeral: str) -> int:
+    """Value of a numeral the strict pattern above accepted (subtractive pairs included)."""
+    total = 0
+    for here, after in zip(numeral, numeral[1:] + " "):
+        value = _ROMAN_VALUES[here]
+        total += -value if after != " " and _ROMAN_VALUES[after] > value else value
+    return total
+
+
+def _counted_roman(match: re.Match[str]) -> str:
+    if not match.group(2):
+        return match.group(0)
+    return f"{match.group(1)} {cardinal(roman_value(match.group(2)))}"
+
+
+def _regnal_roman(match: re.Match[str]) -> str:
+    if not match.group(2):
+        return match.group(0)
+    if match.group(2) == "I" and re.match(r" [a-z]", match.string[match.end():]):
+        return match.group(0)  # "when John I said": the pronoun, not John the First
+    return f"{match.group(1)} the {ordinal(roman_value(match.group(2)))}"
+
+
+_FRACTION_RE = _compile(r"(?<![\w/.])(\d{1,3})/(\d{1,2})(?![\w/]|\.\d)")
+_FRACTION_NAMES = {2: ("half", "halves"), 4: ("quarter", "quarters")}
+
+
+def _fraction(match: re.Match[str]) -> str:
+    top, bottom = int(match.group(1)), int(match.group(2))
+    if match.group(0) == "24/7":
+        return "twenty-four seven"
+    if not 2 <= bottom <= 10:
+        return f"{cardinal(top)} over {cardinal(bottom)}"
+    one, many = _FRACTION_NAMES.get(bottom, (ordinal(bottom), ordinal(bottom) + "s"))
+    return f"{cardinal(top)} {one if top == 1 else many}"
+
+
+_VERSION_RE = _compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?![\w.]|\.\d)")
+
+
+def _version(match: re.Match[str]) -> str:
+    """'1.2.3', '192.168.1.1': each part a number, joined by 'point'."""
+    return " point ".join(number(part) for part in match.group(0).split("."))
+
+
+_SHAPED_RANGE_RE = _compile(r"(?<=[\d%])\s?[-–]\s?(?=[$€£¥]\d|\d{1,2}:\d\d|\d+(?:\.\d+)?%)")
+_RANGE_RE = _compile(r"(?<=\d)\s?[-–]\s?(?=[$€£¥]?\d)")
+_SIGNED_RE = _compile(r"(?<![\w.,])([-−+])(?=\.?\d)")
+_DECIMAL_RE = _compile(r"(?<!\d)((?:\d{1,3}(?:,\d{3})+|\d+)?\.\d+|\d{1,3}(?:,\d{3})+(?!\d)|\d+)")
+
+
+def _range(text: str) -> str:
+    return _RANGE_RE.sub(" to ", text)
+
+
+def _signed(match: re.Match[str]) -> str:
+    return "minus " if match.group(1) in "-−" else "plus "
+
+
+def _decimal(match: re.Match[str]) -> str:
+    value = match.group(1)
+    if value.startswith("."):
+        return "point " + digits(value[1:])
+    return number(value)
+
+
+_HAS_DIGIT = _compile(r"\d")
+
+# -- the pipeline --------------------------------------------------------------------------------
+
+def _padded(fn: Callable[[re.Match[str]], str]) -> Callable[[re.Match[str]], str]:
+    """Words replacing a token glued to a letter or digit ("MP3", "4K") get a space on that side."""
+
+    def sub(match: re.Match[str]) -> str:
+        words = fn(match)
+        if words == match.group(0):
+            return words
+        text, start, end = match.string, match.start(), match.end()
+        if start and text[start - 1].isalnum():
+            words = " " + words
+        if end < len(text) and text[end].isalnum():
+            words += " "
+        return words
+
+    return sub
+
+
+_PASSES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (_ISO_DATE_RE, _iso_date),
+    (_SLASH_DATE_RE, _slash_date),
+    (_PHONE_RE, _phone),
+    (_MONEY_RE, _money),
+    (_MONTH_DAY_RE, _month_day),
+    (_DAY_MONTH_RE, _day_month),
+    (_TIME_RE, _time),
+    (_HOUR_AMPM_RE, _hour_ampm),
+    (_PERCENT_RE, _percent),
+    (_UNIT_RE, _unit),
+    (_ORDINAL_RE, lambda m: ordinal(int(m.group(1).replace(",", "")))),
+    (_DECADE_RE, _decade),
+    (_YEAR_RE, _year),
+    (_FRACTION_RE, _fraction),
+    (_VERSION_RE, _version),
+]
+_PASSES = [(pattern, _padded(fn)) for pattern, fn in _PASSES]
+
+_HAS_WORK = _compile(r"[\d&#]|\b(?:" + "|".join([*_TITLES, *_WORDS, "Dr", "St", "e\\.g", "i\\.e"]) + r")\.")
+_HAS_ROMAN = _compile(rf"\b(?:{_COUNTED}|{_REGNAL}) [IVXLCDM]")
+
+
+def normalize(text: str) -> str:
+    """English ``text`` with numbers, dates, times, money, units and abbreviations in words."""
+    if not _HAS_WORK.search(text):
+        return _romans(text)
+    text = _abbreviations(text)
+    if _HAS_DIGIT.search(text):
+        text = _SHAPED_RANGE_RE.sub(" to ", text)  # "$5-$10", "9:00-17:00", "10%-20%": before the shapes become words
+        for pattern, replace in _PASSES:
+            text = pattern.sub(replace, text)
+        text = _range(text)
+        text = _SIGNED_RE.sub(_signed, text)
+        text = _DECIMAL_RE.sub(_padded(_decimal), text)
+    return _romans(text)
+
+
+def _romans(text: str) -> str:
+    if not _HAS_ROMAN.search(text):
+        return text
+    text = _COUNTED_RE.sub(_counted_roman, text)
+    return _REGNAL_RE.sub(_regnal_roman, text)
