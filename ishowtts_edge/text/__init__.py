@@ -32,7 +32,10 @@ _LATIN = "A-Za-z\u00c0-\u024f"
 _UNIT_AFTER_NUMBER = re.compile(
     r"(?<=\d)\s?(?:" + "|".join(re.escape(u) for u in chinese.UNIT_SYMBOLS) + r")(?![A-Za-z])", re.ASCII
 )
-_RUNS = re.compile(rf"([{_HAN}]+)|([{_LATIN}]+)|([^{_HAN}{_LATIN}]+)")
+_HAN_RE = re.compile(f"[{_HAN}]")
+_LATIN_RE = re.compile(f"[{_LATIN}]")
+#: A Chinese stretch: Han to Han with no Latin letter between; an English one likewise.
+_RUNS = re.compile(rf"([{_HAN}](?:[^{_LATIN}]*[{_HAN}])?)|([{_LATIN}](?:[^{_HAN}]*[{_LATIN}])?)|([^{_HAN}{_LATIN}]+)")
 _CLAUSE_END = re.compile(r"[,.;:!?，。；：！？、](?!\d)")
 
 
@@ -45,6 +48,10 @@ def split_spans(text: str) -> list[tuple[str, str]]:
     touches without a space, and to Chinese when that does not decide.  Text with no
     letters at all is English.
     """
+    if not _HAN_RE.search(text):
+        return [("en", text)]
+    if not _LATIN_RE.search(text):
+        return [("zh", text)]
     masked = _UNIT_AFTER_NUMBER.sub(lambda m: "\0" * len(m.group(0)), text)  # same length, no letters
     runs: list[list[str]] = []  # [language or "", text]
     for match in _RUNS.finditer(masked):

@@ -16,8 +16,15 @@ from typing import Callable
 from num2words.lang_EN import Num2Word_EN
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    """ASCII digits only: \\d would also match Arabic-Indic or Devanagari digits, which the spellers refuse."""
+def _compile(pattern: str, first: str | None = None) -> re.Pattern[str]:
+    """ASCII digits only: \\d would also match Arabic-Indic or Devanagari digits, which the spellers refuse.
+
+    ``first``, a class of the characters a match can start with, is checked before the
+    pattern's lookbehinds: without it ``re`` tries every alternative at every position
+    (the phone pattern took 60 µs on a 300-character line, 11 µs with it).
+    """
+    if first is not None:
+        pattern = f"(?={first})(?:{pattern})"
     return re.compile(pattern, re.ASCII)
 
 _SPELLER = Num2Word_EN()
@@ -85,11 +92,11 @@ _WORDS = {"Jr": "Junior", "Sr": "Senior", "vs": "versus", "etc": "et cetera", "a
           "Inc": "Incorporated", "Ltd": "Limited", "Corp": "Corporation", "Ave": "Avenue", "Blvd": "Boulevard",
           "Rd": "Road", "Dept": "Department", "Univ": "University", "est": "established"}
 
-_TITLE_RE = _compile(r"\b(" + "|".join(_TITLES) + r")\.(?=\s+[A-Z])")
-_WORD_RE = _compile(r"\b(" + "|".join(_WORDS) + r")\.(?=(\s+\S)?)")
-_DOCTOR_SAINT_RE = _compile(r"\b(Dr|St)\.(?=(\s+[A-Z])?)(?=(\s+\S)?)")
-_LATIN_RE = _compile(r"\b(e\.g|i\.e)\.(?=(\s+\S)?)")
-_NUMBER_SIGN_RE = _compile(r"\b(No|no|Nos|nos)\.\s*(?=\d)|#(?=\d)")
+_TITLE_RE = _compile(r"\b(" + "|".join(_TITLES) + r")\.(?=\s+[A-Z])", first=r"[A-Z]")
+_WORD_RE = _compile(r"\b(" + "|".join(_WORDS) + r")\.(?=(\s+\S)?)", first=r"[A-Za-z]")
+_DOCTOR_SAINT_RE = _compile(r"\b(Dr|St)\.(?=(\s+[A-Z])?)(?=(\s+\S)?)", first=r"[DS]")
+_LATIN_RE = _compile(r"\b(e\.g|i\.e)\.(?=(\s+\S)?)", first=r"[ei]")
+_NUMBER_SIGN_RE = _compile(r"\b(No|no|Nos|nos)\.\s*(?=\d)|#(?=\d)", first=r"[Nn#]")
 
 
 def _sentence_dot(match: re.Match[str], words: str, follower: int) -> str:
@@ -121,7 +128,7 @@ _PHONE_RE = _compile(
     r"|(?<![\w.-])\d{3}-\d{4}(?![\w-])"  # 555-1234
     r"|(?<![\w.-])\d{1,4}(?:-\d{2,4}){2,}(?![\w-])"  # 1-800-555-1234, 4111-1111-1111-1111
     r"|(?<![\w.-])\+?0\d{1,4}(?: \d{2,4}){2,}(?![\w-])"  # 020 7946 0958: space-separated only from a leading 0
-)
+, first=r"[+(\d]")
 
 
 def _phone(match: re.Match[str]) -> str:
@@ -136,37 +143,36 @@ _MAGNITUDES = {"k": "thousand", "K": "thousand", "m": "million", "M": "million",
                "bn": "billion", "B": "billion", "thousand": "thousand", "million": "million", "billion": "billion",
                "trillion": "trillion"}
 _MONEY_RE = _compile(
-    rf"(?<![\w.])([-−])?([$€£¥])\s?({_NUM})(?:\.(\d+))?(?:\s?(thousand|million|billion|trillion|bn|mn|[kKmMbB])\b)?"
-)
+    rf"(?<![\w.])([$€£¥])\s?({_NUM})(?:\.(\d+))?(?:\s?(thousand|million|billion|trillion|bn|mn|[kKmMbB])\b)?"
+, first=r"[$€£¥]")
 
 
 def _money(match: re.Match[str]) -> str:
-    sign, symbol, whole, fraction, magnitude = match.groups()
+    symbol, whole, fraction, magnitude = match.groups()
     unit, subunit = _CURRENCIES[symbol]
-    minus = "minus " if sign else ""
     if magnitude:  # "$2.5 million": two point five million dollars
         amount = number(whole + ("." + fraction if fraction else ""))
-        return f"{minus}{amount} {_MAGNITUDES[magnitude]} {_plural(unit, '')}"
+        return f"{amount} {_MAGNITUDES[magnitude]} {_plural(unit, '')}"
     if fraction is None or subunit is None or len(fraction) != 2:
         amount = number(whole + ("." + fraction if fraction else ""))
-        return f"{minus}{amount} {_plural(unit, amount)}"
+        return f"{amount} {_plural(unit, amount)}"
     units, cents = int(whole.replace(",", "")), int(fraction)
     said = []
     if units or not cents:
         said.append(f"{number(whole)} {_plural(unit, str(units))}")
     if cents:
         said.append(f"{cardinal(cents)} {_plural(subunit, str(cents))}")
-    return minus + " and ".join(said)
+    return " and ".join(said)
 
 
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
            "November", "December"]
 _MONTH_ABBR = {m[:3]: m for m in _MONTHS} | {"Sept": "September"} | {m: m for m in _MONTHS}
 _MONTH_ALT = r"(?:" + "|".join(sorted(_MONTH_ABBR, key=len, reverse=True)) + r")"
-_ISO_DATE_RE = _compile(r"(?<![\d.-])(\d{4})-(\d{1,2})-(\d{1,2})(?![\d-])")
-_SLASH_DATE_RE = _compile(r"(?<![\d/.])(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})(?![\d/])")
-_MONTH_DAY_RE = _compile(rf"\b({_MONTH_ALT})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:(,?\s+)(\d{{4}})\b)?")
-_DAY_MONTH_RE = _compile(rf"(\bthe\s+)?\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_ALT})\b(?:\.?(,?\s+)(\d{{4}})\b)?")
+_ISO_DATE_RE = _compile(r"(?<![\d.-])(\d{4})-(\d{1,2})-(\d{1,2})(?![\d-])", first=r"\d")
+_SLASH_DATE_RE = _compile(r"(?<![\d/.])(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})(?![\d/])", first=r"\d")
+_MONTH_DAY_RE = _compile(rf"\b({_MONTH_ALT})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:(,?\s+)(\d{{4}})\b)?", first=r"[A-Z]")
+_DAY_MONTH_RE = _compile(rf"(?<!\w)(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_ALT})\b(?:\.?(,?\s+)(\d{{4}})\b)?", first=r"\d")
 
 
 def _date_words(y: int | None, m: int, d: int) -> str | None:
@@ -197,16 +203,17 @@ def _month_day(match: re.Match[str]) -> str:
 
 
 def _day_month(match: re.Match[str]) -> str:
-    the, day, month, gap, y = match.groups()
+    day, month, gap, y = match.groups()
     if not 1 <= int(day) <= 31:
         return match.group(0)
-    said = f"{the or 'the '}{ordinal(int(day))} of {_MONTH_ABBR[month]}"
+    the = "" if match.string[max(0, match.start() - 4):match.start()].lower() == "the " else "the "
+    said = f"{the}{ordinal(int(day))} of {_MONTH_ABBR[month]}"
     return said + (f"{gap}{year(int(y))}" if y else "")
 
 
 _AMPM = r"(?:\s?([AaPp])\.?[Mm]\b(\.)?)"
-_TIME_RE = _compile(rf"(?<![\d:.])([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?(?![\d:]){_AMPM}?")
-_HOUR_AMPM_RE = _compile(rf"(?<![\d:.,])(1[0-2]|0?[1-9])(?![\d:]){_AMPM}")
+_TIME_RE = _compile(rf"(?<![\d:.])([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?(?![\d:]){_AMPM}?", first=r"\d")
+_HOUR_AMPM_RE = _compile(rf"(?<![\d:.,])(1[0-2]|0?[1-9])(?![\d:]){_AMPM}", first=r"\d")
 
 
 def _ampm(match: re.Match[str], letter: str, dot: str | None) -> str:
@@ -244,12 +251,11 @@ def _hour_ampm(match: re.Match[str]) -> str:
     return cardinal(int(match.group(1))) + _ampm(match, match.group(2), match.group(3))
 
 
-_PERCENT_RE = _compile(rf"(?<![\w.])([-−+])?({_NUM_DEC})\s?%")
+_PERCENT_RE = _compile(rf"(?<![\w.])({_NUM_DEC})\s?%", first=r"\d")
 
 
 def _percent(match: re.Match[str]) -> str:
-    sign = {"-": "minus ", "−": "minus ", "+": "plus "}.get(match.group(1) or "", "")
-    return f"{sign}{number(match.group(2))} percent"
+    return f"{number(match.group(1))} percent"
 
 
 #: symbol -> (singular, plural); longest alternatives first in the pattern.
@@ -265,11 +271,11 @@ _UNITS = {
     "ms": "millisecond", "sec": "second", "min": "minute", "hrs": "hour", "hr": "hour", "h": "hour",
 }
 _UNIT_ALT = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
-_UNIT_RE = _compile(rf"(?<![\w.])([-−])?({_NUM_DEC})\s?({_UNIT_ALT})(?![\w/])")
+_UNIT_RE = _compile(rf"(?<![\w.])({_NUM_DEC})\s?({_UNIT_ALT})(?![\w/])", first=r"\d")
 
 
 def _unit(match: re.Match[str]) -> str:
-    sign, value, symbol = match.groups()
+    value, symbol = match.groups()
     name = _UNITS[symbol]
     amount = number(value)
     first, _, rest = name.partition(" ")
@@ -278,21 +284,30 @@ def _unit(match: re.Match[str]) -> str:
     else:  # "grams", "kilowatt hours"
         head, _, last = name.rpartition(" ")
         said = f"{head} {_plural(last, value)}".strip()
-    return f"{'minus ' if sign else ''}{amount} {said}"
+    return f"{amount} {said}"
 
 
-_ORDINAL_RE = _compile(rf"(?<![\w.])({_NUM})(st|nd|rd|th|ST|ND|RD|TH)\b")
+_ORDINAL_RE = _compile(rf"(?<![\w.])({_NUM})(st|nd|rd|th|ST|ND|RD|TH)\b", first=r"\d")
 
-_YEAR_CONTEXT = ("in|since|from|by|until|till|through|during|circa|before|after|around|between|year|early|late|mid|"
-                 "spring|summer|autumn|fall|winter|of|to")
-_YEAR_RE = _compile(rf"\b((?i:{_YEAR_CONTEXT})|{'|'.join(_MONTHS)})(\s+)(1\d{{3}}|20\d{{2}})(?![\d,.]?\d)"
-                      r"|(?<![\w.,])(1\d{3}|20\d{2})(?=\s?(?:AD|BC|BCE|CE)\b)")
-_DECADE_RE = _compile(r"(?<![\w.,])(1\d|20)(\d0)s\b|(?<![\w])'(\d0)s\b")
+_YEAR_CONTEXT = frozenset(
+    "in since from by until till through during circa before after around between year early late mid spring "
+    "summer autumn fall winter of to".split()
+) | frozenset(m.lower() for m in _MONTHS)
+_YEAR_RE = _compile(r"(?<![\w.,])(1\d{3}|20\d{2})(?![\d,.]?\d)(?=(\s?(?:AD|BC|BCE|CE)\b)?)", first=r"[12]")
+_LAST_WORD_RE = _compile(r"([A-Za-z]+)\.?\s+$")
+_DECADE_RE = _compile(r"(?<![\w.,])(1\d|20)(\d0)s\b|(?<![\w])'(\d0)s\b", first=r"[\d']")
+
+
+def _previous_word(match: re.Match[str]) -> str:
+    before = _LAST_WORD_RE.search(match.string[max(0, match.start() - 16):match.start()])
+    return before.group(1) if before else ""
 
 
 def _year(match: re.Match[str]) -> str:
-    context, gap, value, era = match.groups()
-    return f"{context}{gap}{year(int(value))}" if value else year(int(era))
+    """A four-digit number is a year after "in", "since", a month ... or before AD/BC; else a cardinal."""
+    if match.group(2) or _previous_word(match).lower() in _YEAR_CONTEXT:
+        return year(int(match.group(1)))
+    return match.group(0)
 
 
 def _decade(match: re.Match[str]) -> str:
@@ -304,15 +319,18 @@ def _decade(match: re.Match[str]) -> str:
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 #: 1 to 89 only: "Class C" and "Type D" are letters, and nothing counted after these words reaches 90.
 _ROMAN_RE = r"((?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3}))"
-_COUNTED = ("Chapter|Part|Book|Volume|Vol\\.|Act|Scene|Section|Article|Episode|Season|Phase|Level|Stage|Round|"
-            "Title|Appendix|Canto|Psalm|War|Type|Class|Grade|Bowl|Mark|Schedule|Amendment")
-_REGNAL = ("Henry|Elizabeth|Edward|George|William|Charles|James|Richard|John|Mary|Louis|Philip|Frederick|Peter|"
-           "Catherine|Alexander|Nicholas|Ivan|Leo|Pius|Benedict|Gregory|Paul|Innocent|Clement|Boniface|Urban|"
-           "Alfonso|Ferdinand|Carlos|Felipe|Juan|Gustav|Gustavus|Charles|Christian|Frederik|Harald|Olaf|Haakon|"
-           "Wilhelm|Otto|Rudolf|Ludwig|Friedrich|Francis|Napoleon|Constantine|Justinian|Ramesses|Ramses|Thutmose|"
-           "Amenhotep|Selim|Mehmed|Suleiman|Murad|Victor|Umberto|Pedro|Manuel|Sancho|Stephen|Malcolm|David|Robert")
-_COUNTED_RE = _compile(rf"\b({_COUNTED}) {_ROMAN_RE}\b(?!['’]\w)")
-_REGNAL_RE = _compile(rf"\b({_REGNAL}) {_ROMAN_RE}\b(?!['’]\w)")
+_COUNTED = frozenset("Chapter Part Book Volume Vol Act Scene Section Article Episode Season Phase Level Stage Round "
+                     "Title Appendix Canto Psalm War Type Class Grade Bowl Mark Schedule Amendment".split())
+_REGNAL = frozenset(
+    "Henry Elizabeth Edward George William Charles James Richard John Mary Louis Philip Frederick Peter Catherine "
+    "Alexander Nicholas Ivan Leo Pius Benedict Gregory Paul Innocent Clement Boniface Urban Alfonso Ferdinand Carlos "
+    "Felipe Juan Gustav Gustavus Christian Frederik Harald Olaf Haakon Wilhelm Otto Rudolf Ludwig Friedrich Francis "
+    "Napoleon Constantine Justinian Ramesses Ramses Thutmose Amenhotep Selim Mehmed Suleiman Murad Victor Umberto "
+    "Pedro Manuel Sancho Stephen Malcolm David Robert".split()
+)
+#: 1 to 89 only: "Class C" and "Type D" are letters, and nothing counted after these words reaches 90.
+_ROMAN_NUMERAL_RE = _compile(r"(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})")
+_ROMAN_CANDIDATE_RE = _compile(r"(?<= )([IVXL]+)\b(?!['’]\w)", first=r"[IVXL]")
 
 
 def roman_value(numeral: str) -> int:
@@ -324,21 +342,20 @@ def roman_value(numeral: str) -> int:
     return total
 
 
-def _counted_roman(match: re.Match[str]) -> str:
-    if not match.group(2):
-        return match.group(0)
-    return f"{match.group(1)} {cardinal(roman_value(match.group(2)))}"
+def _roman(match: re.Match[str]) -> str:
+    """A numeral after a counted word ("Chapter IV": four) or a regnal name ("Henry VIII": the eighth)."""
+    numeral = match.group(1)
+    word = _previous_word(match)
+    if word not in _COUNTED and word not in _REGNAL or not _ROMAN_NUMERAL_RE.fullmatch(numeral):
+        return numeral
+    if word in _COUNTED:
+        return cardinal(roman_value(numeral))
+    if numeral == "I" and re.match(r" [a-z]", match.string[match.end():]):
+        return numeral  # "when John I said": the pronoun, not John the First
+    return f"the {ordinal(roman_value(numeral))}"
 
 
-def _regnal_roman(match: re.Match[str]) -> str:
-    if not match.group(2):
-        return match.group(0)
-    if match.group(2) == "I" and re.match(r" [a-z]", match.string[match.end():]):
-        return match.group(0)  # "when John I said": the pronoun, not John the First
-    return f"{match.group(1)} the {ordinal(roman_value(match.group(2)))}"
-
-
-_FRACTION_RE = _compile(r"(?<![\w/.])(\d{1,3})/(\d{1,2})(?![\w/]|\.\d)")
+_FRACTION_RE = _compile(r"(?<![\w/.])(\d{1,3})/(\d{1,2})(?![\w/]|\.\d)", first=r"\d")
 _FRACTION_NAMES = {2: ("half", "halves"), 4: ("quarter", "quarters")}
 
 
@@ -352,7 +369,7 @@ def _fraction(match: re.Match[str]) -> str:
     return f"{cardinal(top)} {one if top == 1 else many}"
 
 
-_VERSION_RE = _compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?![\w.]|\.\d)")
+_VERSION_RE = _compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?![\w.]|\.\d)", first=r"\d")
 
 
 def _version(match: re.Match[str]) -> str:
@@ -360,14 +377,13 @@ def _version(match: re.Match[str]) -> str:
     return " point ".join(number(part) for part in match.group(0).split("."))
 
 
-_SHAPED_RANGE_RE = _compile(r"(?<=[\d%])\s?[-–]\s?(?=[$€£¥]\d|\d{1,2}:\d\d|\d+(?:\.\d+)?%)")
-_RANGE_RE = _compile(r"(?<=\d)\s?[-–]\s?(?=[$€£¥]?\d)")
-_SIGNED_RE = _compile(r"(?<![\w.,])([-−+])(?=\.?\d)")
-_DECIMAL_RE = _compile(r"(?<!\d)((?:\d{1,3}(?:,\d{3})+|\d+)?\.\d+|\d{1,3}(?:,\d{3})+(?!\d)|\d+)")
-
-
-def _range(text: str) -> str:
-    return _RANGE_RE.sub(" to ", text)
+_SHAPED_RANGE_RE = _compile(r"(?<=[\d%])\s?[-–]\s?(?=[$€£¥]\d|\d{1,2}:\d\d|\d+(?:\.\d+)?%)", first=r"[\s–-]")
+_RANGE_RE = _compile(r"(?<=\d)\s?[-–]\s?(?=[$€£¥]?\d)", first=r"[\s–-]")
+_SIGNED_RE = _compile(r"(?<![\w.,])([-−+])(?=\.?\d)", first=r"[-−+]")
+#: A minus sign before a number, money or a percentage, said first so the shapes need no sign of their own.
+_MINUS_RE = _compile(r"(?<![\w.,\d])[-−](?=[$€£¥]?\.?\d)", first=r"[-−]")
+_PLUS_PERCENT_RE = _compile(r"(?<![\w.,\d])\+(?=\d[\d,.]*\s?[%°])", first=r"\+")
+_DECIMAL_RE = _compile(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+)", first=r"[\d.]")
 
 
 def _signed(match: re.Match[str]) -> str:
@@ -402,46 +418,59 @@ def _padded(fn: Callable[[re.Match[str]], str]) -> Callable[[re.Match[str]], str
     return sub
 
 
-_PASSES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
-    (_ISO_DATE_RE, _iso_date),
-    (_SLASH_DATE_RE, _slash_date),
-    (_PHONE_RE, _phone),
-    (_MONEY_RE, _money),
-    (_MONTH_DAY_RE, _month_day),
-    (_DAY_MONTH_RE, _day_month),
-    (_TIME_RE, _time),
-    (_HOUR_AMPM_RE, _hour_ampm),
-    (_PERCENT_RE, _percent),
-    (_UNIT_RE, _unit),
-    (_ORDINAL_RE, lambda m: ordinal(int(m.group(1).replace(",", "")))),
-    (_DECADE_RE, _decade),
-    (_YEAR_RE, _year),
-    (_FRACTION_RE, _fraction),
-    (_VERSION_RE, _version),
-]
-_PASSES = [(pattern, _padded(fn)) for pattern, fn in _PASSES]
+#: (gate, pattern, replacement): a pass runs only when its gate (a plain substring test or a
+#: cheap search) finds something, so text without a shape pays almost nothing for it.
+_Gate = Callable[[str], object]
 
-_HAS_WORK = _compile(r"[\d&#]|\b(?:" + "|".join([*_TITLES, *_WORDS, "Dr", "St", "e\\.g", "i\\.e"]) + r")\.")
-_HAS_ROMAN = _compile(rf"\b(?:{_COUNTED}|{_REGNAL}) [IVXLCDM]")
+
+def _has_any(chars: str) -> _Gate:
+    return lambda text: any(c in text for c in chars)
+
+
+_MONTH_GATE = _compile("|".join(_MONTH_ABBR)).search
+_PASSES: list[tuple[_Gate, re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (_has_any("-"), _ISO_DATE_RE, _iso_date),
+    (_has_any("/"), _SLASH_DATE_RE, _slash_date),
+    (_compile(r"\d[-\s.)]\s?\(?\d").search, _PHONE_RE, _phone),
+    (_has_any("$€£¥"), _MONEY_RE, _money),
+    (_MONTH_GATE, _MONTH_DAY_RE, _month_day),
+    (_MONTH_GATE, _DAY_MONTH_RE, _day_month),
+    (_has_any(":"), _TIME_RE, _time),
+    (_compile(r"\d\s?[AaPp]\.?[Mm]\b").search, _HOUR_AMPM_RE, _hour_ampm),
+    (_has_any("%"), _PERCENT_RE, _percent),
+    (_compile(rf"\d\s?(?:{_UNIT_ALT})(?![\w/])").search, _UNIT_RE, _unit),
+    (_compile(r"\d(?:st|nd|rd|th|ST|ND|RD|TH)\b").search, _ORDINAL_RE, lambda m: ordinal(int(m.group(1).replace(",", "")))),
+    (_compile(r"\d0s\b").search, _DECADE_RE, _decade),
+    (_compile(r"[12]\d{3}").search, _YEAR_RE, _year),
+    (_has_any("/"), _FRACTION_RE, _fraction),
+    (_compile(r"\d\.\d+\.\d").search, _VERSION_RE, _version),
+]
+_PASSES = [(gate, pattern, _padded(fn)) for gate, pattern, fn in _PASSES]
+_padded_decimal = _padded(_decimal)
+
+_ABBREVIATION_GATE = _compile("(?:" + "|".join([*_TITLES, *_WORDS, "Dr", "St", "e\\.g", "i\\.e", "No", "no"]) + r")\.|[&#]")
+_ROMAN_GATE = _compile(r" [IVXL]+\b")
 
 
 def normalize(text: str) -> str:
     """English ``text`` with numbers, dates, times, money, units and abbreviations in words."""
-    if not _HAS_WORK.search(text):
-        return _romans(text)
-    text = _abbreviations(text)
+    if _ABBREVIATION_GATE.search(text):
+        text = _abbreviations(text)
     if _HAS_DIGIT.search(text):
-        text = _SHAPED_RANGE_RE.sub(" to ", text)  # "$5-$10", "9:00-17:00", "10%-20%": before the shapes become words
-        for pattern, replace in _PASSES:
-            text = pattern.sub(replace, text)
-        text = _range(text)
-        text = _SIGNED_RE.sub(_signed, text)
-        text = _DECIMAL_RE.sub(_padded(_decimal), text)
-    return _romans(text)
-
-
-def _romans(text: str) -> str:
-    if not _HAS_ROMAN.search(text):
-        return text
-    text = _COUNTED_RE.sub(_counted_roman, text)
-    return _REGNAL_RE.sub(_regnal_roman, text)
+        if "-" in text or "–" in text:
+            text = _SHAPED_RANGE_RE.sub(" to ", text)  # "$5-$10", "9:00-17:00", "10%-20%": before the shapes become words
+        if "-" in text or "−" in text:
+            text = _MINUS_RE.sub("minus ", text)
+        if "+" in text:
+            text = _PLUS_PERCENT_RE.sub("plus ", text)
+        for gate, pattern, replace in _PASSES:
+            if gate(text):
+                text = pattern.sub(replace, text)
+        if "-" in text or "–" in text:
+            text = _RANGE_RE.sub(" to ", text)
+        if "+" in text:
+            text = _SIGNED_RE.sub(_signed, text)
+        text = _DECIMAL_RE.sub(_padded_decimal, text)
+    if _ROMAN_GATE.search(text):
+        text = _ROMAN_CANDIDATE_RE.sub(_roman, text)
+    return text
