@@ -160,7 +160,7 @@ def _code(match: re.Match[str]) -> str:
 _RANGE_RE = _compile(rf"(?<![\d.])({_NUM_DEC})\s*[-~～–—]\s*(?=\d)", first=r"\d")
 _FRACTION_RE = _compile(r"(?<![\d./])(\d{1,4})/(\d{1,4})(?![\d/])", first=r"\d")
 #: 2 before a measure word is 两 (两个人), not 二; 第2 stays 第二, 2月 二月.
-_TWO_RE = _compile(r"(?<![\d.第])2(?=\s*(?:个|位|只|条|张|本|件|次|种|块|辆|台|双|对|把|瓶|杯|碗|斤|天|周|岁|小时|分钟|年(?!级)|名|人|家|间))", first=r"2")
+_TWO_RE = _compile(r"(?<![\d.第])2(?=\s*(?:个|位|只|条|张|本|件|次|种|块|辆|台|双|对|把|瓶|杯|碗|斤|天|周|岁|小时|分钟|年(?!级)|名|人|家|间|点(?!\d)))", first=r"2")
 _NUMBER_RE = _compile(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+)")
 #: A sign before a number: said first, so the shapes need no sign group (which makes a pattern slow to scan).
 _SIGN_RE = _compile(r"(?<![\d.])([-−+])(?=[¥￥$€£]?\.?\d)", first=r"[-−+]")

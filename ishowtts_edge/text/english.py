@@ -96,6 +96,9 @@ _TITLE_RE = _compile(r"\b(" + "|".join(_TITLES) + r")\.(?=\s+[A-Z])", first=r"[A
 _WORD_RE = _compile(r"\b(" + "|".join(_WORDS) + r")\.(?=(\s+\S)?)", first=r"[A-Za-z]")
 _DOCTOR_SAINT_RE = _compile(r"\b(Dr|St)\.(?=(\s+[A-Z])?)(?=(\s+\S)?)", first=r"[DS]")
 _LATIN_RE = _compile(r"\b(e\.g|i\.e)\.(?=(\s+\S)?)", first=r"[ei]")
+#: Before a number: "Vol. 3", "Fig. 2", "Ch. IV".
+_NUMBERED = {"Vol": "Volume", "Ch": "Chapter", "Fig": "Figure", "Eq": "Equation", "Ex": "Example", "Pt": "Part"}
+_NUMBERED_RE = _compile(r"\b(" + "|".join(_NUMBERED) + r")\.(?=\s*(?:\d|[IVXL]+\b))", first=r"[A-Z]")
 _NUMBER_SIGN_RE = _compile(r"\b(No|no|Nos|nos)\.\s*(?=\d)|#(?=\d)", first=r"[Nn#]")
 
 
@@ -114,6 +117,7 @@ def _abbreviations(text: str) -> str:
                    else _sentence_dot(m, {"Dr": "Drive", "St": "Street"}[m.group(1)], 3)), text)
     text = _LATIN_RE.sub(lambda m: _sentence_dot(m, {"e.g": "for example", "i.e": "that is"}[m.group(1)], 2), text)
     text = _WORD_RE.sub(lambda m: _sentence_dot(m, _WORDS[m.group(1)], 2), text)
+    text = _NUMBERED_RE.sub(lambda m: _NUMBERED[m.group(1)], text)
     text = _NUMBER_SIGN_RE.sub("number ", text)
     return text.replace("&", " and ").replace("  and  ", " and ")
 
@@ -320,7 +324,7 @@ _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000
 #: 1 to 89 only: "Class C" and "Type D" are letters, and nothing counted after these words reaches 90.
 _ROMAN_RE = r"((?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3}))"
 _COUNTED = frozenset("Chapter Part Book Volume Vol Act Scene Section Article Episode Season Phase Level Stage Round "
-                     "Title Appendix Canto Psalm War Type Class Grade Bowl Mark Schedule Amendment".split())
+                     "Title Appendix Canto Psalm War Type Class Grade Bowl Mark Schedule Amendment Figure".split())
 _REGNAL = frozenset(
     "Henry Elizabeth Edward George William Charles James Richard John Mary Louis Philip Frederick Peter Catherine "
     "Alexander Nicholas Ivan Leo Pius Benedict Gregory Paul Innocent Clement Boniface Urban Alfonso Ferdinand Carlos "
@@ -448,7 +452,7 @@ _PASSES: list[tuple[_Gate, re.Pattern[str], Callable[[re.Match[str]], str]]] = [
 _PASSES = [(gate, pattern, _padded(fn)) for gate, pattern, fn in _PASSES]
 _padded_decimal = _padded(_decimal)
 
-_ABBREVIATION_GATE = _compile("(?:" + "|".join([*_TITLES, *_WORDS, "Dr", "St", "e\\.g", "i\\.e", "No", "no"]) + r")\.|[&#]")
+_ABBREVIATION_GATE = _compile("(?:" + "|".join([*_TITLES, *_WORDS, *_NUMBERED, "Dr", "St", "e\\.g", "i\\.e", "No", "no"]) + r")\.|[&#]")
 _ROMAN_GATE = _compile(r" [IVXL]+\b")
 
 
