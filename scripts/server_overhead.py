@@ -11,7 +11,7 @@ wait keeps the engine's thread busy, not asleep):
 
 Their difference is the daemon's code around the engine (parsing, queueing, thread
 hand-offs, encoding the header); the floor is what ZeroMQ costs on this machine.
-Run it on the target (a Jetson, after jetson_clocks) to see what part of the bench's
+Run it on the target (a Jetson, after jetson_clocks) to see what part of `ishowtts-edge bench`'s
 overhead figure is the machine's:
 
     python scripts/server_overhead.py --runs 200 --json out/overhead.json
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from ishowtts_edge.bench.stats import summarize  # noqa: E402  (after the path insert)
 
 SERVER = r'''
 import sys, time
@@ -79,12 +80,6 @@ while True:
         pass
     sock.send_multipart([b'{"v": 1, "ok": true, "op": "synthesize", "id": null}', payload], copy=False)
 '''
-
-
-def summarize(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {"n": len(values), "median": statistics.median(values), "p10": ordered[len(ordered) // 10],
-            "p90": ordered[min(len(ordered) - 1, (len(ordered) * 9) // 10)]}
 
 
 def measure(kind: str, run_dir: Path, wait: float, size: int, runs: int) -> dict:
