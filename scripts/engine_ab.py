@@ -36,7 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ishowtts_edge.bench.stats import summarize  # noqa: E402  (after the path insert)
+from ishowtts_edge.bench.report import write_json  # noqa: E402  (after the path insert)
+from ishowtts_edge.bench.stats import summarize  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over a lazy dog."
 NEW_TEXTS = (
@@ -250,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  vocoder {row['frames']} frames: first {row['first_ms']:.1f} ms, second {row['second_ms']:.1f} ms")
     for name, prof in out.get("profile", {}).items():
         print_profile(name, prof)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return 0
 
 
@@ -420,9 +419,7 @@ def through_daemon(a: argparse.Namespace, settings, run_dir: Path, config: Path 
           f"(CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), first {first['rtf']:.4f} "
           f"({out['first_request']['ratio']:.2f}x), overhead {out['overhead_ms_median']} ms, "
           f"recompiles {out['recompiles_since_ready']}")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return 0
 
 

@@ -20,7 +20,6 @@ overhead figure is the machine's:
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ishowtts_edge.bench.stats import summarize  # noqa: E402  (after the path insert)
+from ishowtts_edge.bench.report import write_json  # noqa: E402  (after the path insert)
+from ishowtts_edge.bench.stats import summarize  # noqa: E402
 
 SERVER = r'''
 import sys, time
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
           f"bare REQ/REP {floor['median'] * 1e3:.3f} ms (p90 {floor['p90'] * 1e3:.3f}), "
           f"ishowtts-edge Server {server['median'] * 1e3:.3f} ms (p90 {server['p90'] * 1e3:.3f}); "
           f"the server adds {out['added_by_server_seconds'] * 1e3:.3f} ms")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return 0
 
 

@@ -152,7 +152,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """One run: 0 when every section ran (or was skipped), 1 when one failed, 2 when it cannot start."""
-    import json
     import shutil
     import tempfile
     import time
@@ -161,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from .daemon import run_daemon
     from .engine import run_engine
     from .measure import GpuClocks, log
-    from .report import print_table, ratios
+    from .report import print_table, ratios, write_json
     from .upstream import UpstreamUnavailable, borrowed_upstream, install_cached_path_placeholder, run_upstream
 
     work_dir = (args.work_dir or default_work_dir()).resolve()
@@ -281,9 +280,8 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(runtime_dir, ignore_errors=True)
     report["failed"] = failed
     report["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(args.json, report)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=str))
         log(f"wrote {args.json}")
     print_table(report)
     return 1 if failed else 0

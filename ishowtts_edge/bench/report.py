@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from .measure import find_row
 from .texts import TTFA_TEXT
+
+
+def write_json(path: Path | None, report: dict[str, Any]) -> None:
+    """The machine-readable report at ``path`` (its folder made), when one was asked for."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1, default=str))
 
 
 def ratios(sections: dict[str, Any]) -> dict[str, Any]:
