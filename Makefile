@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) scripts/bench $(BENCH_ARGS)
+	$(VENV)/bin/ishowtts-edge bench --work-dir .cache/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEV_DIR) .pytest_cache

@@ -143,6 +143,12 @@ def format_status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run
+
+    return run(args)
+
+
 def cmd_model_fetch(args: argparse.Namespace) -> int:
     from .engine.fetch import fetch_model
 
@@ -194,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     vo = command("voices", "list voices")
     vo.add_argument("--json", action="store_true")
     vo.set_defaults(func=cmd_voices)
+
+    from .bench.cli import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="measure this unit: the engine, the daemon and upstream f5-tts side by side")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
 
     model = sub.add_parser("model", help="model files")
     msub = model.add_subparsers(dest="model_command", required=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One engine configuration, measured in-process: the A/B tool behind docs/benchmarks.md's probe rows.
 
-scripts/bench compares upstream, the engine and the daemon at the configured defaults;
+`ishowtts-edge bench` compares upstream, the engine and the daemon at the configured defaults;
 this script answers "what does changing one engine setting do": run it once per
 variant (each in a fresh process, each with an empty compile cache) and compare the
 JSON.  It reports the warm-up (compile + graph capture) time, the first request after
@@ -36,6 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ishowtts_edge.bench.report import write_json  # noqa: E402  (after the path insert)
+from ishowtts_edge.bench.stats import summarize  # noqa: E402
+
 SENTENCE = "The quick brown fox jumps over a lazy dog."
 NEW_TEXTS = (
     "Hello there, friend.",
@@ -65,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--daemon", action="store_true",
                     help="run the variant through the real daemon (child process, requests over ZeroMQ) instead of in-process")
     ap.add_argument("--config", type=Path, default=None,
-                    help="with --daemon: serve this existing TOML (e.g. scripts/bench's bench.toml) as it is, "
+                    help="with --daemon: serve this existing TOML (e.g. the bench's bench.toml) as it is, "
                          "instead of one written from the options above")
     ap.add_argument("--worker-thread", action="store_true",
                     help="in-process: load, warm up and synthesize on a second thread, as the daemon's worker does")
@@ -200,13 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         rtfs.append(synth(SENTENCE, i + 1)[0].rtf)
         if clocks is not None:
             clock_rows.append(clocks())  # read after the request, outside its timing
-    median = statistics.median(rtfs)
     if clock_rows and all(clock_rows):
         out["gpu_clocks"] = clock_summary(clock_rows, rtfs)
-    out["first_request"] = {"rtf": first.rtf, "wall_seconds": wall, "ratio": first.rtf / median}
-    out["steady"] = {"n": len(rtfs), "median": median, "min": min(rtfs), "max": max(rtfs),
-                     "cv": statistics.stdev(rtfs) / statistics.mean(rtfs) if len(rtfs) > 1 else 0.0,
-                     "values": [round(v, 7) for v in rtfs]}
+    out["steady"] = summarize(rtfs)
+    out["first_request"] = {"rtf": first.rtf, "wall_seconds": wall, "ratio": first.rtf / out["steady"]["median"]}
     if a.new_lengths:
         rows = []
         for k, text in enumerate(NEW_TEXTS):
@@ -251,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  vocoder {row['frames']} frames: first {row['first_ms']:.1f} ms, second {row['second_ms']:.1f} ms")
     for name, prof in out.get("profile", {}).items():
         print_profile(name, prof)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return 0
 
 
@@ -282,7 +280,7 @@ def profile_call(fn, sync) -> dict:
 
     Inside CUDA graph replays the profiler's kernel spans overlap, so per-kernel sums can
     exceed the busy time: read them as shares, and time a suspect kernel on its own before
-    acting on it (docs/benchmarks.md, the sixth session's profile).
+    acting on it (docs/benchmarks.md, "Alternatives measured": the position-embedding conv).
     """
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -369,41 +367,27 @@ def settings_toml(settings, telemetry: bool = True) -> str:
 def through_daemon(a: argparse.Namespace, settings, run_dir: Path, config: Path | None = None) -> int:
     """``ishowtts-edge serve`` on the variant's settings; the same requests as in-process, over ZeroMQ.
 
-    This is the cross-check of scripts/bench's daemon section: same engine settings, but
+    This is the cross-check of the bench's daemon section: same engine settings, but
     started by a minimal parent (this one never initialises CUDA) and read from the reply
     headers' synthesis_seconds, so an in-process vs daemon difference can be pinned down.
     """
-    import signal
-    import subprocess
-
-    from ishowtts_edge.client import Client, ClientError
+    from ishowtts_edge.bench.daemon_process import DaemonNotReady, DaemonProcess
+    from ishowtts_edge.client import Client
 
     if config is None:
         config = run_dir / "daemon.toml"
         config.write_text(settings_toml(settings, telemetry=not a.no_telemetry), encoding="utf-8")
     voice = settings.default_voice
-    log_path = run_dir / "daemon.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    started = time.perf_counter()
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "ishowtts_edge.cli", "--config", str(config), "serve"],
-                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    daemon = DaemonProcess(settings.endpoint, run_dir / "daemon.log", config=config)
     try:
-        with Client(settings.endpoint, timeout_s=5.0, retries=0) as client:
-            status: dict = {}
-            while status.get("state") not in ("ready", "degraded"):
-                if proc.poll() is not None:
-                    print(f"engine_ab: daemon exited with {proc.returncode}; log {log_path}:\n"
-                          + log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
-                try:
-                    status = client.status(timeout_s=2.0)
-                except ClientError:
-                    status = {}
-            ready = time.perf_counter() - started
-            client.timeout_s = 600.0
+        try:
+            daemon.wait_ready(timeout=3600.0)
+        except DaemonNotReady as exc:
+            print(f"engine_ab: {str(exc)[-3000:]}\nlog: {daemon.log_path}", file=sys.stderr)
+            return 1
+        ready = time.perf_counter() - daemon.started
+        with Client(settings.endpoint, timeout_s=600.0, retries=0) as client:
+            status = client.status()
 
             def synth(seed: int) -> tuple[dict, float]:
                 t = time.perf_counter()
@@ -414,38 +398,28 @@ def through_daemon(a: argparse.Namespace, settings, run_dir: Path, config: Path 
             rows = [synth(i + 1) for i in range(a.runs)]
             describe = client.status().get("engine") or {}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        daemon.stop()
     rtfs = [h["rtf"] for h, _ in rows]
     overheads = [wall - h["synthesis_seconds"] for h, wall in rows]
-    median = statistics.median(rtfs)
+    steady = summarize(rtfs)
+    median = steady["median"]
     warm = status.get("warmup") or {}
     out = {
-        "tag": a.tag, "argv": sys.argv[1:], "through": "daemon", "daemon_log": str(log_path),
+        "tag": a.tag, "argv": sys.argv[1:], "through": "daemon", "daemon_log": str(daemon.log_path),
         "config": str(config),
         "engine": {k: describe.get(k) for k in ENGINE_KEYS},
         "warmup": {"seconds": warm.get("seconds"), "error": warm.get("error"), "ready_seconds": round(ready, 2),
                    "vocoder_graphs": describe.get("vocoder_graphs")},
         "first_request": {"rtf": first["rtf"], "wall_seconds": first_wall, "ratio": first["rtf"] / median},
-        "steady": {"n": len(rtfs), "median": median, "min": min(rtfs), "max": max(rtfs),
-                   "cv": statistics.stdev(rtfs) / statistics.mean(rtfs) if len(rtfs) > 1 else 0.0,
-                   "values": [round(v, 7) for v in rtfs]},
+        "steady": steady,
         "overhead_ms_median": round(statistics.median(overheads) * 1e3, 3),
         "recompiles_since_ready": describe.get("recompiles_since_ready"),
     }
-    steady = out["steady"]
     print(f"{a.tag} (daemon, attention {out['engine']['attention']}): ready {ready:.1f} s (warm-up {warm.get('seconds')} s), steady RTF {median:.4f} "
           f"(CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), first {first['rtf']:.4f} "
           f"({out['first_request']['ratio']:.2f}x), overhead {out['overhead_ms_median']} ms, "
           f"recompiles {out['recompiles_since_ready']}")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return 0
 
 

@@ -11,7 +11,7 @@ wait keeps the engine's thread busy, not asleep):
 
 Their difference is the daemon's code around the engine (parsing, queueing, thread
 hand-offs, encoding the header); the floor is what ZeroMQ costs on this machine.
-Run it on the target (a Jetson, after jetson_clocks) to see what part of the bench's
+Run it on the target (a Jetson, after jetson_clocks) to see what part of `ishowtts-edge bench`'s
 overhead figure is the machine's:
 
     python scripts/server_overhead.py --runs 200 --json out/overhead.json
@@ -20,8 +20,6 @@ overhead figure is the machine's:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from ishowtts_edge.bench.report import write_json  # noqa: E402  (after the path insert)
+from ishowtts_edge.bench.stats import summarize  # noqa: E402
 
 SERVER = r'''
 import sys, time
@@ -79,12 +80,6 @@ while True:
         pass
     sock.send_multipart([b'{"v": 1, "ok": true, "op": "synthesize", "id": null}', payload], copy=False)
 '''
-
-
-def summarize(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {"n": len(values), "median": statistics.median(values), "p10": ordered[len(ordered) // 10],
-            "p90": ordered[min(len(ordered) - 1, (len(ordered) * 9) // 10)]}
 
 
 def measure(kind: str, run_dir: Path, wait: float, size: int, runs: int) -> dict:
@@ -137,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
           f"bare REQ/REP {floor['median'] * 1e3:.3f} ms (p90 {floor['p90'] * 1e3:.3f}), "
           f"ishowtts-edge Server {server['median'] * 1e3:.3f} ms (p90 {server['p90'] * 1e3:.3f}); "
           f"the server adds {out['added_by_server_seconds'] * 1e3:.3f} ms")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     return 0
 
 

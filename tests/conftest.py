@@ -2,82 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from ishowtts_edge.bench.daemon_process import DaemonProcess as _DaemonProcess
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def daemon_env(tmp: Path, cache: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
+class DaemonProcess(_DaemonProcess):
+    """The daemon on a test's own directories (runtime and state under ``tmp``, the session's demo
+    cache) on the CPU; ``env`` adds or overrides variables (NOTIFY_SOCKET, ISHOWTTS_EDGE_*)."""
+
+    def __init__(self, tmp: Path, cache: Path, config: Path | None = None, **env: str) -> None:
+        self.tmp = tmp
+        paths = {
             "ISHOWTTS_EDGE_PATHS__RUNTIME_DIR": str(tmp / "run"),
             "ISHOWTTS_EDGE_PATHS__STATE_DIR": str(tmp / "state"),
             "ISHOWTTS_EDGE_PATHS__CACHE_DIR": str(cache),
             "ISHOWTTS_EDGE_ENGINE__DEVICE": "cpu",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
         }
-    )
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
-    env.update(extra)
-    return env
-
-
-class DaemonProcess:
-    """``ishowtts-edge serve`` as a child process, its log captured to a file."""
-
-    def __init__(self, tmp: Path, cache: Path, config: Path | None = None, **env: str) -> None:
-        self.tmp = tmp
-        self.endpoint = f"ipc://{tmp / 'run' / 'tts.sock'}"
-        self.log_path = tmp / "daemon.log"
-        # `serve --config X`, as the man page writes it (the Makefile puts --config first).
-        args = [sys.executable, "-m", "ishowtts_edge.cli", "serve"]
-        if config is not None:
-            args += ["--config", str(config)]
-        self.env = daemon_env(tmp, cache, **env)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 240.0) -> dict:
-        from ishowtts_edge.client import Client, ClientError
-
-        deadline = time.monotonic() + timeout
-        with Client(self.endpoint, timeout_s=2.0, retries=0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    health = client.health()
-                    if health["state"] not in ("starting", "loading", "warming"):
-                        return health
-                except ClientError:
-                    pass
-                time.sleep(0.2)
-        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log()}")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        super().__init__(f"ipc://{tmp / 'run' / 'tts.sock'}", tmp / "daemon.log", config=config,
+                         env={**paths, **env}, cwd=tmp)
 
 
 @pytest.fixture

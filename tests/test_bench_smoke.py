@@ -1,6 +1,6 @@
-"""scripts/bench on the CPU with the tiny demo model: the script runs end to end and every section reports.
+"""`ishowtts-edge bench` on the CPU with the tiny demo model: it runs end to end and every section reports.
 
-A smoke test of the script, not a benchmark: it asserts the report's structure and that
+A smoke test of the benchmark, not a benchmark: it asserts the report's structure and that
 every figure is a real, finite number, never what the numbers are.
 """
 
@@ -15,66 +15,55 @@ from pathlib import Path
 
 import pytest
 
+from ishowtts_edge.bench import cli as bench_cli
+from ishowtts_edge.bench import measure, stats, texts
+from ishowtts_edge.cli import build_parser
+
 REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "scripts" / "bench"
+#: What `ishowtts-edge bench` runs, on this checkout's code whatever the working directory.
+BENCH = [sys.executable, "-m", "ishowtts_edge.cli", "bench"]
+BENCH_ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def _load_script():
-    """scripts/bench as a module (it has no .py suffix), for its pure helpers."""
-    import importlib.machinery
-    import importlib.util
-
-    loader = importlib.machinery.SourceFileLoader("bench_script", str(BENCH))
-    spec = importlib.util.spec_from_loader("bench_script", loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_script"] = module  # dataclasses look their module up here
-    loader.exec_module(module)
-    return module
-
-
-def test_texts_have_the_lengths_the_issue_names():
-    bench = _load_script()
-    assert bench.TEXTS["sentence"] == "The quick brown fox jumps over a lazy dog."
-    assert {k: len(v) for k, v in bench.TEXTS.items() if k != "sentence"} == {
+def test_texts_have_the_lengths_the_published_figures_use():
+    assert texts.TEXTS["sentence"] == "The quick brown fox jumps over a lazy dog."
+    assert {k: len(v) for k, v in texts.TEXTS.items() if k != "sentence"} == {
         "chat": 60, "paragraph": 200, "interjection": 10,
     }
 
 
 def test_summary_statistics():
-    bench = _load_script()
-    stats = bench.summarize([1.0, 2.0, 3.0, 4.0, 10.0])
-    assert stats["median"] == 3.0
-    assert stats["p90"] == pytest.approx(4.0 + 0.6 * 6.0)  # numpy's linear interpolation
-    assert stats["cv"] == pytest.approx(3.5355339 / 4.0)  # sample stdev / mean
-    assert bench.summarize([2.0])["cv"] == 0.0
+    summary = stats.summarize([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert summary["median"] == 3.0
+    assert summary["p90"] == pytest.approx(4.0 + 0.6 * 6.0)  # numpy's linear interpolation
+    assert summary["cv"] == pytest.approx(3.5355339 / 4.0)  # sample stdev / mean
+    assert stats.summarize([2.0])["cv"] == 0.0 and stats.summarize([2.0])["p90"] == 2.0
 
 
 def test_sweep_texts_are_whole_words_of_exact_length():
-    bench = _load_script()
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,!?")
-    vocabulary = {w.strip(".,!?").lower() for w in bench.SWEEP_PASSAGE.split()} | set(bench.SWEEP_FILLERS[1:])
-    assert bench.sweep_text(1) == "A"
-    for chars in [*range(1, 301), *bench.SWEEP_LENGTHS, 999]:
-        text = bench.sweep_text(chars)
+    vocabulary = {w.strip(".,!?").lower() for w in texts.SWEEP_PASSAGE.split()} | set(texts.SWEEP_FILLERS[1:])
+    assert texts.sweep_text(1) == "A"
+    for chars in [*range(1, 301), *texts.SWEEP_LENGTHS, 999]:
+        text = texts.sweep_text(chars)
         assert len(text) == chars, (chars, text)
         assert set(text) <= allowed and "  " not in text and text == text.strip(), text
-        assert text == bench.sweep_text(chars)  # deterministic: every side gets the same texts
+        assert text == texts.sweep_text(chars)  # deterministic: every side gets the same texts
         if chars > 1:
             assert text[-1] in ".!?" and text[0].isupper(), text
             # whole words only: nothing is cut in the middle
             assert all(w.strip(".,!?").lower() in vocabulary for w in text.split()), text
     with pytest.raises(ValueError):
-        bench.sweep_text(0)
+        texts.sweep_text(0)
 
 
 def test_overhead_is_split_at_the_daemons_server_seconds():
-    bench = _load_script()
     samples = [
-        bench.Sample(0.5, 4.0, 0.504, server_seconds=0.501, queue_seconds=0.0001),
-        bench.Sample(0.6, 4.0, 0.605, server_seconds=0.602, queue_seconds=0.0003),
+        measure.Sample(0.5, 4.0, 0.504, server_seconds=0.501, queue_seconds=0.0001),
+        measure.Sample(0.6, 4.0, 0.605, server_seconds=0.602, queue_seconds=0.0003),
     ]
     feed = iter(samples)
-    row = bench.measure("t", lambda seed: next(feed), warmup=0, runs=2, breakdown=True)
+    row = measure.measure("t", lambda seed: next(feed), warmup=0, runs=2, breakdown=True)
     assert row["transport_seconds"]["mean"] == pytest.approx((0.003 + 0.003) / 2)
     assert row["daemon_seconds"]["mean"] == pytest.approx((0.001 + 0.002) / 2)
     assert row["queue_seconds"]["max"] == pytest.approx(0.0003)
@@ -82,25 +71,34 @@ def test_overhead_is_split_at_the_daemons_server_seconds():
     assert row["overhead_seconds"]["mean"] == pytest.approx(
         row["transport_seconds"]["mean"] + row["daemon_seconds"]["mean"])
     # a daemon that does not report server_seconds (even for one reply): no split rather than a wrong one
-    older = [bench.Sample(0.5, 4.0, 0.504), bench.Sample(0.5, 4.0, 0.504, server_seconds=0.501)]
-    split = bench.overhead_breakdown(older)
+    older = [measure.Sample(0.5, 4.0, 0.504), measure.Sample(0.5, 4.0, 0.504, server_seconds=0.501)]
+    split = measure.overhead_breakdown(older)
     assert split == {"transport_seconds": None, "daemon_seconds": None, "queue_seconds": None}
-    assert "transport_seconds" not in bench.measure("t", lambda seed: older[0], warmup=0, runs=1)
-    assert bench.series_medians([{"nfe": 7, "text": "chat", "transport_seconds": None}], "transport_seconds") is None
+    assert "transport_seconds" not in measure.measure("t", lambda seed: older[0], warmup=0, runs=1)
+    assert stats.series_medians([{"nfe": 7, "text": "chat", "transport_seconds": None}], "transport_seconds") is None
 
 
 def test_sweep_and_idle_options():
-    bench = _load_script()
-    parser = bench.build_parser()
-    assert parser.parse_args([]).sweep_lengths == bench.SWEEP_LENGTHS
-    assert parser.parse_args([]).idle_seconds == 10.0
-    assert parser.parse_args(["--sweep-lengths", "none"]).sweep_lengths == []
-    assert parser.parse_args(["--sweep-lengths", "20,1,20"]).sweep_lengths == [1, 20]
-    assert parser.parse_args(["--idle-seconds", "0"]).idle_seconds == 0.0
-    for bad in (["--sweep-lengths", "0"], ["--sweep-lengths", "ten"], ["--idle-seconds", "-1"]):
+    parser = build_parser()
+
+    def parse(*args: str):
+        return parser.parse_args(["bench", *args])
+
+    assert parse().sweep_lengths == texts.SWEEP_LENGTHS
+    assert parse().idle_seconds == 10.0
+    assert parse("--sweep-lengths", "none").sweep_lengths == []
+    assert parse("--sweep-lengths", "20,1,20").sweep_lengths == [1, 20]
+    assert parse("--idle-seconds", "0").idle_seconds == 0.0
+    for bad in (["--sweep-lengths", "0"], ["--sweep-lengths", "ten"], ["--idle-seconds", "-1"], ["--runs", "0"],
+                ["--warmup", "-1"], ["--skip", "engine,gpu"]):
         with pytest.raises(SystemExit) as exc:
-            parser.parse_args(bad)
+            parse(*bad)
         assert exc.value.code == 2
+
+
+def test_the_work_dir_defaults_to_the_users_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert bench_cli.default_work_dir() == tmp_path / "ishowtts-edge" / "bench"
 
 
 def _finite(value) -> bool:
@@ -134,12 +132,12 @@ def report(run_dir) -> dict:
     out = tmp / "out.json"
     # --no-cached-path: the placeholder module is what the GPU machine (without cached_path) uses.
     cmd = [
-        sys.executable, str(BENCH), "--device", "cpu", "--model", "demo", "--runs", "2", "--texts", "short",
+        *BENCH, "--device", "cpu", "--model", "demo", "--runs", "2", "--texts", "short",
         "--nfe", "7", "--upstream-nfe", "7", "--warmup", "0", "--step-iterations", "5", "--no-cached-path",
         "--work-dir", str(tmp / "work"), "--json", str(out), "--sweep-lengths", "1,20", "--idle-seconds", "1",
     ]
     # A stray override in the caller's environment must not reach the measured engine.
-    env = {**os.environ, "ISHOWTTS_EDGE_ENGINE__NFE_STEP": "3"}
+    env = {**BENCH_ENV, "ISHOWTTS_EDGE_ENGINE__NFE_STEP": "3"}
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=280, env=env)
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
     assert "RTF med" in proc.stdout  # the printed table
@@ -281,11 +279,11 @@ def test_ratios_against_upstream(report):
 
 def _borrow(run_dir: Path, source: Path, out: Path) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, str(BENCH), "--device", "cpu", "--model", "demo", "--texts", "short",
+        *BENCH, "--device", "cpu", "--model", "demo", "--texts", "short",
         "--skip", "engine,daemon", "--upstream-from", str(source),
         "--work-dir", str(run_dir / "work"), "--json", str(out),
     ]
-    return subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=120, env=BENCH_ENV)
 
 
 def test_upstream_section_can_be_borrowed_from_an_earlier_report(report, run_dir):
@@ -309,10 +307,28 @@ def test_borrowing_refuses_a_report_of_something_else(report, run_dir):
     assert not (run_dir / "refused.json").exists()
 
 
+def test_without_the_bench_extra_upstream_is_skipped_with_a_clear_message(tmp_path):
+    """The .deb carries no hydra (nor the rest of the `bench` extra): upstream is skipped, said why, the rest runs."""
+    out = tmp_path / "no-extra.json"
+    without_hydra = "import sys; sys.modules['hydra'] = None; from ishowtts_edge.cli import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", without_hydra, "bench", "--device", "cpu", "--model", "demo", "--texts", "short",
+         "--upstream-nfe", "7", "--skip", "engine,daemon", "--no-cached-path", "--work-dir", str(tmp_path / "work"),
+         "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=BENCH_ENV,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    skipped = report["sections"]["upstream"]["skipped"]
+    assert "'hydra'" in skipped and "`bench` extra" in skipped
+    assert report["failed"] == [] and report["ratios"] == {}
+    assert f"upstream: skipped: {skipped}" in proc.stdout
+
+
 def test_bad_arguments_are_refused_clearly(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--texts", "sonnet", "--work-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        [*BENCH, "--texts", "sonnet", "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env=BENCH_ENV,
     )
     assert proc.returncode == 2
     assert "unknown text 'sonnet'" in proc.stderr
@@ -414,17 +430,16 @@ def test_bench_clock_rows_follow_the_gpu(tmp_path: Path) -> None:
     from ishowtts_edge.config import TelemetryConfig
     from ishowtts_edge.telemetry import open_direct_source
 
-    bench = _load_script()
     board = FakeBoard(tmp_path)
-    clocks = bench.GpuClocks(open_direct_source(TelemetryConfig(sysfs_root=board.sysfs_root)))
+    clocks = measure.GpuClocks(open_direct_source(TelemetryConfig(sysfs_root=board.sysfs_root)))
     freqs = iter([1_300_500_000, 612_000_000, 1_300_500_000])
 
     def synth(seed: int):
         if seed < 10_000:  # a timed call (warm-up calls use seeds from 10000): the GPU clock moves
             board.set_gpu_freq(cur_hz=next(freqs))
-        return bench.Sample(seconds=0.1, audio_seconds=1.0, wall_seconds=0.1)
+        return measure.Sample(seconds=0.1, audio_seconds=1.0, wall_seconds=0.1)
 
-    row = bench.measure("fake", synth, warmup=1, runs=3, clocks=clocks)
+    row = measure.measure("fake", synth, warmup=1, runs=3, clocks=clocks)
     assert row["gpu_clock"]["source"] == "sysfs"
     assert row["gpu_clock"]["mhz"]["values"] == [1300.5, 612.0, 1300.5]
     assert row["gpu_clock"]["mhz"]["min"] == 612.0
@@ -432,8 +447,8 @@ def test_bench_clock_rows_follow_the_gpu(tmp_path: Path) -> None:
     # the GPU node vanishes mid-run (early boot, a driver reload): the series is still
     # measured, and a row without a single reading says so with None instead of a number
     board.remove_gpu()
-    fixed = lambda seed: bench.Sample(seconds=0.1, audio_seconds=1.0, wall_seconds=0.1)  # noqa: E731
-    row = bench.measure("clock gone", fixed, warmup=0, runs=2, clocks=clocks)
+    fixed = lambda seed: measure.Sample(seconds=0.1, audio_seconds=1.0, wall_seconds=0.1)  # noqa: E731
+    row = measure.measure("clock gone", fixed, warmup=0, runs=2, clocks=clocks)
     assert row["rtf"]["n"] == 2 and row["gpu_clock"] is None
 
 

@@ -186,6 +186,12 @@ if out=$(as_user /usr/bin/ishowtts-edge --version 2>&1); then
 else
     fail "ishowtts-edge --version: $out"
 fi
+# The benchmark ships with the package, so an owner can measure their own unit (docs/benchmarks.md).
+if out=$(as_user /usr/bin/ishowtts-edge bench --help 2>&1); then
+    ok "ishowtts-edge bench --help ($(echo "$out" | head -1))"
+else
+    fail "ishowtts-edge bench --help: $out"
+fi
 if out=$(in_root /usr/bin/ishowtts-edge-hwctl --help 2>&1); then
     ok "ishowtts-edge-hwctl --help ($(echo "$out" | head -1))"
 else
