@@ -23,6 +23,8 @@ def daemon_env(tmp: Path, cache: Path, **extra: str) -> dict[str, str]:
             "ISHOWTTS_EDGE_PATHS__STATE_DIR": str(tmp / "state"),
             "ISHOWTTS_EDGE_PATHS__CACHE_DIR": str(cache),
             "ISHOWTTS_EDGE_ENGINE__DEVICE": "cpu",
+            # Never the host's node_exporter directory; a test that wants the textfile creates this.
+            "ISHOWTTS_EDGE_METRICS__TEXTFILE_DIR": str(tmp / "metrics"),
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
         }
