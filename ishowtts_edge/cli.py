@@ -139,6 +139,10 @@ def format_status(s: dict[str, Any]) -> str:
     t = s.get("telemetry") or {}
     if t:
         lines.append(f"  telemetry: {t.get('summary') or t.get('source') or t}")
+    m = s.get("metrics") or {}
+    if m:
+        state = "written" if m.get("written") else f"not written: {m.get('problem') or 'not yet'}"
+        lines.append(f"  metrics:   {m.get('textfile')} ({state})")
     monitor = s.get("monitor")
     if monitor:
         from .monitor import format_status as monitor_lines

@@ -144,8 +144,10 @@ class DaemonCollector:
     # -- service -------------------------------------------------------------------------
 
     def _service(self, s: dict[str, Any]) -> Iterable[Metric]:
-        info = GaugeMetricFamily("ishowtts_build_info", "The daemon's version.", labels=["version"])
-        info.add_metric([__version__], 1)
+        engine = s.get("engine") or {}
+        info = GaugeMetricFamily("ishowtts_build_info", "The daemon's version and the model it serves.",
+                                 labels=["version", "model", "device", "dtype"])
+        info.add_metric([__version__, *(_label(engine.get(k) or "") for k in ("model", "device", "dtype"))], 1)
         yield info
         start = getattr(self.daemon, "started", None)
         if start is not None:
@@ -155,6 +157,9 @@ class DaemonCollector:
         for name in STATES:
             state.add_metric([name], 1 if s.get("state") == name else 0)
         yield state
+        ready = bool(self.daemon.health().get("ready"))
+        yield GaugeMetricFamily("ishowtts_ready", "1 while synthesis requests are accepted (ready, or degraded "
+                                "with a loaded model).", value=1 if ready else 0)
         degraded = GaugeMetricFamily("ishowtts_degraded", "1 per cause keeping the daemon degraded.", labels=["cause"])
         for cause in sorted(s.get("degraded") or {}):
             degraded.add_metric([_label(cause)], 1)
@@ -170,7 +175,7 @@ class DaemonCollector:
         if warmup.get("seconds") is not None:
             yield GaugeMetricFamily("ishowtts_warmup_seconds", "How long loading's warm-up (compiles, graphs) took.",
                                     value=warmup["seconds"])
-        recompiles = (s.get("engine") or {}).get("recompiles_since_ready")
+        recompiles = engine.get("recompiles_since_ready")
         if isinstance(recompiles, int):
             yield CounterMetricFamily("ishowtts_recompilations",
                                       "torch.compile graphs compiled after READY (each costs a slow request).",

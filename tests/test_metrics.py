@@ -324,3 +324,36 @@ def test_an_unwritable_directory_is_a_warning_naming_the_fix_once(tmp_path, capl
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "ReadWritePaths" in warnings[0].getMessage()
     assert not (directory / TEXTFILE_NAME).exists()
+
+
+def _operations_monitoring() -> str:
+    text = (REPO / "docs" / "operations.md").read_text()
+    return text.split("\n## Monitoring\n", 1)[1].split("\n## ", 1)[0]
+
+
+@needs_promtool
+def test_the_documented_alert_rules_and_queries_pass_promtool(tmp_path):
+    section = _operations_monitoring()
+    rules = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert rules.count("- alert:") == 3
+    (tmp_path / "alerts.yml").write_text(rules)
+    # The queries, each as a recording rule: promtool parses every expression.
+    block = section.split("### Looking without Grafana", 1)[1]
+    lines = [line[4:] for line in block.splitlines() if line.startswith("    ") and not line.startswith("    #")]
+    queries, current = [], ""
+    for line in lines:
+        if line.startswith("  ") and current:  # a continued expression
+            current += " " + line.strip()
+            continue
+        if current:
+            queries.append(current)
+        current = line.strip()
+    queries.append(current)
+    assert len(queries) >= 10
+    recording = {"groups": [{"name": "docs", "rules": [{"record": f"docs:query{i}", "expr": q}
+                                                         for i, q in enumerate(queries)]}]}
+    (tmp_path / "queries.yml").write_text(json.dumps(recording))  # JSON is YAML
+    for name in ("alerts.yml", "queries.yml"):
+        check = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / name)], capture_output=True, text=True,
+                               timeout=60)
+        assert check.returncode == 0, f"{name}:\n{check.stdout}{check.stderr}"
