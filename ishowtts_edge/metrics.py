@@ -338,8 +338,11 @@ class TextfileWriter:
         while not self._stop.is_set():
             try:
                 self.write_once()
-            except Exception:  # a collector bug must not end the metrics, nor the daemon
-                log.exception("metrics textfile write failed")
+            except Exception as exc:  # a collector bug must not end the metrics, nor the daemon
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != self._problem:  # once per distinct fault, not every interval
+                    log.exception("metrics textfile write failed")
+                self._problem = problem
             self._stop.wait(self.interval_s)
 
     def write_once(self) -> bool:
