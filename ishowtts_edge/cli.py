@@ -104,6 +104,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status.get("state") in ("ready", "degraded") else 1
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Print the exposition as node_exporter's textfile collector would serve it."""
+    with _client(args) as client:
+        sys.stdout.write(client.metrics())
+    return 0
+
+
 def format_status(s: dict[str, Any]) -> str:
     lines = [f"ishowtts-edge {s.get('version', '?')}  state: {s.get('state')}  pid {s.get('pid')}  up {s.get('uptime_s', 0):.0f} s"]
     if s.get("detail"):
@@ -132,6 +139,10 @@ def format_status(s: dict[str, Any]) -> str:
     t = s.get("telemetry") or {}
     if t:
         lines.append(f"  telemetry: {t.get('summary') or t.get('source') or t}")
+    m = s.get("metrics") or {}
+    if m:
+        state = "written" if m.get("written") else f"not written: {m.get('problem') or 'not yet'}"
+        lines.append(f"  metrics:   {m.get('textfile')} ({state})")
     monitor = s.get("monitor")
     if monitor:
         from .monitor import format_status as monitor_lines
@@ -196,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = command("status", "show the daemon's state, RTF, hardware and alerts")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    me = command("metrics", "print the daemon's Prometheus metrics (text exposition format)")
+    me.set_defaults(func=cmd_metrics)
 
     vo = command("voices", "list voices")
     vo.add_argument("--json", action="store_true")

@@ -135,6 +135,10 @@ class Client:
     def health(self, timeout_s: float | None = None) -> dict[str, Any]:
         return self.request("health", timeout_s=timeout_s)[0]
 
+    def metrics(self, timeout_s: float | None = None) -> str:
+        """The daemon's Prometheus exposition (text format 0.0.4)."""
+        return self.request("metrics", timeout_s=timeout_s)[0]["text"]
+
     def voices(self) -> list[dict[str, Any]]:
         return self.request("voices")[0]["voices"]
 

@@ -287,6 +287,21 @@ class MonitorConfig(_Section):
         return self
 
 
+class MetricsConfig(_Section):
+    """Prometheus metrics (ishowtts_edge.metrics): a textfile for node_exporter, and the ``metrics`` op.
+
+    The daemon opens no network socket for them: node_exporter's textfile collector
+    serves the file it writes.
+    """
+
+    #: Write ``ishowtts-edge.prom`` into textfile_dir every interval_s (false: only the ``metrics`` op).
+    textfile: bool = True
+    #: node_exporter's --collector.textfile.directory; the default is the Debian
+    #: prometheus-node-exporter package's.  Not created: a missing directory means no node_exporter.
+    textfile_dir: Path = Path("/var/lib/prometheus/node-exporter")
+    interval_s: float = Field(default=5.0, ge=0.1, le=300)
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -304,6 +319,7 @@ class Settings(BaseSettings):
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     #: The file this was read from (None: defaults and environment only).

@@ -108,6 +108,8 @@ class Daemon:
         self.helper: Any = None
         self.preflight: Any = None
         self.sampler: Any = None
+        self.metrics: Any = None  # metrics.Metrics, from _on_start
+        self.textfile: Any = None  # metrics.TextfileWriter when [metrics] textfile is on
 
     # -- SynthesisBackend ------------------------------------------------------------
 
@@ -142,6 +144,9 @@ class Daemon:
         if last is None or last[0] != request.id:
             return
         result, params = last[1], request.params
+        if self.metrics is not None:  # the self-test is a request like any other here
+            self.metrics.on_synthesis(result, params.voice if params is not None and params.voice else (
+                None if request.attachments else self.settings.default_voice))
         if self._is_self_test(request):
             return  # a short warm-up text: not a sample of what users get, so not monitored
         log.info(
@@ -170,6 +175,8 @@ class Daemon:
             return self.health()
         if request.op == "voices":
             return {"voices": self.engine.voices() if self.engine is not None else []}
+        if request.op == "metrics":
+            return self.metrics.reply()
         return self.status()
 
     # -- status ------------------------------------------------------------------------
@@ -214,6 +221,7 @@ class Daemon:
             "monitor": self.hub.status() if self.hub is not None else None,
             "hardware": self._hardware_status(),
             "telemetry": self._telemetry_status(),
+            "metrics": self.textfile.status() if self.textfile is not None else None,
         }
 
     def _telemetry_status(self) -> dict[str, Any] | None:
@@ -425,6 +433,18 @@ class Daemon:
             expect_clocks_locked=False,
         )
         self._make_telemetry()
+        self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        """Per-request figures through the server's reply hook; the textfile from now until stop."""
+        from .metrics import Metrics, TextfileWriter
+
+        self.metrics = Metrics(self)
+        if self.server is not None:
+            self.server.on_reply = self.metrics.on_reply
+        if self.settings.metrics.textfile:
+            self.textfile = TextfileWriter(self.metrics, self.settings.metrics)
+            self.textfile.start()
 
     def _reapply(self) -> dict[str, Any]:
         """Remediation: ask the helper to apply the power mode and clocks again."""
@@ -551,6 +571,8 @@ class Daemon:
         log.info("stopped")
 
     def _on_stop(self) -> None:
+        if self.textfile is not None:
+            self.textfile.stop()  # no figures left behind that look current
         if self.sampler is not None:
             self.sampler.stop()
         if self.hub is not None:

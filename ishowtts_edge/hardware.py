@@ -94,6 +94,8 @@ class PreflightResult:
     clocks_locked: bool | None = None
     reboot_required: bool = False
     changes: list[str] = field(default_factory=list)
+    #: The clocks jetson_clocks locked (gpu_hz, cpu_hz: the lowest core, emc_hz); None when not locked.
+    clock_targets: dict[str, int | None] | None = None
 
     @property
     def summary(self) -> str:
@@ -108,6 +110,7 @@ class PreflightResult:
             "clocks_locked": self.clocks_locked,
             "reboot_required": self.reboot_required,
             "changes": list(self.changes),
+            "clock_targets": self.clock_targets,
         }
 
 
@@ -117,6 +120,18 @@ def mode_matches(mode: dict[str, Any] | None, wanted: str | int) -> bool:
     if isinstance(wanted, int):
         return mode.get("id") == wanted
     return mode.get("name") == wanted
+
+
+def clock_targets(query: dict[str, Any]) -> dict[str, int | None] | None:
+    """What a helper query shows the clocks locked at (the metrics compare telemetry with it)."""
+    if not query.get("clocks_locked"):
+        return None
+    cpus = [c.get("max_khz") for c in query.get("cpu") or [] if c.get("online") and c.get("max_khz")]
+    return {
+        "gpu_hz": (query.get("gpu") or {}).get("max_hz"),
+        "cpu_hz": min(cpus) * 1000 if cpus else None,
+        "emc_hz": (query.get("emc") or {}).get("max_hz"),
+    }
 
 
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -179,7 +194,8 @@ def _preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
     mode = before.get("power_mode")
     locked = bool(before.get("clocks_locked"))
     if mode_matches(mode, cfg.power_mode) and locked:
-        return PreflightResult("ok", f"power mode {mode['name']}, clocks locked", mode, True)
+        return PreflightResult("ok", f"power mode {mode['name']}, clocks locked", mode, True,
+                               clock_targets=clock_targets(before))
     wanted = f"power mode {cfg.power_mode} with clocks locked"
     now = f"power mode {(mode or {}).get('name')}, clocks {'locked' if locked else 'not locked'}"
     if not cfg.apply_at_start:
@@ -213,6 +229,7 @@ def _preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
             after_locked,
             reboot_required=True,
             changes=changes,
+            clock_targets=clock_targets(after),
         )
     return PreflightResult(
         "applied",
@@ -220,4 +237,5 @@ def _preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
         after_mode,
         after_locked,
         changes=changes,
+        clock_targets=clock_targets(after),
     )

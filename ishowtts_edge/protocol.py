@@ -56,9 +56,9 @@ class ServiceError(Exception):
         self.op = op
 
 
-OPS = ("synthesize", "voices", "status", "health", "ping")
+OPS = ("synthesize", "voices", "status", "health", "ping", "metrics")
 #: Ops answered by the front end at once, never queued behind a synthesis.
-CONTROL_OPS = frozenset({"voices", "status", "health", "ping"})
+CONTROL_OPS = frozenset({"voices", "status", "health", "ping", "metrics"})
 AUDIO_FORMATS = ("wav", "pcm_s16le", "f32le")
 
 

@@ -74,6 +74,8 @@ class _Job:
     #: perf_counter when the ROUTER handed us the request (before parsing): server_seconds starts here.
     received_at: float
     queued_at: float = field(default_factory=time.monotonic)
+    #: "ok" or the error code the synthesis was answered with.
+    outcome: str = "ok"
 
 
 @dataclass
@@ -195,6 +197,9 @@ class Server:
         #: monotonic start of the job the worker is running, None when idle.
         self.job_started: float | None = None
         self._closing = False
+        #: Called after every reply: (op or None, "ok" or error code, seconds since receipt,
+        #: queue seconds of a synthesis that ran or None).  The daemon's metrics.
+        self.on_reply: Callable[[str | None, str, float, float | None], None] | None = None
         #: Runs first on the worker thread: the daemon loads and warms up the engine there, so
         #: per-thread CUDA state (cuBLAS/cuDNN handles) is created before READY, not by the
         #: first request.
@@ -254,6 +259,7 @@ class Server:
                 job = self._jobs.popleft()
                 self._pending -= 1
                 self._send(job.envelope + error_reply(job.request.id, ErrorCode.SHUTTING_DOWN, "daemon is stopping", "synthesize"))
+                self._replied("synthesize", ErrorCode.SHUTTING_DOWN.value, job.received_at)
         deadline = time.monotonic() + timeout_s
         while self._pending > 0 and time.monotonic() < deadline:
             self.poll(100)
@@ -299,6 +305,13 @@ class Server:
     def _poke_reader(self) -> None:
         (self._wake_worker if self._worker_reads else self._wake_loop).poke()
 
+    def _replied(self, op: str | None, code: str, received_at: float, queue_seconds: float | None = None) -> None:
+        if self.on_reply is not None:
+            try:
+                self.on_reply(op, code, time.perf_counter() - received_at, queue_seconds)
+            except Exception:  # metrics must never cost a reply
+                log.error("reply hook failed\n%s", traceback.format_exc())
+
     def _send(self, frames: list[Any]) -> None:
         if self._router is None:  # closed under a worker that finished late
             return
@@ -323,6 +336,7 @@ class Server:
             self.stats.requests[op] += 1
             if op in CONTROL_OPS:
                 self._send(envelope + ok_reply(request_id, op, self.backend.control(request)))
+                self._replied(op, "ok", received_at)
                 return
             refusal = ErrorCode.SHUTTING_DOWN if self._closing else None
             if refusal is not None:
@@ -342,10 +356,12 @@ class Server:
             op = op or exc.op
             log.info("request refused %s", kv(id=rid, op=op, code=exc.code.value, reason=exc.message))
             self._send(envelope + error_reply(rid, exc.code, exc.message, op))
+            self._replied(op, exc.code.value, received_at)
         except Exception as exc:  # a bug in a control op must not kill the loop
             self.stats.errors[ErrorCode.INTERNAL.value] += 1
             log.error("control request failed %s\n%s", kv(id=request_id, op=op), traceback.format_exc())
             self._send(envelope + error_reply(request_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", op))
+            self._replied(op, ErrorCode.INTERNAL.value, received_at)
 
     # -- worker side ---------------------------------------------------------------
 
@@ -394,6 +410,7 @@ class Server:
             return job
 
     def _execute(self, job: _Job) -> None:
+        started = self.job_started
         try:
             reply = self._run(job)
         finally:
@@ -406,6 +423,8 @@ class Server:
                 # the serving loop, reading while this job ran, must not sleep through it.
                 if self._router is not None and self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     self._poke_reader()
+        self._replied(job.request.op, job.outcome, job.received_at,
+                      started - job.queued_at if started is not None else None)
         after = getattr(self.backend, "after_reply", None)
         if after is not None:
             try:
@@ -423,10 +442,12 @@ class Server:
             return ok_reply(request.id, request.op, header, attachments)
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
+            job.outcome = exc.code.value
             log.warning("synthesis failed %s", kv(id=request.id, code=exc.code.value, reason=exc.message))
             return error_reply(request.id, exc.code, exc.message, request.op)
         except Exception as exc:
             self.stats.errors[ErrorCode.INTERNAL.value] += 1
+            job.outcome = ErrorCode.INTERNAL.value
             log.error("synthesis crashed %s\n%s", kv(id=request.id, error=type(exc).__name__), traceback.format_exc())
             return error_reply(request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request.op)
 

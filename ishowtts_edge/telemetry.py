@@ -553,7 +553,7 @@ def _nvml_reasons(n: Any, mask: int) -> list[str]:
 
 
 def open_direct_source(cfg: TelemetryConfig | None = None) -> TelemetrySource | None:
-    """A source read synchronously by tools (scripts/bench, engine_ab.py), not by the daemon.
+    """A source read synchronously by tools (ishowtts-edge bench, engine_ab.py), not by the daemon.
 
     sysfs first (a Jetson's devfreq node, no service needed), then NVML (a dGPU host);
     jtop is left out because a benchmark must not depend on its service.  None where neither

@@ -24,6 +24,8 @@ class DaemonProcess(_DaemonProcess):
             "ISHOWTTS_EDGE_PATHS__STATE_DIR": str(tmp / "state"),
             "ISHOWTTS_EDGE_PATHS__CACHE_DIR": str(cache),
             "ISHOWTTS_EDGE_ENGINE__DEVICE": "cpu",
+            # Never the host's node_exporter directory; a test that wants the textfile creates this.
+            "ISHOWTTS_EDGE_METRICS__TEXTFILE_DIR": str(tmp / "metrics"),
         }
         super().__init__(f"ipc://{tmp / 'run' / 'tts.sock'}", tmp / "daemon.log", config=config,
                          env={**paths, **env}, cwd=tmp)

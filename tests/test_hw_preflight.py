@@ -132,3 +132,22 @@ def test_garbage_from_the_socket_degrades_instead_of_raising(tmp_path):
         thread.join(5)
         server.close()
     assert result.state == "degraded" and "unreadable reply" in result.message
+
+
+def test_preflight_reports_the_clocks_it_locked_as_targets_for_the_metrics(world_tmp, run_helper):
+    from fakes import orin
+
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    cfg = cfg_for(run_helper(board), board)
+    applied = run_preflight(cfg)
+    assert applied.state == "applied"
+    targets = {"gpu_hz": orin.GPU_FREQS_HZ[-1], "cpu_hz": orin.CPU_FREQS_KHZ[-1] * 1000, "emc_hz": orin.EMC_MAX_HZ}
+    assert applied.clock_targets == targets
+    assert run_preflight(cfg).clock_targets == targets  # already locked: the same, read from the query
+    assert applied.to_dict()["clock_targets"] == targets
+
+
+def test_no_clock_targets_while_the_clocks_are_not_locked(world_tmp, run_helper):
+    board = FakeBoard(world_tmp, power_mode="MODE_50W")
+    result = run_preflight(cfg_for(run_helper(board), board, apply_at_start=False))
+    assert result.state == "degraded" and result.clock_targets is None
