@@ -321,6 +321,13 @@ def wait_pending(server: Server, n: int) -> None:
     assert server.pending == n
 
 
+def wait_running(backend: RecordingBackend, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while text not in backend.order and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert text in backend.order
+
+
 def test_a_peer_that_never_reads_its_replies_cannot_block_the_others(served):
     """A DEALER pipelining thousands of requests and reading nothing fills its reply pipe; its replies
     are then dropped and counted, never waited for, and every other client keeps being answered."""
@@ -368,7 +375,7 @@ def test_waiting_requests_of_several_clients_are_served_round_robin(serving):
     server, backend = serving(max_queue=8, per_client=8)
     a = dealer(server.endpoint)
     dealer_send(a, {"op": "synthesize", "text": "a1"})
-    wait_pending(server, 1)
+    wait_running(backend, "a1")
     for text in ("a2", "a3", "a4"):
         dealer_send(a, {"op": "synthesize", "text": text})
     wait_pending(server, 4)
@@ -398,7 +405,9 @@ def test_one_client_cannot_hold_more_than_its_share_of_the_queue(serving):
 def test_a_full_queue_makes_room_for_a_client_with_less_waiting(serving):
     server, backend = serving(max_queue=2, per_client=3)
     a = dealer(server.endpoint)
-    for text in ("a1", "a2", "a3"):
+    dealer_send(a, {"op": "synthesize", "id": "a1", "text": "a1"})
+    wait_running(backend, "a1")
+    for text in ("a2", "a3"):
         dealer_send(a, {"op": "synthesize", "id": text, "text": text})
     wait_pending(server, 3)
     b = req(server.endpoint, {"op": "synthesize", "id": "b1", "text": "b1"})
@@ -414,7 +423,7 @@ def test_interactive_requests_run_before_bulk_ones_without_starving_them(serving
     server, backend = serving(max_queue=10, per_client=10)
     bulk, live = dealer(server.endpoint), dealer(server.endpoint)
     dealer_send(bulk, {"op": "synthesize", "text": "hold", "priority": "bulk"})
-    wait_pending(server, 1)
+    wait_running(backend, "hold")
     for n in range(1, 5):
         dealer_send(bulk, {"op": "synthesize", "text": f"x{n}", "priority": "bulk"})
     wait_pending(server, 5)
