@@ -36,7 +36,7 @@ def daemon_env(tmp: Path, cache: Path, **extra: str) -> dict[str, str]:
 class DaemonProcess:
     """``ishowtts-edge serve`` as a child process, its log captured to a file."""
 
-    def __init__(self, tmp: Path, cache: Path, config: Path | None = None, **env: str) -> None:
+    def __init__(self, tmp: Path, cache: Path, config: Path | None = None, preexec_fn=None, **env: str) -> None:
         self.tmp = tmp
         self.endpoint = f"ipc://{tmp / 'run' / 'tts.sock'}"
         self.log_path = tmp / "daemon.log"
@@ -46,7 +46,8 @@ class DaemonProcess:
             args += ["--config", str(config)]
         self.env = daemon_env(tmp, cache, **env)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
+        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp,
+                                     preexec_fn=preexec_fn)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
