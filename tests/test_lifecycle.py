@@ -285,3 +285,20 @@ def test_sigterm_cancels_a_synthesis_longer_than_the_drain_and_exits_cleanly(tmp
         assert "terminate called" not in proc.log()
     finally:
         proc.stop()
+
+
+def test_the_units_stop_timeout_covers_the_drain_the_cancellation_and_closing():
+    """systemd SIGKILLs a daemon still busy at TimeoutStopSec: the drain, the cancelled synthesis
+    reaching its next step and closing must all fit, by default, with room to spare."""
+    import re
+
+    from ishowtts_edge.config import ServerConfig
+    from ishowtts_edge.daemon import CANCEL_GRACE_S
+    from ishowtts_edge.server import Server
+
+    unit = (REPO / "systemd" / "ishowtts-edge.service").read_text()
+    stop_s = int(re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.M).group(1))
+    defaults = ServerConfig()
+    assert stop_s >= defaults.drain_timeout_s + CANCEL_GRACE_S + Server.JOIN_SECONDS + 5
+    nofile = int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1))
+    assert nofile >= 4 * defaults.max_connections  # connection_cap() would not lower the default
