@@ -255,9 +255,10 @@ class _ConnectionGate:
 
 def _same_endpoint(name: Any, endpoint: str) -> bool:
     """Whether an accepted socket's local address is ``endpoint`` (guards against a reused descriptor)."""
-    path = ipc_path(endpoint)
-    if path is not None:
-        return isinstance(name, (str, bytes)) and os.fsdecode(name) == str(path)
+    if endpoint.startswith("ipc://"):
+        path = ipc_path(endpoint)
+        want = str(path) if path is not None else "\0" + endpoint[len("ipc://@"):]  # "@name": abstract namespace
+        return isinstance(name, (str, bytes)) and os.fsdecode(name) == want
     if isinstance(name, tuple) and len(name) >= 2:
         return endpoint.rsplit(":", 1)[-1] in (str(name[1]), "*")
     return False
@@ -291,9 +292,8 @@ class Server:
     #: Requests read per batch; the reader comes straight back for more, but another thread
     #: (the worker taking its next job, the serving loop checking for SIGTERM) gets the lock between.
     BATCH = 64
-    #: Control requests one peer may have answered per batch; the rest of its batch gets ``busy``
-    #: (cheap, unlike ``status``), so a pipelining peer cannot make the reader spend its time on it.
-    CONTROL_PER_PEER_BATCH = 8
+    #: Peers remembered as not reading their replies (bounded: connections are capped anyway).
+    MAX_CONGESTED = 4096
     #: When both priorities wait, every BULK_EVERY-th pick is a bulk request.
     BULK_EVERY = 4
     #: How long a replaced worker is waited for at close.
@@ -332,7 +332,9 @@ class Server:
         self._waiting = 0
         self._per_peer: Counter[bytes] = Counter()  # waiting + running, by peer
         self._bulk_passed = 0  # interactive picks in a row while bulk work waited
-        self._batch_controls: Counter[bytes] = Counter()  # control requests by peer in the batch being read
+        #: Peers whose last reply could not be delivered because they stopped reading: their requests
+        #: get a cheap ``busy`` (no status built, nothing queued) until a reply reaches them again.
+        self._congested: OrderedDict[bytes, None] = OrderedDict()
         self._running: _Job | None = None
         #: True while the idle worker is the socket's reader; else the serving loop reads.
         self._worker_reads = False
@@ -474,10 +476,9 @@ class Server:
 
         Reading until EAGAIN also re-arms ZMQ_FD: it signals again only for new input.
         The ROUTER reads its peers' pipes in turn (fair-queued), so one peer's flood
-        takes one share of a batch, and its control requests beyond a few get ``busy``.
+        takes one share of a batch, and once it stops reading, a cheap ``busy`` each.
         """
         assert self._router is not None
-        self._batch_controls.clear()
         for _ in range(self.BATCH):
             try:
                 frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -493,13 +494,20 @@ class Server:
         """Send without ever waiting: a reply the peer cannot take now is dropped and counted."""
         if self._router is None:  # closed under a worker that finished late
             return False
+        peer = frames[0]
         try:
             self._router.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            self._congested.pop(peer, None)
             return True
         except zmq.Again:  # the peer's pipe is full: it stopped reading its replies
             reason = "peer_full"
+            self._congested[peer] = None
+            self._congested.move_to_end(peer)
+            if len(self._congested) > self.MAX_CONGESTED:
+                self._congested.popitem(last=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer went away
             reason = "peer_gone" if exc.errno == zmq.EHOSTUNREACH else exc.strerror
+            self._congested.pop(peer, None)
         self.stats.replies_dropped[reason] += 1
         self._log_dropped(logging.INFO, "reply dropped", reason=reason, total=sum(self.stats.replies_dropped.values()))
         return False
@@ -519,11 +527,10 @@ class Server:
             request = parse_request(body, self.limits)
             request_id, op = request.wire_id, request.op
             self.stats.requests[op] += 1
+            if peer in self._congested:  # in flight: more unread replies than ZeroMQ holds for it
+                raise ServiceError(ErrorCode.BUSY, "this client is not reading its replies; read them, then retry",
+                                   request_id=request_id)
             if op in CONTROL_OPS:
-                self._batch_controls[peer] += 1
-                if self._batch_controls[peer] > self.CONTROL_PER_PEER_BATCH:
-                    raise ServiceError(ErrorCode.BUSY, "too many requests at once from this client; read the replies first",
-                                           request_id=request_id)
                 self._send(envelope + ok_reply(request_id, op, self.backend.control(request)))
                 return
             if self._closing:

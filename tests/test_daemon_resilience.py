@@ -85,6 +85,24 @@ def test_a_second_daemon_on_the_same_endpoint_refuses_to_start_and_leaves_the_fi
     assert limited.proc.poll() is None
 
 
+def test_an_integer_id_comes_back_as_an_integer_and_bulk_work_is_served(limited):
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(limited.endpoint)
+    try:
+        for header in ({"op": "ping", "id": 41}, {"op": "synthesize", "id": 42, "text": 5},
+                       {"op": "synthesize", "id": 43, "text": "Bulk.", "priority": "bulk", "seed": 1}):
+            sock.send_multipart([json.dumps(header).encode()])
+            assert sock.poll(60000)
+            reply = json.loads(sock.recv_multipart()[0])
+            assert reply["id"] == header["id"], reply  # before: "41", a string
+        assert reply["ok"] is True, reply
+    finally:
+        sock.close()
+    with Client(limited.endpoint, timeout_s=60) as c:
+        assert c.synthesize("Bulk again.", priority="bulk", seed=1).header["ok"] is True
+
+
 def test_hundreds_of_idle_connections_are_refused_above_the_cap_and_the_others_still_served(limited):
     """Before: ~NOFILE idle connections made libzmq abort the daemon (EMFILE in the ipc accept)."""
     path = limited.endpoint[len("ipc://"):]
