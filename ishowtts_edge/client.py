@@ -152,11 +152,18 @@ class Client:
         ref_text: str | None = None,
         timeout_s: float | None = None,
         retry: bool = False,
+        priority: str | None = None,
         **sampling: Any,
     ) -> Synthesis:
         """Synthesize ``text``.  ``sampling`` may hold nfe_step, cfg_strength, sway_sampling_coef, speed, seed,
-        normalize and echo_text (docs/protocol.md)."""
+        normalize and echo_text (docs/protocol.md).
+
+        ``priority`` is ``"interactive"`` (the daemon's default) or ``"bulk"`` for work nobody
+        waits on: waiting interactive requests run first (docs/protocol.md).
+        """
         fields: dict[str, Any] = {"text": text, "format": format}
+        if priority is not None:
+            fields["priority"] = priority
         if voice is not None:
             fields["voice"] = voice
         if ref_text is not None:

@@ -61,6 +61,14 @@ class ServerConfig(_Section):
     max_reference_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     #: Synthesis requests allowed to wait behind the running one before ``busy`` is answered.
     max_queue: int = Field(default=4, ge=0)
+    #: Synthesis requests one client (one ZeroMQ socket) may have waiting or running.
+    max_queue_per_client: int = Field(default=2, ge=1)
+    #: Client connections at once; more are shut as they arrive.  Lowered at start when the
+    #: descriptor limit (LimitNOFILE) leaves no room for them.
+    max_connections: int = Field(default=512, ge=1, le=65536)
+    #: At stop, how long the running synthesis may take to finish before it is cancelled.
+    #: The unit's TimeoutStopSec must exceed it by at least 10 s (docs/operations.md).
+    drain_timeout_s: float = Field(default=15.0, ge=0, le=3600)
 
     @field_validator("endpoint", "events_endpoint")
     @classmethod

@@ -19,6 +19,7 @@ import fcntl
 import gc
 import logging
 import os
+import resource
 import secrets
 import signal
 import sys
@@ -33,6 +34,7 @@ from pydantic import BaseModel
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+from .endpoints import EndpointError, claim
 from .logs import kv
 from .notify import Notifier
 from .protocol import ErrorCode, Limits, Request, ServiceError
@@ -59,6 +61,13 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 PASSING_CAUSES = ("out_of_memory", "self_test")
 #: What SIGHUP applies; every other setting was built into sockets, threads or the model at start.
 RELOADABLE_SETTINGS = ("default_voice", "voices")
+#: At stop, after server.drain_timeout_s, how long a cancelled synthesis has to reach its next
+#: step.  drain_timeout_s + this + a few seconds of closing must stay under the unit's TimeoutStopSec.
+CANCEL_GRACE_S = 5.0
+#: Exit status when the endpoint is taken by another process (EX_CANTCREAT); man page, operations.md.
+EXIT_ENDPOINT_IN_USE = 73
+#: The descriptor limit asked for when the hard limit is unlimited.
+NOFILE_WANTED = 65536
 
 
 class AlreadyRunning(RuntimeError):
@@ -77,6 +86,19 @@ def _acquire_lock(runtime_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (1024 by default is ~1,000 clients); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("descriptor limit not raised %s", kv(soft=soft, hard=hard, reason=exc))
+    return soft
 
 
 class Daemon:
@@ -126,7 +148,7 @@ class Daemon:
         assert params is not None
         reference = request.attachments[0] if request.attachments else None
         try:
-            result = self.engine.synthesize(params, reference)
+            result = self.engine.synthesize(params, reference, cancel=request.cancel)
         except ServiceError as exc:
             if exc.code == ErrorCode.OUT_OF_MEMORY:
                 self._degrade("out_of_memory", f"CUDA out of memory at {time.strftime('%H:%M:%S')}: {exc.message}")
@@ -394,23 +416,52 @@ class Daemon:
 
     def run(self) -> int:
         self._lock_fd = _acquire_lock(self.settings.paths.runtime_dir)
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        nofile = raise_nofile_limit()
         s = self.settings
+        try:
+            claim(s.endpoint)  # before anything else binds or starts: refuse a taken endpoint at once
+        except EndpointError as exc:
+            return self._refuse_endpoint(exc)
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         limits = Limits(s.server.max_message_bytes, s.server.max_text_chars, s.server.max_reference_bytes)
         self._loading.set()
-        self.server = Server(s.endpoint, self, limits, s.server.max_queue, startup=self._load)
+        self.server = Server(s.endpoint, self, limits, s.server.max_queue, startup=self._load,
+                             max_queue_per_client=s.server.max_queue_per_client, max_connections=s.server.max_connections)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
         self.notifier.extend_timeout(EXTEND_BY_SECONDS)
         self.notifier.status("starting")
         self._on_start()
-        self.server.bind()  # starts the worker, which loads the engine
+        try:
+            self.server.bind()  # starts the worker, which loads the engine
+        except EndpointError as exc:  # taken between the probe and the bind
+            self.server = None
+            self._on_stop()
+            return self._refuse_endpoint(exc)
+        log.debug("descriptor limit %s", kv(nofile=nofile))
+        worker_stopped = False
         try:
             self._serve()
         finally:
-            self._shutdown()
+            worker_stopped = self._shutdown()
+        if not worker_stopped:
+            # The worker is still inside a native call (torch) that did not reach a cancellation
+            # point.  Finalizing the interpreter now would end that thread from under C++ frames
+            # when it next takes the GIL: "terminate called without an active exception", SIGABRT.
+            # Everything is closed and logged already; leave without finalizing.
+            log.warning("exiting with the synthesis worker still busy")
+            logging.shutdown()
+            os._exit(0)
         return 0
+
+    def _refuse_endpoint(self, exc: EndpointError) -> int:
+        log.error("cannot listen: %s", exc)
+        self.notifier.status(f"cannot listen: {exc}")
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        return EXIT_ENDPOINT_IN_USE
 
     def _on_start(self) -> None:
         """Events socket, RTF monitor and telemetry: all optional, all degrade rather than stop us."""
@@ -561,14 +612,18 @@ class Daemon:
         self._set_state("stopping")
         log.info("stopping: finishing the running request")
 
-    def _shutdown(self) -> None:
+    def _shutdown(self) -> bool:
+        """Drain, cancel what still runs, close; True when the synthesis worker has ended."""
+        worker_stopped = True
         if self.server is not None:
-            self.server.drain(timeout_s=30.0)
-            self.server.close()
+            self.server.drain(self.settings.server.drain_timeout_s, CANCEL_GRACE_S)
+            worker_stopped = self.server.close()
         self._on_stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+            self._lock_fd = None
         log.info("stopped")
+        return worker_stopped
 
     def _on_stop(self) -> None:
         if self.textfile is not None:

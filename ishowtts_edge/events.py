@@ -11,13 +11,10 @@ telemetry thread and the remediation thread, so every send goes through one lock
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
 import os
-import socket
-import stat
 import threading
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from .endpoints import EndpointError, claim, ipc_path
 from .logs import kv
 
 logger = logging.getLogger(__name__)
@@ -58,9 +56,11 @@ class EventPublisher:
             name = endpoint[len("ipc://") :]
             if not name:
                 raise EventPublisherError(f"events endpoint {endpoint!r}: empty ipc path")
-            if not name.startswith("@"):  # "@name" is Linux's abstract namespace: no file
-                self._ipc_path = Path(name)
-                _prepare_ipc_path(self._ipc_path, endpoint)
+            self._ipc_path = ipc_path(endpoint)  # None for "@name", Linux's abstract namespace: no file
+            try:
+                claim(endpoint)
+            except EndpointError as exc:
+                raise EventPublisherError(f"events endpoint {exc}") from None
         elif not endpoint.startswith("tcp://"):
             raise EventPublisherError(f"events endpoint {endpoint!r}: must start with ipc:// or tcp://")
 
@@ -143,40 +143,6 @@ class EventPublisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _prepare_ipc_path(path: Path, endpoint: str) -> None:
-    """Create the directory; remove a socket file left by a crashed daemon, refuse a live one."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EventPublisherError(f"events endpoint {endpoint}: cannot create {path.parent}: {exc}") from None
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise EventPublisherError(f"events endpoint {endpoint}: {path} exists and is not a socket; not removing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        pass  # nobody listens: stale
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise EventPublisherError(f"events endpoint {endpoint}: cannot probe {path}: {exc}") from None
-    else:
-        raise EventPublisherError(
-            f"events endpoint {endpoint}: {path} is in use by another process (is another daemon running?)"
-        )
-    finally:
-        probe.close()
-    logger.info("stale events socket removed %s", kv(path=path))
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def _strict_json(value: Any) -> Any:

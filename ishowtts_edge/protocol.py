@@ -47,7 +47,7 @@ class ServiceError(Exception):
     """An error that becomes an error reply with a stable code."""
 
     def __init__(
-        self, code: ErrorCode, message: str, *, request_id: str | None = None, op: str | None = None
+        self, code: ErrorCode, message: str, *, request_id: str | int | None = None, op: str | None = None
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -60,6 +60,9 @@ OPS = ("synthesize", "voices", "status", "health", "ping", "metrics")
 #: Ops answered by the front end at once, never queued behind a synthesis.
 CONTROL_OPS = frozenset({"voices", "status", "health", "ping", "metrics"})
 AUDIO_FORMATS = ("wav", "pcm_s16le", "f32le")
+#: Synthesis priorities, most urgent first: waiting ``interactive`` work runs before ``bulk``
+#: work, except that every few picks go to ``bulk`` so it is never starved (docs/protocol.md).
+PRIORITIES = ("interactive", "bulk")
 
 
 class SynthesizeParams(BaseModel):
@@ -81,6 +84,7 @@ class SynthesizeParams(BaseModel):
     normalize: bool = True
     #: Return the text as spoken (after normalisation) in the reply header's ``text``.
     echo_text: bool = False
+    priority: Literal["interactive", "bulk"] = "interactive"
 
     @field_validator("cfg_strength", "sway_sampling_coef", "speed", mode="before")
     @classmethod
@@ -102,13 +106,49 @@ class SynthesizeParams(BaseModel):
         return value
 
 
+class Cancellation:
+    """Asks a running request to stop at its next step; the engine raises the error it carries.
+
+    Set from another thread (the serving loop at shutdown, later a ``cancel`` op): one
+    attribute written under the GIL, read between chunks and sampling steps.
+    """
+
+    __slots__ = ("_code", "_message")
+
+    def __init__(self) -> None:
+        self._code: ErrorCode | None = None
+        self._message = ""
+
+    def cancel(self, code: ErrorCode, message: str) -> None:
+        if self._code is None:
+            self._message = message
+            self._code = code
+
+    @property
+    def cancelled(self) -> bool:
+        return self._code is not None
+
+    def check(self) -> None:
+        """Raise the cancellation's ServiceError if the request was cancelled."""
+        if self._code is not None:
+            raise ServiceError(self._code, self._message)
+
+
 @dataclass
 class Request:
     op: str
+    #: The id as text, for logs and bookkeeping.
     id: str
     header: dict[str, Any]
     attachments: list[bytes] = field(default_factory=list)
     params: SynthesizeParams | None = None
+    #: The id exactly as the client sent it (a string or an integer), echoed in the reply.
+    wire_id: str | int | None = None
+    cancel: Cancellation = field(default_factory=Cancellation)
+
+    def __post_init__(self) -> None:
+        if self.wire_id is None:
+            self.wire_id = self.id
 
 
 @dataclass(frozen=True)
@@ -144,16 +184,19 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
         raise ServiceError(ErrorCode.BAD_REQUEST, "header has a string with a lone UTF-16 surrogate (\\ud800-\\udfff)")
 
     raw_id = header.get("id")
+    wire_id: str | int
     if raw_id is None:
-        request_id = uuid.uuid4().hex[:12]
+        wire_id = uuid.uuid4().hex[:12]
     elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and len(str(raw_id)) <= 128:
-        request_id = str(raw_id)
+        wire_id = raw_id  # echoed as sent: an integer stays a JSON number
     else:
         raise ServiceError(ErrorCode.BAD_REQUEST, "id must be a string or integer of at most 128 characters")
 
+    request_id = str(wire_id)
+
     def fail(code: ErrorCode, message: str) -> ServiceError:
         known_op = op if isinstance(op, str) and op in OPS else None
-        return ServiceError(code, message, request_id=request_id, op=known_op)
+        return ServiceError(code, message, request_id=wire_id, op=known_op)
 
     op = header.get("op")
     version = header.get("v", PROTOCOL_VERSION)
@@ -165,7 +208,7 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
         raise fail(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(OPS)}")
 
     attachments = list(frames[1:])
-    request = Request(op=op, id=request_id, header=header, attachments=attachments)
+    request = Request(op=op, id=request_id, header=header, attachments=attachments, wire_id=wire_id)
     if op != "synthesize":
         if attachments:
             raise fail(ErrorCode.BAD_REQUEST, f"op {op} takes no binary frames, got {len(attachments)}")
@@ -227,12 +270,12 @@ def encode_header(header: dict[str, Any]) -> bytes:
         return json.dumps(header, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
-def ok_reply(request_id: str | None, op: str, payload: dict[str, Any], attachments: list[bytes] | None = None) -> list[bytes]:
+def ok_reply(request_id: str | int | None, op: str, payload: dict[str, Any], attachments: list[bytes] | None = None) -> list[bytes]:
     header = {"v": PROTOCOL_VERSION, "ok": True, "id": request_id, "op": op, **payload}
     return [encode_header(header), *(attachments or [])]
 
 
-def error_reply(request_id: str | None, code: ErrorCode, message: str, op: str | None = None) -> list[bytes]:
+def error_reply(request_id: str | int | None, code: ErrorCode, message: str, op: str | None = None) -> list[bytes]:
     header = {
         "v": PROTOCOL_VERSION,
         "ok": False,

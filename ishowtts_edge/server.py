@@ -18,28 +18,39 @@ ZeroMQ sockets are not thread-safe but may move between threads behind a full me
 barrier: every call on the ROUTER is made under one lock, and neither thread sleeps in
 a ZeroMQ call while it holds the lock; both sleep on the socket's ZMQ_FD notification
 descriptor (plus a wake-up pipe each) instead.
+
+No peer can stall the others.  Replies are sent without blocking: one a peer cannot
+take now (it stopped reading and its pipe is full, or it left) is dropped for that
+peer and counted, never waited for.  Waiting synthesis requests sit in one bounded
+queue per peer, served round-robin, ``interactive`` before ``bulk`` (docs/protocol.md,
+"Queueing and fairness").  A side thread watches the ROUTER's connections (libzmq's
+socket monitor) and shuts connections above the cap as they arrive, so the process
+never runs out of descriptors (libzmq aborts when an ipc accept fails with EMFILE).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import select
-import stat
+import socket
 import threading
 import time
 import traceback
 import weakref
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import zmq
 
+from .endpoints import EndpointInUse, claim, connect_endpoint, ipc_path, release, restrict_ipc
 from .logs import kv
 from .protocol import (
     CONTROL_OPS,
+    PRIORITIES,
     ErrorCode,
     Limits,
     Request,
@@ -77,48 +88,58 @@ class _Job:
     #: "ok" or the error code the synthesis was answered with.
     outcome: str = "ok"
 
+    @property
+    def peer(self) -> bytes:
+        return self.envelope[0]
+
+    @property
+    def priority(self) -> str:
+        params = self.request.params
+        return params.priority if params is not None else PRIORITIES[0]
+
 
 @dataclass
 class ServerStats:
     requests: Counter = field(default_factory=Counter)  # by op
     errors: Counter = field(default_factory=Counter)  # by code
+    #: Replies that could not be delivered, by why: ``peer_full`` (the peer stopped reading), ``peer_gone``.
+    replies_dropped: Counter = field(default_factory=Counter)
+    #: Connections open now, the cap, and how many were shut at once because the cap was reached.
+    connections: int = 0
+    max_connections: int = 0
+    connections_refused: int = 0
     started_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "errors": dict(self.errors), "started_at": self.started_at}
+        return {
+            "requests": dict(self.requests),
+            "errors": dict(self.errors),
+            "replies_dropped": dict(self.replies_dropped),
+            "connections": {"open": self.connections, "max": self.max_connections, "refused": self.connections_refused},
+            "started_at": self.started_at,
+        }
 
 
-def ipc_path(endpoint: str) -> Path | None:
-    return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
+class _RateLimitedLog:
+    """One line now, then at most one every ``every_s`` with how many were held back: a flood must not flood the journal."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last = -float("inf")
+        self._held = 0
+
+    def __call__(self, level: int, message: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self._held += 1
+            return
+        if self._held:
+            fields["similar_since_last"] = self._held
+        self._last, self._held = now, 0
+        log.log(level, "%s %s", message, kv(**fields))
 
 
-def connect_endpoint(bound: str) -> str:
-    """Where a local client reaches a socket bound at ``bound`` (a wildcard tcp host means loopback)."""
-    for wildcard, loopback in (("tcp://*:", "tcp://127.0.0.1:"), ("tcp://0.0.0.0:", "tcp://127.0.0.1:"),
-                               ("tcp://[::]:", "tcp://[::1]:")):
-        if bound.startswith(wildcard):
-            return loopback + bound[len(wildcard):]
-    return bound
-
-
-def prepare_ipc(endpoint: str) -> None:
-    """Create the socket's directory; remove a stale socket file left by a crash."""
-    path = ipc_path(endpoint)
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def restrict_ipc(endpoint: str, mode: int = 0o660) -> None:
-    """Owner and group only: local apps reach the daemon through its group."""
-    path = ipc_path(endpoint)
-    if path is not None and path.exists():
-        os.chmod(path, mode)
+__all__ = ["Server", "ServerStats", "connect_endpoint", "ipc_path", "synthesis_payload"]
 
 
 class _Wakeup:
@@ -153,6 +174,114 @@ def _sleep_on(fds: list[int], timeout_s: float) -> None:
     poller.poll(max(0, int(timeout_s * 1000)))  # PEP 475: a signal does not end it early
 
 
+class _ConnectionGate:
+    """Counts the ROUTER's connections and shuts every new one above the cap at once.
+
+    libzmq reports each accepted connection with its descriptor (the socket monitor's
+    ACCEPTED event); shutting that descriptor down makes libzmq drop the connection
+    (DISCONNECTED) while the listener and every other connection stay as they are.
+    Unbinding would not do: it closes the connections accepted on the endpoint too.
+    A refused client's ZeroMQ socket reconnects by itself and gets in once a connection
+    closes.  Runs on its own thread so it keeps up with a burst of connections while
+    the worker synthesizes; it never touches the ROUTER itself.
+    """
+
+    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+    def __init__(self, monitor: zmq.Socket, endpoint: str, cap: int, stats: ServerStats) -> None:
+        self._monitor = monitor
+        self._endpoint = endpoint
+        self._stats = stats
+        stats.max_connections = cap
+        self.cap = cap
+        self._open: set[int] = set()
+        self._refused: set[int] = set()
+        self._stop = threading.Event()
+        self._log_refused = _RateLimitedLog()
+        self._thread = threading.Thread(target=self._run, name="connection-gate", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        try:
+            while not self._stop.is_set():
+                if not self._monitor.poll(200):
+                    continue
+                event = recv_monitor_message(self._monitor)
+                if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                    return
+                self._on_event(int(event["event"]), int(event["value"]))
+        except zmq.ZMQError as exc:  # the context is being torn down
+            log.debug("connection gate ended %s", kv(reason=exc.strerror))
+        finally:
+            self._monitor.close(linger=0)
+
+    def _on_event(self, event: int, fd: int) -> None:
+        if event == zmq.EVENT_DISCONNECTED:
+            if fd in self._refused:
+                self._refused.discard(fd)
+            else:
+                self._open.discard(fd)
+        elif event == zmq.EVENT_ACCEPTED:
+            if len(self._open) < self.cap:
+                self._open.add(fd)
+            elif self._shut(fd):
+                self._refused.add(fd)
+                self._stats.connections_refused += 1
+                self._log_refused(logging.WARNING, "connection refused: too many clients", open=len(self._open), max=self.cap)
+            else:
+                self._open.add(fd)  # not ours after all (already gone): its DISCONNECTED still comes
+        self._stats.connections = len(self._open)
+
+    def _shut(self, fd: int) -> bool:
+        """shutdown() the accepted socket ``fd``, after checking it still is a connection to our endpoint."""
+        try:
+            sock = socket.socket(fileno=fd)  # no dup: near the descriptor limit there may be none to spare
+        except OSError:
+            return False
+        try:
+            if not _same_endpoint(sock.getsockname(), self._endpoint):
+                return False
+            sock.shutdown(socket.SHUT_RDWR)
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.detach()  # the descriptor stays libzmq's: it closes it when it drops the connection
+
+
+def _same_endpoint(name: Any, endpoint: str) -> bool:
+    """Whether an accepted socket's local address is ``endpoint`` (guards against a reused descriptor)."""
+    if endpoint.startswith("ipc://"):
+        path = ipc_path(endpoint)
+        want = str(path) if path is not None else "\0" + endpoint[len("ipc://@"):]  # "@name": abstract namespace
+        return isinstance(name, (str, bytes)) and os.fsdecode(name) == want
+    if isinstance(name, tuple) and len(name) >= 2:
+        return endpoint.rsplit(":", 1)[-1] in (str(name[1]), "*")
+    return False
+
+
+def connection_cap(configured: int) -> int:
+    """``configured``, or less when the descriptor limit leaves no room for that many and a margin.
+
+    Half of the descriptors still free at bind go to clients: the other half is for what
+    the engine opens later and for connections accepted before the gate shuts them.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    return max(1, min(configured, (soft - in_use) // 2))
+
+
 class Server:
     """Call :meth:`bind`, then :meth:`poll` repeatedly from one thread (the serving loop).
 
@@ -162,6 +291,15 @@ class Server:
 
     #: The idle worker's longest sleep: a safety net, close() and new requests wake it anyway.
     WORKER_IDLE_SECONDS = 1.0
+    #: Requests read per batch; the reader comes straight back for more, but another thread
+    #: (the worker taking its next job, the serving loop checking for SIGTERM) gets the lock between.
+    BATCH = 64
+    #: Peers remembered as not reading their replies (bounded: connections are capped anyway).
+    MAX_CONGESTED = 4096
+    #: When both priorities wait, every BULK_EVERY-th pick is a bulk request.
+    BULK_EVERY = 4
+    #: How long a replaced worker is waited for at close.
+    JOIN_SECONDS = 2.0
 
     def __init__(
         self,
@@ -171,19 +309,35 @@ class Server:
         max_queue: int,
         context: zmq.Context | None = None,
         startup: Callable[[], None] | None = None,
+        *,
+        max_queue_per_client: int | None = None,
+        max_connections: int = 512,
     ) -> None:
         self.endpoint = endpoint
         self.backend = backend
         self.limits = limits
         self.context = context or zmq.Context.instance()
         self.stats = ServerStats()
+        #: Synthesis requests waiting behind the running one, all peers together.
         self.max_queue = max_queue
+        #: Synthesis requests one peer may have waiting or running.
+        self.max_queue_per_client = max(1, max_queue_per_client if max_queue_per_client is not None else max_queue + 1)
+        self.max_connections = max_connections
         #: Guards the ROUTER and the fields below it; never held while sleeping.
         self._lock = threading.Lock()
         self._router: zmq.Socket | None = None
         self._router_fd = -1
-        self._jobs: deque[_Job] = deque()
-        self._pending = 0  # queued + running
+        self._ipc_inode: int | None = None
+        self._gate: _ConnectionGate | None = None
+        #: Waiting jobs: per priority, per peer (round-robin: a served peer moves to the back).
+        self._queues: dict[str, OrderedDict[bytes, deque[_Job]]] = {p: OrderedDict() for p in PRIORITIES}
+        self._waiting = 0
+        self._per_peer: Counter[bytes] = Counter()  # waiting + running, by peer
+        self._bulk_passed = 0  # interactive picks in a row while bulk work waited
+        #: Peers whose last reply could not be delivered because they stopped reading: their requests
+        #: get a cheap ``busy`` (no status built, nothing queued) until a reply reaches them again.
+        self._congested: OrderedDict[bytes, None] = OrderedDict()
+        self._running: _Job | None = None
         #: True while the idle worker is the socket's reader; else the serving loop reads.
         self._worker_reads = False
         self._stopped = False
@@ -200,6 +354,7 @@ class Server:
         #: Called after every reply: (op or None, "ok" or error code, seconds since receipt,
         #: queue seconds of a synthesis that ran or None).  The daemon's metrics.
         self.on_reply: Callable[[str | None, str, float, float | None], None] | None = None
+        self._log_dropped = _RateLimitedLog()
         #: Runs first on the worker thread: the daemon loads and warms up the engine there, so
         #: per-thread CUDA state (cuBLAS/cuDNN handles) is created before READY, not by the
         #: first request.
@@ -208,20 +363,38 @@ class Server:
     # -- life cycle ---------------------------------------------------------------
 
     def bind(self) -> None:
-        prepare_ipc(self.endpoint)
+        """Claim the endpoint (EndpointInUse when something answers there), bind, start the worker."""
+        claim(self.endpoint)
         router = self.context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 1000)
         # A hard memory guard per frame; messages between the configured limit and
         # this get a polite too_large reply, bigger ones drop the connection.
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_message_bytes)
+        # Unroutable replies raise (EHOSTUNREACH) instead of vanishing; every send is NOBLOCK,
+        # so a full peer raises EAGAIN instead of blocking: both are counted as dropped.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.bind(self.endpoint)
-        restrict_ipc(self.endpoint)
+        try:
+            router.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            router.close(linger=0)
+            if exc.errno == zmq.EADDRINUSE:
+                raise EndpointInUse(f"{self.endpoint}: {exc.strerror} (is another daemon running?)") from None
+            raise
+        try:
+            self._ipc_inode = restrict_ipc(self.endpoint)
+        except OSError as exc:
+            log.warning("socket permissions not set %s", kv(endpoint=self.endpoint, error=exc))
+        cap = connection_cap(self.max_connections)
+        if cap < self.max_connections:
+            log.warning("fewer clients than configured: descriptor limit %s",
+                        kv(max_connections=cap, configured=self.max_connections,
+                           nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        self._gate = _ConnectionGate(router.get_monitor_socket(_ConnectionGate.EVENTS), self.endpoint, cap, self.stats)
         self._router = router
         self._router_fd = router.getsockopt(zmq.FD)
         self._worker = threading.Thread(target=self._work, name="synthesis-worker", daemon=True)
         self._worker.start()
-        log.info("listening %s", kv(endpoint=self.endpoint))
+        log.info("listening %s", kv(endpoint=self.endpoint, max_connections=cap))
 
     def worker_alive(self, max_job_seconds: float) -> bool:
         """True while the worker thread runs and is not stuck in one job for too long."""
@@ -232,7 +405,8 @@ class Server:
 
     @property
     def pending(self) -> int:
-        return self._pending
+        """Synthesis requests waiting or running."""
+        return self._waiting + (self._running is not None)
 
     def poll(self, timeout_ms: int) -> None:
         """Serving-loop side: read the socket for up to ``timeout_ms`` while the worker is busy.
@@ -251,50 +425,67 @@ class Server:
             if not self._worker_reads and self._router is not None:
                 self._read_batch()
 
-    def drain(self, timeout_s: float) -> None:
-        """Stop taking work; answer queued jobs with shutting_down; wait for the running one."""
+    def drain(self, timeout_s: float, cancel_after_s: float = 5.0) -> bool:
+        """Stop taking work and answer the waiting jobs ``shutting_down``; give the running one
+        ``timeout_s`` to finish, then cancel it (its client gets ``shutting_down``) and give it
+        ``cancel_after_s`` to reach its next step.  True when nothing runs any more.
+        """
         with self._lock:
             self._closing = True
-            while self._jobs:
-                job = self._jobs.popleft()
-                self._pending -= 1
-                self._send(job.envelope + error_reply(job.request.id, ErrorCode.SHUTTING_DOWN, "daemon is stopping", "synthesize"))
+            for job in self._take_all_waiting():
+                self._send(job.envelope + error_reply(job.request.wire_id, ErrorCode.SHUTTING_DOWN, "daemon is stopping", "synthesize"))
                 self._replied("synthesize", ErrorCode.SHUTTING_DOWN.value, job.received_at)
-        deadline = time.monotonic() + timeout_s
-        while self._pending > 0 and time.monotonic() < deadline:
-            self.poll(100)
-        if self._pending > 0:
-            log.warning("stopping with a synthesis still running %s", kv(waited_s=timeout_s))
+        if not self._wait_idle(timeout_s):
+            running = self._running
+            if running is not None:
+                log.warning("stopping: cancelling the running synthesis %s", kv(id=running.request.id, waited_s=timeout_s))
+                running.request.cancel.cancel(ErrorCode.SHUTTING_DOWN, "daemon is stopping; the synthesis was cancelled")
+            if not self._wait_idle(cancel_after_s):
+                log.warning("stopping with a synthesis still running %s", kv(waited_s=timeout_s + cancel_after_s))
+                return False
+        return True
 
-    def close(self) -> None:
+    def _wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.pending > 0 and time.monotonic() < deadline:
+            self.poll(min(100, max(1, int((deadline - time.monotonic()) * 1000))))
+        return self.pending == 0
+
+    def close(self) -> bool:
+        """Close the socket and remove its file.  True when the worker thread has ended
+        (False: it is still inside a synthesis that did not stop, see Daemon.run)."""
         with self._lock:
             self._closing = self._stopped = True
         self._wake_worker.poke()
         self._wake_loop.poke()
-        # An idle worker leaves its select() at once; one stuck in a synthesis is not waited for
-        # (it is a daemon thread, and finds the socket closed if it ever finishes).
+        # An idle worker leaves its sleep at once; one stuck in a synthesis is waited for only
+        # briefly (it finds the socket closed if it ever finishes).
         if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=2.0)
+            self._worker.join(timeout=self.JOIN_SECONDS)
         with self._lock:
             if self._router is not None:
+                try:
+                    self._router.disable_monitor()
+                except zmq.ZMQError:
+                    pass
                 self._router.close(linger=500)
                 self._router = None
-        path = ipc_path(self.endpoint)
-        if path is not None:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        if self._gate is not None:
+            self._gate.close()
+        release(self.endpoint, self._ipc_inode)
+        return self._worker is None or not self._worker.is_alive()
 
     # -- either reader (called with the lock held) ----------------------------------------
 
     def _read_batch(self) -> None:
-        """Everything the ROUTER holds now, handled; bounded so a flood cannot starve a reply.
+        """What the ROUTER holds now, handled; bounded so a flood cannot starve a reply.
 
         Reading until EAGAIN also re-arms ZMQ_FD: it signals again only for new input.
+        The ROUTER reads its peers' pipes in turn (fair-queued), so one peer's flood
+        takes one share of a batch, and once it stops reading, a cheap ``busy`` each.
         """
         assert self._router is not None
-        for _ in range(64):
+        for _ in range(self.BATCH):
             try:
                 frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -312,13 +503,27 @@ class Server:
             except Exception:  # metrics must never cost a reply
                 log.error("reply hook failed\n%s", traceback.format_exc())
 
-    def _send(self, frames: list[Any]) -> None:
+    def _send(self, frames: list[Any]) -> bool:
+        """Send without ever waiting: a reply the peer cannot take now is dropped and counted."""
         if self._router is None:  # closed under a worker that finished late
-            return
+            return False
+        peer = frames[0]
         try:
-            self._router.send_multipart(frames, copy=False)
-        except zmq.ZMQError as exc:  # the client went away (EHOSTUNREACH): nothing to answer
-            log.info("reply dropped, client gone %s", kv(reason=exc.strerror))
+            self._router.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            self._congested.pop(peer, None)
+            return True
+        except zmq.Again:  # the peer's pipe is full: it stopped reading its replies
+            reason = "peer_full"
+            self._congested[peer] = None
+            self._congested.move_to_end(peer)
+            if len(self._congested) > self.MAX_CONGESTED:
+                self._congested.popitem(last=False)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer went away
+            reason = "peer_gone" if exc.errno == zmq.EHOSTUNREACH else exc.strerror
+            self._congested.pop(peer, None)
+        self.stats.replies_dropped[reason] += 1
+        self._log_dropped(logging.INFO, "reply dropped", reason=reason, total=sum(self.stats.replies_dropped.values()))
+        return False
 
     def _handle(self, frames: list[bytes]) -> None:
         received_at = time.perf_counter()
@@ -328,33 +533,34 @@ class Server:
         except ValueError:
             split = 1
         envelope, body = frames[:split], frames[split:]
-        request_id: str | None = None
+        peer = envelope[0]
+        request_id: str | int | None = None
         op: str | None = None
         try:
             request = parse_request(body, self.limits)
-            request_id, op = request.id, request.op
+            request_id, op = request.wire_id, request.op
             self.stats.requests[op] += 1
+            if peer in self._congested:  # in flight: more unread replies than ZeroMQ holds for it
+                raise ServiceError(ErrorCode.BUSY, "this client is not reading its replies; read them, then retry",
+                                   request_id=request_id)
             if op in CONTROL_OPS:
                 self._send(envelope + ok_reply(request_id, op, self.backend.control(request)))
                 self._replied(op, "ok", received_at)
                 return
-            refusal = ErrorCode.SHUTTING_DOWN if self._closing else None
-            if refusal is not None:
-                raise ServiceError(refusal, "daemon is stopping", request_id=request_id)
+            if self._closing:
+                raise ServiceError(ErrorCode.SHUTTING_DOWN, "daemon is stopping", request_id=request_id)
             blocked = self.backend.accepting(request)
             if blocked is not None:
                 raise ServiceError(blocked.code, blocked.message, request_id=request_id)
-            if self._pending > self.max_queue:  # one running + max_queue waiting
-                raise ServiceError(
-                    ErrorCode.BUSY, f"{self._pending} requests already queued or running; retry later", request_id=request_id
-                )
-            self._jobs.append(_Job(envelope, request, received_at))
-            self._pending += 1
+            self._admit(_Job(envelope, request, received_at))
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
             rid = exc.request_id if exc.request_id is not None else request_id
             op = op or exc.op
-            log.info("request refused %s", kv(id=rid, op=op, code=exc.code.value, reason=exc.message))
+            if exc.code is ErrorCode.BUSY:  # a flood of these must not flood the journal
+                log.debug("request refused %s", kv(id=rid, op=op, code=exc.code.value, reason=exc.message))
+            else:
+                log.info("request refused %s", kv(id=rid, op=op, code=exc.code.value, reason=exc.message))
             self._send(envelope + error_reply(rid, exc.code, exc.message, op))
             self._replied(op, exc.code.value, received_at)
         except Exception as exc:  # a bug in a control op must not kill the loop
@@ -362,6 +568,84 @@ class Server:
             log.error("control request failed %s\n%s", kv(id=request_id, op=op), traceback.format_exc())
             self._send(envelope + error_reply(request_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", op))
             self._replied(op, ErrorCode.INTERNAL.value, received_at)
+
+    # -- the queue (lock held) ----------------------------------------------------------
+
+    def _admit(self, job: _Job) -> None:
+        """Queue ``job`` or raise ``busy``.  A full queue makes room for a peer with less waiting
+        (or for interactive work) by refusing the newest job of the peer holding the most."""
+        peer = job.peer
+        if self._per_peer[peer] >= self.max_queue_per_client:
+            raise ServiceError(ErrorCode.BUSY, f"this client has {self._per_peer[peer]} requests queued or running; "
+                               "wait for a reply, then retry", request_id=job.request.wire_id)
+        if self._waiting >= self.max_queue:
+            victim = self._displaceable(job)
+            if victim is None:
+                raise ServiceError(ErrorCode.BUSY, f"{self.pending} requests already queued or running; retry later",
+                                   request_id=job.request.wire_id)
+            self._remove_newest(victim)
+        self._queues[job.priority].setdefault(peer, deque()).append(job)
+        self._waiting += 1
+        self._per_peer[peer] += 1
+
+    def _displaceable(self, job: _Job) -> tuple[str, bytes] | None:
+        """The (priority, peer) whose newest waiting job gives way to ``job``, if any: lower-priority
+        work first, else a peer of the same priority with at least two more waiting than ``job``'s."""
+        rank = PRIORITIES.index(job.priority)
+        for level in reversed(PRIORITIES[rank:]):
+            queue = self._queues[level]
+            if not queue:
+                continue
+            peer, jobs = max(queue.items(), key=lambda item: len(item[1]))
+            if level != job.priority:
+                return level, peer
+            if len(jobs) >= len(queue.get(job.peer, ())) + 2:
+                return level, peer
+        return None
+
+    def _remove_newest(self, where: tuple[str, bytes]) -> None:
+        level, peer = where
+        jobs = self._queues[level][peer]
+        victim = jobs.pop()
+        if not jobs:
+            del self._queues[level][peer]
+        self._waiting -= 1
+        self._release_peer(peer)
+        self.stats.errors[ErrorCode.BUSY.value] += 1
+        self._send(victim.envelope + error_reply(victim.request.wire_id, ErrorCode.BUSY,
+                                                 "the queue is full and this client holds the most of it; retry later",
+                                                 "synthesize"))
+
+    def _release_peer(self, peer: bytes) -> None:
+        self._per_peer[peer] -= 1
+        if self._per_peer[peer] <= 0:
+            del self._per_peer[peer]
+
+    def _pop_job(self) -> _Job | None:
+        """The next job: round-robin over peers, interactive first, bulk every BULK_EVERY-th pick."""
+        interactive, bulk = (self._queues[p] for p in PRIORITIES)
+        if not interactive and not bulk:
+            return None
+        if bulk and (not interactive or self._bulk_passed >= self.BULK_EVERY - 1):
+            queue, self._bulk_passed = bulk, 0
+        else:
+            queue = interactive
+            self._bulk_passed = self._bulk_passed + 1 if bulk else 0
+        peer, jobs = next(iter(queue.items()))
+        job = jobs.popleft()
+        if jobs:
+            queue.move_to_end(peer)
+        else:
+            del queue[peer]
+        self._waiting -= 1
+        return job
+
+    def _take_all_waiting(self) -> list[_Job]:
+        jobs = []
+        while (job := self._pop_job()) is not None:
+            self._release_peer(job.peer)
+            jobs.append(job)
+        return jobs
 
     # -- worker side ---------------------------------------------------------------
 
@@ -395,17 +679,18 @@ class Server:
         with self._lock:
             if self._stopped:
                 return None
-            if not self._jobs and self._router is not None:
+            if not self._waiting and self._router is not None:
                 if not self._worker_reads:
                     self._worker_reads = True
                     self._wake_loop.poke()  # the serving loop stops watching the socket
                 self._read_batch()
-            if not self._jobs:
+            job = self._pop_job()
+            if job is None:
                 return None
-            job = self._jobs.popleft()
             if self._worker_reads:
                 self._worker_reads = False
                 self._wake_loop.poke()  # the serving loop reads while this job runs
+            self._running = job
             self.job_started = time.monotonic()
             return job
 
@@ -416,7 +701,8 @@ class Server:
         finally:
             self.job_started = None
         with self._lock:
-            self._pending -= 1
+            self._running = None
+            self._release_peer(job.peer)
             if not self._stopped:
                 self._send(job.envelope + reply)
                 # Sending may have consumed the ZMQ_FD signal of a request that arrived meanwhile;
@@ -435,21 +721,22 @@ class Server:
     def _run(self, job: _Job) -> list[bytes]:
         request = job.request
         try:
+            request.cancel.check()  # cancelled while it waited
             header, attachments = self.backend.synthesize(request)
             header["queue_seconds"] = round(self.job_started - job.queued_at, 6) if self.job_started else 0.0
             # Receipt to reply built: what the daemon adds to a request, for clients measuring transport.
             header["server_seconds"] = round(time.perf_counter() - job.received_at, 6)
-            return ok_reply(request.id, request.op, header, attachments)
+            return ok_reply(request.wire_id, request.op, header, attachments)
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
             job.outcome = exc.code.value
             log.warning("synthesis failed %s", kv(id=request.id, code=exc.code.value, reason=exc.message))
-            return error_reply(request.id, exc.code, exc.message, request.op)
+            return error_reply(request.wire_id, exc.code, exc.message, request.op)
         except Exception as exc:
             self.stats.errors[ErrorCode.INTERNAL.value] += 1
             job.outcome = ErrorCode.INTERNAL.value
             log.error("synthesis crashed %s\n%s", kv(id=request.id, error=type(exc).__name__), traceback.format_exc())
-            return error_reply(request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request.op)
+            return error_reply(request.wire_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request.op)
 
 
 def synthesis_payload(

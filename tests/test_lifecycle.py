@@ -222,3 +222,83 @@ def test_broken_torch_install_degrades_visibly_and_telemetry_still_starts(tmp_pa
     finally:
         proc.stop()
         notify.close()
+
+
+# --- stopping -------------------------------------------------------------------------------------
+
+
+def _slow_daemon(tmp_path: Path, demo_cache: Path, **env: str) -> tuple[DaemonProcess, Path]:
+    """A daemon whose synthesis the test can make arbitrarily slow: the engine's clock emulation
+    sleeps after every sampling step in proportion to max_freq / cur_freq of this devfreq folder."""
+    devfreq = tmp_path / "devfreq"
+    devfreq.mkdir()
+    (devfreq / "max_freq").write_text("1000\n")
+    (devfreq / "cur_freq").write_text("1000\n")
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[hardware]\nenabled = false\n[engine]\nemulate_clock_devfreq = "{devfreq}"\n')
+    return DaemonProcess(tmp_path, demo_cache, config=config, **env), devfreq
+
+
+def test_sigterm_cancels_a_synthesis_longer_than_the_drain_and_exits_cleanly(tmp_path, demo_cache):
+    """The running synthesis stops at its next step, it and the queued one get shutting_down,
+    and the process exits 0 with its sockets removed, long before the unit's stop timeout."""
+    import time
+
+    proc, devfreq = _slow_daemon(tmp_path, demo_cache, ISHOWTTS_EDGE_SERVER__DRAIN_TIMEOUT_S="1")
+    try:
+        proc.wait_ready()
+        (devfreq / "cur_freq").write_text("50\n")  # every sampling step now takes 20x as long
+        results: dict[str, object] = {}
+
+        def synth(name: str) -> None:
+            try:
+                with Client(proc.endpoint, timeout_s=120, retries=0) as c:
+                    results[name] = c.synthesize(" ".join(["A sentence that takes a while."] * 3), seed=1, nfe_step=64)
+            except ClientError as exc:
+                results[name] = exc
+
+        running = threading.Thread(target=synth, args=("running",))
+        running.start()
+        with Client(proc.endpoint, timeout_s=10) as c:
+            deadline = time.monotonic() + 30
+            while c.status()["queue"]["pending"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            queued = threading.Thread(target=synth, args=("queued",))
+            queued.start()
+            while c.status()["queue"]["pending"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert c.status()["queue"]["pending"] == 2
+        time.sleep(1.0)  # well inside the synthesis: 64 steps of a second or more each
+        stop_sent = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        rc = proc.proc.wait(60)
+        stopped_in = time.monotonic() - stop_sent
+        running.join(10)
+        queued.join(10)
+        for name in ("running", "queued"):
+            assert isinstance(results.get(name), ClientError), f"{name}: {results.get(name)!r}"
+            assert results[name].code == "shutting_down", f"{name}: {results[name]}"
+        assert "cancelled" in results["running"].message
+        assert rc == 0, proc.log()
+        assert stopped_in < 20, f"stop took {stopped_in:.1f}s"  # the unit's TimeoutStopSec is 30 s
+        assert not (tmp_path / "run" / "tts.sock").exists() and not (tmp_path / "run" / "events.sock").exists()
+        assert "terminate called" not in proc.log()
+    finally:
+        proc.stop()
+
+
+def test_the_units_stop_timeout_covers_the_drain_the_cancellation_and_closing():
+    """systemd SIGKILLs a daemon still busy at TimeoutStopSec: the drain, the cancelled synthesis
+    reaching its next step and closing must all fit, by default, with room to spare."""
+    import re
+
+    from ishowtts_edge.config import ServerConfig
+    from ishowtts_edge.daemon import CANCEL_GRACE_S
+    from ishowtts_edge.server import Server
+
+    unit = (REPO / "systemd" / "ishowtts-edge.service").read_text()
+    stop_s = int(re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.M).group(1))
+    defaults = ServerConfig()
+    assert stop_s >= defaults.drain_timeout_s + CANCEL_GRACE_S + Server.JOIN_SECONDS + 5
+    nofile = int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1))
+    assert nofile >= 4 * defaults.max_connections  # connection_cap() would not lower the default

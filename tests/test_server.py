@@ -246,3 +246,224 @@ def test_every_request_of_many_concurrent_clients_gets_its_own_reply(tmp_path):
     assert errors == []
     assert server.stats.requests["synthesize"] + server.stats.requests["status"] == 6 * 40
     assert server.pending == 0
+
+
+# --- no peer can stall or starve the others ---------------------------------------------------------
+
+
+class RecordingBackend:
+    """Runs synthesis requests one release at a time and records the order they ran in."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.gate = threading.Semaphore(0)
+
+    def accepting(self, request):
+        return None
+
+    def control(self, request):
+        return {"state": "ready"}
+
+    def synthesize(self, request):
+        self.order.append(request.params.text)
+        assert self.gate.acquire(timeout=30), "never released"
+        return {"text": request.params.text}, [b"audio"]
+
+
+@pytest.fixture
+def serving(tmp_path):
+    """A started Server with a RecordingBackend and a serving loop; yields a factory taking the queue limits."""
+    made: list[tuple[Server, threading.Event, threading.Thread, RecordingBackend]] = []
+
+    def make(max_queue: int, per_client: int) -> tuple[Server, RecordingBackend]:
+        backend = RecordingBackend()
+        server = Server(f"ipc://{tmp_path}/q.sock", backend, Limits(1 << 20, 100, 1 << 16), max_queue=max_queue,
+                        max_queue_per_client=per_client)
+        server.bind()
+        stop = threading.Event()
+        loop = threading.Thread(target=lambda: [server.poll(60_000) for _ in iter(lambda: stop.is_set(), True)])
+        loop.start()
+        made.append((server, stop, loop, backend))
+        return server, backend
+
+    yield make
+    for server, stop, loop, backend in made:
+        backend.gate.release(100)
+        stop.set()
+        server.close()
+        loop.join(10)
+        assert not loop.is_alive()
+
+
+def dealer(endpoint: str) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    return s
+
+
+def dealer_send(sock: zmq.Socket, header: dict) -> None:
+    sock.send_multipart([b"", json.dumps(header).encode()])
+
+
+def dealer_replies(sock: zmq.Socket, count: int, timeout_ms: int = 10000) -> list[dict]:
+    out = []
+    for _ in range(count):
+        assert sock.poll(timeout_ms), f"only {len(out)} of {count} replies"
+        out.append(json.loads(sock.recv_multipart()[1]))  # [b"", header, audio...]
+    return out
+
+
+def wait_pending(server: Server, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while server.pending < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.pending == n
+
+
+def wait_running(backend: RecordingBackend, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while text not in backend.order and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert text in backend.order
+
+
+def test_a_peer_that_never_reads_its_replies_cannot_block_the_others(served):
+    """A DEALER pipelining thousands of requests and reading nothing fills its reply pipe; its replies
+    are then dropped and counted, never waited for, and every other client keeps being answered."""
+    server, _ = served
+    flood = dealer(server.endpoint)
+    flood.setsockopt(zmq.RCVHWM, 1)
+    flood.setsockopt(zmq.SNDTIMEO, 2000)
+    done = threading.Event()
+
+    def pipeline() -> None:
+        try:
+            for i in range(20000):
+                dealer_send(flood, {"op": "status", "id": i})
+        except zmq.Again:
+            pass  # the server stopped reading us: that is the bug this test is about
+        finally:
+            done.set()
+
+    sender = threading.Thread(target=pipeline)
+    sender.start()
+    answered = 0
+    while not done.is_set():  # other clients are answered all along (before: blocked forever)
+        assert reply(req(server.endpoint, {"op": "ping", "id": f"p{answered}"}), 10000)["id"] == f"p{answered}"
+        answered += 1
+    sender.join()
+    assert server.stats.replies_dropped["peer_full"] > 0
+    assert server.stats.to_dict()["replies_dropped"]["peer_full"] > 0  # what status shows
+    flood.close()
+    assert reply(req(server.endpoint, {"op": "ping", "id": "after"}), 10000)["id"] == "after"
+
+
+def test_an_integer_id_comes_back_as_the_same_integer_on_every_reply_path(served):
+    server, backend = served
+    backend.release.set()
+    assert reply(req(server.endpoint, {"op": "ping", "id": 7}))["id"] == 7
+    assert reply(req(server.endpoint, {"op": "synthesize", "id": 2**40, "text": "hi"}))["id"] == 2**40
+    assert reply(req(server.endpoint, {"op": "dance", "id": 9}))["id"] == 9  # unknown_op
+    assert reply(req(server.endpoint, {"op": "synthesize", "id": 10, "text": 3}))["id"] == 10  # bad_request
+    assert reply(req(server.endpoint, {"op": "synthesize", "id": 11, "text": "oom"}))["id"] == 11  # engine error
+    assert reply(req(server.endpoint, {"op": "status", "id": 12, "explode": True}))["id"] == 12  # internal
+    assert reply(req(server.endpoint, {"op": "ping", "id": "7"}))["id"] == "7"  # a string stays a string
+
+
+def test_waiting_requests_of_several_clients_are_served_round_robin(serving):
+    server, backend = serving(max_queue=8, per_client=8)
+    a = dealer(server.endpoint)
+    dealer_send(a, {"op": "synthesize", "text": "a1"})
+    wait_running(backend, "a1")
+    for text in ("a2", "a3", "a4"):
+        dealer_send(a, {"op": "synthesize", "text": text})
+    wait_pending(server, 4)
+    b = req(server.endpoint, {"op": "synthesize", "text": "b1"})
+    wait_pending(server, 5)
+    c = req(server.endpoint, {"op": "synthesize", "text": "c1"})
+    wait_pending(server, 6)
+    backend.gate.release(6)
+    assert reply(b)["text"] == "b1" and reply(c)["text"] == "c1"
+    assert [h["text"] for h in dealer_replies(a, 4)] == ["a1", "a2", "a3", "a4"]
+    assert backend.order == ["a1", "a2", "b1", "c1", "a3", "a4"]  # first come, first served ran b1 fifth
+    a.close()
+
+
+def test_one_client_cannot_hold_more_than_its_share_of_the_queue(serving):
+    server, backend = serving(max_queue=8, per_client=2)
+    a = dealer(server.endpoint)
+    for text in ("a1", "a2", "a3"):
+        dealer_send(a, {"op": "synthesize", "id": text, "text": text})
+    refused = dealer_replies(a, 1)[0]
+    assert refused["id"] == "a3" and refused["error"]["code"] == "busy"
+    backend.gate.release(2)
+    assert [h["text"] for h in dealer_replies(a, 2)] == ["a1", "a2"]
+    a.close()
+
+
+def test_a_full_queue_makes_room_for_a_client_with_less_waiting(serving):
+    server, backend = serving(max_queue=2, per_client=3)
+    a = dealer(server.endpoint)
+    dealer_send(a, {"op": "synthesize", "id": "a1", "text": "a1"})
+    wait_running(backend, "a1")
+    for text in ("a2", "a3"):
+        dealer_send(a, {"op": "synthesize", "id": text, "text": text})
+    wait_pending(server, 3)
+    b = req(server.endpoint, {"op": "synthesize", "id": "b1", "text": "b1"})
+    displaced = dealer_replies(a, 1)[0]
+    assert displaced["id"] == "a3" and displaced["error"]["code"] == "busy"
+    backend.gate.release(3)
+    assert reply(b)["text"] == "b1"
+    assert backend.order == ["a1", "a2", "b1"]
+    a.close()
+
+
+def test_interactive_requests_run_before_bulk_ones_without_starving_them(serving):
+    server, backend = serving(max_queue=10, per_client=10)
+    bulk, live = dealer(server.endpoint), dealer(server.endpoint)
+    dealer_send(bulk, {"op": "synthesize", "text": "hold", "priority": "bulk"})
+    wait_running(backend, "hold")
+    for n in range(1, 5):
+        dealer_send(bulk, {"op": "synthesize", "text": f"x{n}", "priority": "bulk"})
+    wait_pending(server, 5)
+    for n in range(1, 5):
+        dealer_send(live, {"op": "synthesize", "text": f"i{n}"})  # interactive: the default
+    wait_pending(server, 9)
+    backend.gate.release(9)
+    dealer_replies(bulk, 5)
+    dealer_replies(live, 4)
+    # Interactive first, but every fourth pick goes to bulk while both wait.
+    assert backend.order == ["hold", "i1", "i2", "i3", "x1", "i4", "x2", "x3", "x4"]
+    bulk.close()
+    live.close()
+
+
+def test_a_priority_that_is_not_one_of_the_two_levels_is_a_bad_request(served):
+    server, _ = served
+    h = reply(req(server.endpoint, {"op": "synthesize", "id": "p", "text": "hi", "priority": "urgent"}))
+    assert h["error"]["code"] == "bad_request" and "priority" in h["error"]["message"]
+
+
+def test_drain_cancels_a_running_synthesis_that_outlasts_it(tmp_path):
+    """The running request's cancellation is set after the drain timeout; a backend that honours it
+    (the engine checks between steps) ends, and its client gets shutting_down."""
+
+    class Cancellable(ControlledBackend):
+        def synthesize(self, request):
+            self.started.set()
+            while not request.cancel.cancelled:
+                time.sleep(0.01)
+            request.cancel.check()
+
+    backend = Cancellable()
+    server = Server(f"ipc://{tmp_path}/x.sock", backend, Limits(1 << 20, 100, 1 << 16), max_queue=2)
+    server.bind()
+    running = req(server.endpoint, {"op": "synthesize", "id": 5, "text": "long"})
+    deadline = time.monotonic() + 10
+    while not backend.started.is_set() and time.monotonic() < deadline:
+        server.poll(20)
+    assert server.drain(timeout_s=0.2, cancel_after_s=10) is True
+    h = reply(running)
+    assert h["id"] == 5 and h["error"]["code"] == "shutting_down" and "cancelled" in h["error"]["message"]
+    assert server.close() is True

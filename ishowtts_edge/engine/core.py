@@ -50,7 +50,7 @@ from ishowtts_edge.engine.upstream import ensure_f5_model_importable, f5_default
 from ishowtts_edge.engine.vocoder import Vocoder
 from ishowtts_edge.engine.voices import PreparedVoice, VoiceRegistry
 from ishowtts_edge.logs import kv
-from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
+from ishowtts_edge.protocol import Cancellation, ErrorCode, ServiceError, SynthesizeParams
 from ishowtts_edge.text import normalize as normalize_text
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,8 @@ class Engine:
         """(1, n_mels, frames) float32 -> (1, samples): see engine/vocoder.py for why it is not Vocos.decode."""
         return self.vocoder(mel)  # type: ignore[misc]
 
-    def _chunk(self, prompt: VoicePrompt, gen_text: str, opts: dict[str, Any], generator) -> tuple[np.ndarray, int, int]:
+    def _chunk(self, prompt: VoicePrompt, gen_text: str, opts: dict[str, Any], generator,
+               cancel: Cancellation | None = None) -> tuple[np.ndarray, int, int]:
         """One chunk: (audio, frames generated, frames the transformer ran on)."""
         text = self._text_ids(prompt, gen_text)
         duration = duration_frames(prompt.ref_audio_len, prompt.prompt_text, gen_text, opts["speed"])
@@ -381,6 +382,7 @@ class Engine:
             sway_sampling_coef=opts["sway_sampling_coef"],
             generator=generator,
             after_step=self.clock.after_step if self.clock else None,
+            cancel=cancel.check if cancel is not None else None,
         )
         with torch.inference_mode():
             generated = out.to(torch.float32)[:, prompt.ref_audio_len :, :].permute(0, 2, 1)
@@ -405,8 +407,12 @@ class Engine:
             "seed": params.seed if params.seed is not None else secrets.randbelow(2**31),
         }
 
-    def synthesize(self, params: SynthesizeParams, ref: bytes | None = None) -> SynthesisResult:
+    def synthesize(self, params: SynthesizeParams, ref: bytes | None = None,
+                   cancel: Cancellation | None = None) -> SynthesisResult:
         """One request; ServiceError for unknown voices, bad references and CUDA OOM.
+
+        ``cancel`` stops the request between chunks and between sampling steps (not inside
+        a CUDA-graph replay of a whole chunk), raising the ServiceError it carries.
 
         ``synthesis_seconds`` counts only the model work (chunks, vocoder, cross-fade), not
         preparing a new voice or waiting for the engine, so the RTF the monitor tracks
@@ -414,7 +420,7 @@ class Engine:
         """
         self._require_loaded()
         try:
-            return self._synthesize(params, ref)
+            return self._synthesize(params, ref, cancel)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.warning("CUDA out of memory during synthesis %s", kv(chars=len(params.text)))
@@ -422,7 +428,7 @@ class Engine:
                 ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this request; try a shorter text"
             ) from None
 
-    def _synthesize(self, params: SynthesizeParams, ref: bytes | None) -> SynthesisResult:
+    def _synthesize(self, params: SynthesizeParams, ref: bytes | None, cancel: Cancellation | None = None) -> SynthesisResult:
         registry = self.registry
         voice_started = time.perf_counter()
         if ref is not None:
@@ -444,7 +450,9 @@ class Engine:
             generator = torch.Generator(device=self.device).manual_seed(opts["seed"])
             waves, frames, model_frames = [], 0, 0
             for gen_text in chunks:
-                wave, count, processed = self._chunk(prompt, gen_text, opts, generator)
+                if cancel is not None:
+                    cancel.check()
+                wave, count, processed = self._chunk(prompt, gen_text, opts, generator, cancel)
                 waves.append(wave)
                 frames += count
                 model_frames += processed

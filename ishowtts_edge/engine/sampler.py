@@ -221,8 +221,12 @@ class FlowSampler:
         sway_sampling_coef: float | None,
         generator: torch.Generator | None,
         after_step: Callable[[float], None] | None = None,
+        cancel: Callable[[], None] | None = None,
     ) -> torch.Tensor:
-        """``cond`` (1, n_ref, mel) in the model dtype, ``text`` (1, nt) ids -> (1, duration, mel)."""
+        """``cond`` (1, n_ref, mel) in the model dtype, ``text`` (1, nt) ids -> (1, duration, mel).
+
+        ``cancel`` runs before each ODE step and raises to abandon the request.
+        """
         device, dtype = cond.device, cond.dtype
         ref_frames = cond.shape[1]
         duration = max(max(int(text.shape[1]), ref_frames) + 1, int(duration))
@@ -246,6 +250,8 @@ class FlowSampler:
         velocity = None if graphed is not None else self._velocity_fn(step_cond, text, length, cfg_strength, mask, padded is not None)
         timing = after_step is not None
         for i in range(0 if graphed is not None else len(t) - 1):
+            if cancel is not None:
+                cancel()
             started = time.perf_counter() if timing else 0.0
             t0, t1 = t[i], t[i + 1]
             # torchdiffeq casts t to y's (real) dtype before calling the model; dt stays in t's dtype
