@@ -2,7 +2,7 @@
 
 Usage::
 
-    board = FakeBoard(tmp_path)                 # JetPack 6 paths, MAXN, clocks unlocked
+    board = FakeBoard(tmp_path)                 # JetPack 6 paths, MAXN, clocks unlocked (jetpack=5 or 7 too)
     board.nvpmodel, board.jetson_clocks          # executables to configure tools with
     board.sysfs_root                             # TelemetryConfig.sysfs_root
     board.set_gpu_freq(cur_hz=612_000_000)       # e.g. simulate a throttled GPU
