@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import subprocess
 import tempfile
@@ -152,3 +154,20 @@ def test_tools_require_root():
     finally:
         users.cleanup()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_powered_off_zone_fails_reads_with_eagain_like_the_kernel(tmp_path):
+    board = FakeBoard(tmp_path)
+    try:
+        board.power_off_zone("gpu")
+        temp = board.root / "sys/class/thermal/thermal_zone1/temp"
+        fd = os.open(temp, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            with pytest.raises(BlockingIOError):  # read(2) fails with EAGAIN
+                os.read(fd, 64)
+            with pytest.raises(TypeError):  # what buffered text I/O makes of it, as on the board
+                io.open(fd, closefd=False).read()
+        finally:
+            os.close(fd)
+    finally:
+        board.close()
