@@ -56,7 +56,7 @@ ACTIONS = ("query", "apply", "restore")
 MAX_REQUEST_BYTES = 4096
 REQUEST_TIMEOUT_S = 5.0
 #: Names the helper will pass to nvpmodel: what nvpmodel.conf uses, nothing shell-like.
-_MODE_NAME = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+_MODE_NAME = re.compile(r"[A-Za-z0-9_]{1,40}\Z")  # \Z: "$" would let a final newline through
 #: Store file for `jetson_clocks --store/--restore`, plus the boot it was taken in.
 STORE_FILE = "l4t_dfs.conf"
 STORE_BOOT_FILE = "l4t_dfs.boot_id"
