@@ -132,6 +132,24 @@ def test_nothing_a_peer_sends_can_forge_a_journal_line(daemon):
             assert escaped in log
 
 
+RUN_ON = {
+    "en": " ".join(["the quick brown fox jumps over the lazy dog and keeps on running"] * 16),  # ~1000 chars
+    "zh": "我们今天一起去公园散步然后回家吃饭再看一会儿书" * 40,  # 920 characters, no break
+}
+
+
+@pytest.mark.parametrize("speed", [0.3, 1.0])
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_run_on_text_without_sentence_breaks_is_split_and_spoken(daemon, language, speed):
+    text = RUN_ON[language]
+    assert not any(mark in text for mark in ".,;:!?。，；：！？")
+    with Client(daemon.endpoint, timeout_s=600) as client:
+        result = client.synthesize(text, speed=speed, seed=1, nfe_step=1, format="f32le")
+    header = result.header
+    assert header["chunks"] > 1
+    assert header["samples"] == len(result.audio) // 4 > 0
+
+
 def test_status_answers_while_a_synthesis_runs(daemon):
     long_text = " ".join(["This sentence keeps the engine busy for a while."] * 6)
     done = threading.Event()
