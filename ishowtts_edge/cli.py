@@ -29,10 +29,17 @@ def _endpoint(args: argparse.Namespace) -> str:
         return DEFAULT_ENDPOINT
 
 
+#: Exit statuses for a daemon that cannot be reached (man/ishowtts-edge.1, EXIT STATUS).
+EXIT_NOT_RUNNING = 69  # EX_UNAVAILABLE; `status` answers 3 (LSB "not running") instead
+EXIT_NO_PERMISSION = 77  # EX_NOPERM
+EXIT_BAD_ENDPOINT = 64  # EX_USAGE
+_UNAVAILABLE_EXIT = {"permission_denied": EXIT_NO_PERMISSION, "bad_endpoint": EXIT_BAD_ENDPOINT}
+
+
 def _client(args: argparse.Namespace):
     from .client import Client
 
-    return Client(_endpoint(args), timeout_s=args.timeout, retries=1)
+    return Client(_endpoint(args), timeout_s=args.timeout, retries=1, check=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -86,7 +93,7 @@ def cmd_voices(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import ClientError
+    from .client import ClientError, EndpointUnavailable
 
     try:
         with _client(args) as client:
@@ -96,6 +103,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(json.dumps({"state": "unreachable", "error": str(exc)}))
         else:
             print(f"ishowtts-edge: not reachable ({exc})")
+        if isinstance(exc, EndpointUnavailable):
+            return _UNAVAILABLE_EXIT.get(exc.code, 3)
         return 3  # LSB: program is not running
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
@@ -231,10 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .client import ClientError
+    from .client import ClientError, EndpointUnavailable
 
     try:
         return args.func(args)
+    except EndpointUnavailable as exc:
+        print(f"ishowtts-edge: {exc}", file=sys.stderr)
+        return _UNAVAILABLE_EXIT.get(exc.code, EXIT_NOT_RUNNING)
     except ClientError as exc:
         print(f"ishowtts-edge: {exc}", file=sys.stderr)
         return 1

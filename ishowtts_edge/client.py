@@ -9,8 +9,11 @@ daemon may still be working on the first copy.
 
 from __future__ import annotations
 
+import grp
 import itertools
 import os
+import socket
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +42,59 @@ class ClientTimeout(ClientError):
         super().__init__("timeout", message)
 
 
+class EndpointUnavailable(ClientError):
+    """Known before sending that nothing can answer: ``code`` is ``not_running`` (no socket, or
+    nobody listening on it), ``permission_denied`` or ``bad_endpoint`` (cannot be used as written)."""
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Raise EndpointUnavailable when ``endpoint`` can be seen not to work, without sending anything.
+
+    ZeroMQ connects lazily and retries forever, so a missing ipc socket would otherwise show
+    only as a timeout after the full wait.  tcp endpoints are checked for form only.
+    """
+    from .config import endpoint_problem
+
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise EndpointUnavailable("bad_endpoint", f"{endpoint}: {problem}")
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[len("ipc://"):]
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise EndpointUnavailable("not_running", f"{path} does not exist: the daemon is not running") from None
+    except PermissionError:
+        raise EndpointUnavailable("permission_denied", _permission_message(os.path.dirname(path))) from None
+    except OSError as exc:
+        raise EndpointUnavailable("not_running", f"{path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise EndpointUnavailable("not_running", f"{path} is not a socket: the daemon is not running there")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2.0)
+        probe.connect(path)
+    except PermissionError:
+        raise EndpointUnavailable("permission_denied", _permission_message(path)) from None
+    except ConnectionRefusedError:
+        raise EndpointUnavailable(
+            "not_running", f"{path} is left from a daemon that is not running (nothing accepts on it)"
+        ) from None
+    except OSError:
+        return  # e.g. a full backlog: let ZeroMQ try and time out as usual
+    finally:
+        probe.close()
+
+
+def _permission_message(path: str) -> str:
+    try:
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        group = "ishowtts-edge"
+    return f"no permission to use {path}: join group {group!r} (sudo usermod -aG {group} $USER, then log in again) or run as root"
+
+
 @dataclass
 class Synthesis:
     audio: bytes
@@ -61,8 +117,13 @@ class Client:
         retries: int = 2,
         context: zmq.Context | None = None,
         id_prefix: str | None = None,
+        check: bool = False,
     ) -> None:
         self.endpoint = endpoint or os.environ.get("ISHOWTTS_EDGE_ENDPOINT") or DEFAULT_ENDPOINT
+        #: Before every attempt, raise EndpointUnavailable at once for an ipc socket that is
+        #: missing, stale or not accessible (see check_endpoint) instead of waiting the timeout out.
+        #: Off by default: a long-lived client may prefer to wait out a daemon restart.
+        self.check = check
         self.timeout_s = timeout_s
         self.retries = retries
         self.context = context or zmq.Context.instance()
@@ -86,7 +147,11 @@ class Client:
         if self._socket is None:
             sock = self.context.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoint)
+            try:
+                sock.connect(self.endpoint)
+            except zmq.ZMQError as exc:
+                sock.close(linger=0)
+                raise EndpointUnavailable("bad_endpoint", f"{self.endpoint}: {exc}") from None
             self._socket = sock
         return self._socket
 
@@ -106,6 +171,8 @@ class Client:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         attempts = 1 + (self.retries if (retry if retry is not None else op != "synthesize") else 0)
         for attempt in range(attempts):
+            if self.check:
+                check_endpoint(self.endpoint)
             sock = self._open()
             sock.send_multipart(message)
             deadline = time.monotonic() + timeout

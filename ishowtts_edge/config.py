@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
@@ -73,8 +74,9 @@ class ServerConfig(_Section):
     @field_validator("endpoint", "events_endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
-        if value and not value.startswith(("ipc://", "tcp://")):
-            raise ValueError("must start with ipc:// or tcp://")
+        problem = endpoint_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -87,6 +89,52 @@ class ServerConfig(_Section):
                     f"{value} is not a loopback address; set server.allow_remote = true to expose it"
                 )
         return self
+
+
+#: sun_path holds 108 bytes with the terminating NUL (unix(7)); ZeroMQ needs the NUL.
+MAX_IPC_PATH_BYTES = 107
+_TCP = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]/;]*):(?P<port>[^:]*)")
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def ipc_path_problem(path: str) -> str | None:
+    """Why a unix socket path cannot be bound (None if it can)."""
+    if not path:
+        return "empty ipc path"
+    if not path.startswith("/"):
+        return f"ipc path {path!r} must be absolute"
+    if "\0" in path:
+        return "ipc path contains a NUL byte"
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > MAX_IPC_PATH_BYTES:
+        return f"ipc path is {size} bytes; a unix socket path holds at most {MAX_IPC_PATH_BYTES}"
+    return None
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` cannot be bound or connected as written (None if it can).
+
+    ZeroMQ would accept some of these and do something else: ``tcp://h:70000`` binds port
+    4464 (the port wraps at 16 bits), ``ipc://`` fails only at bind time.
+    """
+    if endpoint.startswith("ipc://"):
+        return ipc_path_problem(endpoint[len("ipc://"):])
+    if not endpoint.startswith("tcp://"):
+        return "must start with ipc:// or tcp://"
+    match = _TCP.fullmatch(endpoint)
+    if match is None:
+        return "a tcp endpoint is tcp://HOST:PORT (an IPv6 address in brackets)"
+    host, port = match.group("host"), match.group("port")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+    elif host != "*" and not _HOST_NAME.fullmatch(host):
+        return f"tcp host {host!r} is not an address, a host name, an interface or *"
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        return f"tcp port {port!r} is not a number from 1 to 65535"
+    return None
 
 
 def is_loopback_tcp(endpoint: str) -> bool:
@@ -210,6 +258,14 @@ class HardwareConfig(_Section):
     restore_at_stop: bool = False
     #: Unix socket of the root helper service (ishowtts-edge-hwctl.socket).
     helper_socket: Path = Path("/run/ishowtts-edge-hwctl.sock")
+
+    @field_validator("helper_socket")
+    @classmethod
+    def _socket_path(cls, value: Path) -> Path:
+        problem = ipc_path_problem(str(value))
+        if problem:
+            raise ValueError(problem.replace("ipc path", "socket path"))
+        return value
     #: Only checked for existence, to tell "not a Jetson" (disabled) from "helper not installed" (degraded).
     nvpmodel: Path = Path("/usr/sbin/nvpmodel")
     #: Kept for symmetry with nvpmodel: its absence also means "not a Jetson".
@@ -388,6 +444,16 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     except OSError as exc:  # unreadable (an editor's or `install -m600`'s mode): a config error, not a crash on SIGHUP
         raise ConfigError(f"config file {where}: cannot read it: {exc.strerror or exc}") from None
     settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+    for key, given, effective in (
+        ("server.endpoint", settings.server.endpoint, settings.endpoint),
+        ("server.events_endpoint", settings.server.events_endpoint, settings.events_endpoint),
+    ):
+        problem = None if given else endpoint_problem(effective)
+        if problem:  # the default endpoint, under a runtime directory too long for a socket path
+            raise ConfigError(
+                f"config file {where}: 1 invalid setting(s)\n  paths.runtime_dir: {problem} "
+                f"(the default {key} is {effective}); choose a shorter directory or set {key}"
+            )
     settings.source_file = toml_path
     return settings
 

@@ -56,7 +56,7 @@ ACTIONS = ("query", "apply", "restore")
 MAX_REQUEST_BYTES = 4096
 REQUEST_TIMEOUT_S = 5.0
 #: Names the helper will pass to nvpmodel: what nvpmodel.conf uses, nothing shell-like.
-_MODE_NAME = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+_MODE_NAME = re.compile(r"[A-Za-z0-9_]{1,40}\Z")  # \Z: "$" would let a final newline through
 #: Store file for `jetson_clocks --store/--restore`, plus the boot it was taken in.
 STORE_FILE = "l4t_dfs.conf"
 STORE_BOOT_FILE = "l4t_dfs.boot_id"
@@ -283,6 +283,21 @@ _MODE_LINE = re.compile(r"NV Power Mode:\s*(?P<name>\w+)")
 _POWER_MODEL = re.compile(r"POWER_MODEL:\s*ID=(?P<id>\d+)\s+NAME=(?P<name>\w+)")
 _PM_DEFAULT = re.compile(r"PM_CONFIG:\s*DEFAULT=(?P<name>\w+)\((?P<id>\d+)\)")
 _KV = re.compile(r"(\w+)=(\S+)")
+#: The header's CPU sets: ``Online CPUs: 0-11`` (R35/R36) or ``Online CPUs: 0-7, Offline CPUs: 8-11`` (R39).
+_ONLINE_HEADER = re.compile(r"Online CPUs:\s*(?P<online>[\d,\-\s]*?)\s*(?:,\s*Offline CPUs:.*)?$")
+
+
+def _cpu_set(text: str) -> set[int] | None:
+    """``0-3,8-11`` as a set; None if it is not such a list."""
+    cpus: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            return None
+        cpus.update(range(int(first), int(last if dash else first) + 1))
+    return cpus
 
 
 def parse_nvpmodel_query(text: str) -> dict[str, Any]:
@@ -318,21 +333,34 @@ def _int(value: str) -> int | None:
 
 
 def parse_clocks_show(text: str) -> dict[str, Any]:
-    """``jetson_clocks --show`` (JetPack 5 and 6 layouts).  CPU values are kHz, the rest Hz."""
+    """``jetson_clocks --show`` (JetPack 5, 6 and 7 layouts).  CPU values are kHz, the rest Hz.
+
+    R39 (JetPack 7) prints no ``Online=`` on the cpu lines: the header's online set says it.
+    """
     cpus: list[dict[str, Any]] = []
+    header_online: set[int] | None = None
     gpu: dict[str, Any] | None = None
     emc: dict[str, Any] | None = None
     fan: dict[str, Any] = {}
     mode_name = None
     for raw in text.splitlines():
         line = raw.strip()
+        header = _ONLINE_HEADER.match(line)
+        if header:
+            header_online = _cpu_set(header.group("online"))
+            continue
         cpu = re.match(r"cpu(\d+):\s+(.*)$", line)
         if cpu:
+            number = int(cpu.group(1))
             fields = dict(_KV.findall(cpu.group(2).split("IdleStates:")[0]))
+            if "Online" in fields:
+                online = fields["Online"] == "1"
+            else:
+                online = header_online is None or number in header_online
             cpus.append(
                 {
-                    "cpu": int(cpu.group(1)),
-                    "online": fields.get("Online", "1") == "1",
+                    "cpu": number,
+                    "online": online,
                     "governor": fields.get("Governor"),
                     "min_khz": _int(fields.get("MinFreq", "")),
                     "max_khz": _int(fields.get("MaxFreq", "")),

@@ -14,6 +14,7 @@ closes gives frozen data) and re-created after the jtop.service dies.
 from __future__ import annotations
 
 import bisect
+import os
 import logging
 import re
 import stat
@@ -75,11 +76,37 @@ class SourceUnavailable(Exception):
 # --------------------------------------------------------------------------- sysfs
 
 
+#: More than any sysfs attribute (one page) or nvpmodel.conf holds; a stray huge file is cut here.
+_READ_LIMIT = 1 << 20
+
+
 def _read(path: Path) -> str | None:
+    """One attribute's text, or None when it cannot be read now.
+
+    Read with os.read, not read_text(): a powered-off zone's temp (Orin's CV/DLA zones when idle,
+    the GPU zone when rail-gated) fails in the kernel with EAGAIN, which buffered text I/O turns
+    into a TypeError.  O_NONBLOCK changes nothing for sysfs; it keeps a fake board's stand-in for
+    such a file (a FIFO with a writer and no data) failing with EAGAIN as well instead of blocking.
+    """
     try:
-        return path.read_text().strip().strip("\0")  # device-tree properties end in NUL, not newline
-    except (OSError, UnicodeDecodeError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        parts: list[bytes] = []
+        size = 0
+        while size < _READ_LIMIT:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        # device-tree properties end in NUL, not newline
+        return b"".join(parts).decode().strip().strip("\0")
+    except (OSError, UnicodeDecodeError):  # BlockingIOError (EAGAIN) included
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_int(path: Path) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 
 import numpy as np
@@ -103,6 +104,50 @@ def test_malformed_requests_get_one_error_reply_and_daemon_keeps_serving(daemon,
 def test_error_reply_echoes_request_id(daemon):
     header, _ = raw_request(daemon.endpoint, [b'{"op": "synthesize", "id": "req-77", "text": 3}'])
     assert header["id"] == "req-77" and header["op"] == "synthesize"
+
+
+FORGERIES = [
+    # (request header, the escaped value the journal must show instead of a line of its own)
+    ({"op": "pi\n<2>daemon: forged op", "id": "a\n<3>server: forged id"}, 'id="a\\n<3>server: forged id"'),
+    ({"op": "synthesize", "id": "b\r\n<3>server: forged crlf", "text": "Hi.", "voice": "v\n<3>server: forged voice"},
+     "b\\r\\n<3>server: forged crlf"),
+    ({"op": "synthesize", "id": "c\u2028<3>server: forged separator", "text": 3}, "c\\u2028<3>server: forged separator"),
+    ({"op": "synthesize", "id": "d", "text": "Hi.", "ref_text": "e\n<3>server: forged ref_text"}, None),
+]
+
+
+def test_nothing_a_peer_sends_can_forge_a_journal_line(daemon):
+    for header, _ in FORGERIES:
+        reply, _ = raw_request(daemon.endpoint, [json.dumps(header).encode()])
+        assert reply["ok"] is False
+    with Client(daemon.endpoint, timeout_s=10) as client:
+        assert client.ping()["pong"] is True
+    log = daemon.log()
+    for line in log.split("\n"):  # journald splits on newlines only
+        if "forged" in line:
+            # Only ever inside the first line of the record that carried it, never a line of its own.
+            assert re.match(r"<[0-7]>server: (request refused|synthesis failed) ", line), line
+    for _, escaped in FORGERIES:
+        if escaped:
+            assert escaped in log
+
+
+RUN_ON = {
+    "en": " ".join(["the quick brown fox jumps over the lazy dog and keeps on running"] * 16),  # ~1000 chars
+    "zh": "我们今天一起去公园散步然后回家吃饭再看一会儿书" * 40,  # 920 characters, no break
+}
+
+
+@pytest.mark.parametrize("speed", [0.3, 1.0])
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_run_on_text_without_sentence_breaks_is_split_and_spoken(daemon, language, speed):
+    text = RUN_ON[language]
+    assert not any(mark in text for mark in ".,;:!?。，；：！？")
+    with Client(daemon.endpoint, timeout_s=600) as client:
+        result = client.synthesize(text, speed=speed, seed=1, nfe_step=1, format="f32le")
+    header = result.header
+    assert header["chunks"] > 1
+    assert header["samples"] == len(result.audio) // 4 > 0
 
 
 def test_status_answers_while_a_synthesis_runs(daemon):

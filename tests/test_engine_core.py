@@ -434,3 +434,42 @@ def test_missing_vocab_names_the_file(tiny_bundle, tmp_path: Path) -> None:
     settings.engine.vocab = tmp_path / "no_vocab.txt"
     message = _load_error(settings)
     assert "no_vocab.txt" in message and "not found" in message
+
+
+# --- chunking text the model can take -----------------------------------------------------------
+
+
+def test_chunker_splits_a_run_on_at_clause_marks_then_spaces_then_characters() -> None:
+    from ishowtts_edge.engine.text import chunk_text, fit_chunks
+
+    nbytes = lambda s: len(s.encode())  # noqa: E731
+    english = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)
+    pieces = fit_chunks(chunk_text(english, 100), 100)
+    assert len(pieces) > 1 and all(nbytes(p) <= 100 for p in pieces)
+    assert " ".join(pieces) == english  # split at spaces: no word cut
+    chinese = "我们今天一起去公园散步然后回家吃饭" * 20
+    pieces = fit_chunks(chunk_text(chinese, 100), 100)
+    assert all(nbytes(p) <= 100 for p in pieces) and "".join(pieces) == chinese
+    clauses = "甲乙丙丁、戊己庚辛、壬癸子丑、寅卯辰巳"
+    assert fit_chunks([clauses], 30) == ["甲乙丙丁、戊己庚辛、", "壬癸子丑、寅卯辰巳"]
+    normal = "Hello world, this is a test. And another sentence here!"
+    assert fit_chunks(chunk_text(normal, 135), 135) == chunk_text(normal, 135)
+
+
+def test_every_chunk_fits_the_models_positions_at_any_speed_or_is_refused_up_front(tmp_path: Path) -> None:
+    engine = Engine(_demo_settings(tmp_path))
+    engine.load()
+    assert engine.max_frames() == 8192  # f5-tts DiT's precomputed text positions
+    from ishowtts_edge.engine.text import duration_frames
+
+    voice = engine.registry.get("demo")
+    prompt = voice.payload
+    run_on = " ".join(["the quick brown fox jumps over the lazy dog"] * 30)
+    for speed in (0.3, 1.0, 3.0):
+        chunks = engine._plan_chunks(run_on, prompt, voice.ref_seconds, speed)
+        assert all(duration_frames(prompt.ref_audio_len, prompt.prompt_text, c, speed) <= 8192 for c in chunks)
+    # A model with fewer positions than the reference itself needs: refused before any work.
+    engine.max_frames = lambda: prompt.ref_audio_len  # type: ignore[method-assign]
+    with pytest.raises(ServiceError) as err:
+        engine.synthesize(SynthesizeParams(text="Hello there.", speed=0.3))
+    assert err.value.code == ErrorCode.TEXT_TOO_LONG and "no room for text" in err.value.message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import subprocess
 import tempfile
@@ -66,9 +68,22 @@ def test_parse_nvpmodel_query_skips_warnings_and_rejects_garbage():
         hwctl.parse_clocks_show("Unknown option: --show\nusage: ...")
 
 
-def test_show_output_of_both_jetpacks_parses(tmp_path):
+def test_r39_show_takes_the_online_cpus_from_its_header():
+    text = (
+        "Online CPUs: 0-3,8-11, Offline CPUs: 4-7\n"
+        + "".join(f"cpu{c}: Governor=schedutil MinFreq=729600 MaxFreq=2201600 CurrentFreq=1190400\n" for c in range(12))
+        + "GPU MinFreq=306000000 MaxFreq=1300500000 CurrentFreq=306000000\n"
+    )
+    show = hwctl.parse_clocks_show(text)
+    assert [c["cpu"] for c in show["cpu"] if c["online"]] == [0, 1, 2, 3, 8, 9, 10, 11]
+    # An Online= on the line wins over the header; no header and no Online= means online.
+    mixed = text.replace("cpu4: Governor", "cpu4: Online=1 Governor").replace("Online CPUs: 0-3,8-11, Offline CPUs: 4-7\n", "")
+    assert all(c["online"] for c in hwctl.parse_clocks_show(mixed)["cpu"])
+
+
+def test_show_output_of_every_jetpack_parses(tmp_path):
     require_root()  # jetson_clocks --show checks for root like the real script
-    for jetpack in (5, 6):
+    for jetpack in (5, 6, 7):
         board = FakeBoard(tmp_path / f"jp{jetpack}", jetpack=jetpack, power_mode="MODE_30W")
         show = hwctl.parse_clocks_show(run(board.jetson_clocks, "--show").stdout)
         assert [c["online"] for c in show["cpu"]] == [True] * 8 + [False] * 4
@@ -139,3 +154,20 @@ def test_tools_require_root():
     finally:
         users.cleanup()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_powered_off_zone_fails_reads_with_eagain_like_the_kernel(tmp_path):
+    board = FakeBoard(tmp_path)
+    try:
+        board.power_off_zone("gpu")
+        temp = board.root / "sys/class/thermal/thermal_zone1/temp"
+        fd = os.open(temp, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            with pytest.raises(BlockingIOError):  # read(2) fails with EAGAIN
+                os.read(fd, 64)
+            with pytest.raises(TypeError):  # what buffered text I/O makes of it, as on the board
+                io.open(fd, closefd=False).read()
+        finally:
+            os.close(fd)
+    finally:
+        board.close()

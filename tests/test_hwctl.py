@@ -116,6 +116,19 @@ def test_apply_switches_mode_live_locks_clocks_and_restore_undoes_the_lock(world
     assert board.gpu()["min"] == 306000000
 
 
+def test_r39_show_without_online_fields_still_sees_offline_cores_and_a_lock(world_tmp, helper_factory):
+    # L4T R39 prints no Online= on cpu lines; the offline cores' lines carry their unlocked limits.
+    board = FakeBoard(world_tmp, jetpack=7, power_mode="MODE_30W")
+    client = client_for(helper_factory(board, power_modes=["MODE_30W"]), power_mode="MODE_30W")
+    before = client.query()
+    assert [c["online"] for c in before["cpu"]] == [True] * 8 + [False] * 4
+    assert before["clocks_locked"] is False
+    result = client.apply()
+    assert board.clocks_locked()
+    assert result["after"]["clocks_locked"] is True
+    assert client.query()["clocks_locked"] is True
+
+
 def test_mode_change_that_needs_a_reboot_is_declined_and_reported(world_tmp, helper_factory):
     board = FakeBoard(world_tmp, power_mode="MODE_30W")  # 8 cores -> MAXN's 12 needs a reboot
     result = client_for(helper_factory(board)).apply()

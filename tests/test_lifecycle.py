@@ -142,6 +142,30 @@ def test_invalid_config_fails_fast_naming_file_and_key(tmp_path):
     assert "monitor.cv_treshold: unknown key" in r.stderr
 
 
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ('[server]\nendpoint = "ipc://"', "server.endpoint: Value error, empty ipc path"),
+        ('[server]\nendpoint = "tcp://127.0.0.1:70000"', "server.endpoint: Value error, tcp port '70000'"),
+        ('[server]\nendpoint = "tcp://127.0.0.1"', "server.endpoint: Value error, a tcp endpoint is tcp://HOST:PORT"),
+        ('[server]\nevents_endpoint = "ipc://events.sock"', "server.events_endpoint: Value error, ipc path 'events.sock' must be absolute"),
+        (f'[server]\nevents_endpoint = "ipc:///tmp/{"e" * 110}.sock"', "server.events_endpoint: Value error, ipc path is 120 bytes"),
+        (f'[paths]\nruntime_dir = "/tmp/{"r" * 100}"', "paths.runtime_dir: ipc path is 114 bytes"),
+        (f'[hardware]\nhelper_socket = "/run/{"h" * 110}.sock"', "hardware.helper_socket: Value error, socket path is 120 bytes"),
+    ],
+)
+def test_endpoint_that_cannot_be_bound_as_written_fails_fast_naming_the_key(tmp_path, section, expected):
+    config = tmp_path / "endpoint.toml"
+    config.write_text(section + "\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "--config", str(config), "serve"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert r.returncode == 78, r.stderr
+    assert str(config) in r.stderr and expected in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_toml_syntax_error_is_reported(tmp_path):
     config = tmp_path / "broken.toml"
     config.write_text("[engine\n")

@@ -81,6 +81,23 @@ def test_unreadable_zone_is_skipped(tmp_path):
     assert "cpu" not in source.read().temperatures_c
 
 
+def test_zones_failing_with_eagain_are_offline_and_the_rest_still_sampled(tmp_path, sampler_factory):
+    board = FakeBoard(tmp_path)
+    try:
+        for zone in ("gpu", "cv0", "cv1", "cv2"):  # powered off, as on an idle Orin
+            board.power_off_zone(zone)
+        sampler = sampler_factory(cfg_for(board.sysfs_root, sources=["sysfs"]))
+        sample = wait_for(sampler.latest, what="a sysfs sample with powered-off zones", timeout=10)
+        assert sample.source == "sysfs"
+        assert sample.temperatures_c == {"cpu": 45.5, "soc0": 44.0, "soc1": 45.0, "soc2": 44.5, "tj": 46.0}
+        assert sample.gpu_cur_mhz == 306.0
+        board.set_temp("tj", 71.0)  # later samples keep coming
+        wait_for(lambda: sampler.latest().temperatures_c.get("tj") == 71.0, what="a later sample")
+        assert sampler.status()["source"] == "sysfs"
+    finally:
+        board.close()
+
+
 def test_throttle_indications(tmp_path):
     board = FakeBoard(tmp_path)
     board.set_gpu_freq(min_hz=1300500000, max_hz=1300500000, cur_hz=1300500000)  # locked

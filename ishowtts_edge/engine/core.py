@@ -38,12 +38,14 @@ from ishowtts_edge.engine.reference import (
     normalize_ref_text,
 )
 from ishowtts_edge.engine.attention import flash_unavailable
-from ishowtts_edge.engine.sampler import FlowSampler, compile_counters
+from ishowtts_edge.engine.sampler import MAX_DURATION, FlowSampler, compile_counters
 from ishowtts_edge.engine.text import (
     chunk_text,
     cross_fade,
     duration_frames,
+    fit_chunks,
     max_chunk_bytes,
+    max_gen_bytes,
     prompt_ref_text,
 )
 from ishowtts_edge.engine.upstream import ensure_f5_model_importable, f5_default_vocab
@@ -393,6 +395,38 @@ class Engine:
         processed = self.sampler.bucket_for(total) or total  # type: ignore[union-attr]
         return wave.squeeze().cpu().numpy(), int(generated.shape[-1]), processed
 
+    def max_frames(self) -> int:
+        """The most mel frames (reference + generated) one pass can take: the text embedding's
+        precomputed positions (8192 in f5-tts's DiT), else CFM.sample's cap."""
+        text_embed = getattr(getattr(self.model, "transformer", None), "text_embed", None)
+        positions = getattr(text_embed, "precompute_max_pos", None)
+        return min(int(positions), MAX_DURATION) if positions else MAX_DURATION
+
+    def _plan_chunks(self, text: str, prompt: VoicePrompt, ref_seconds: float, speed: float) -> list[str]:
+        """upstream's sentence chunks, with any too long for the model split further; a text that
+        still cannot fit is refused before any work (TEXT_TOO_LONG), never an error mid-synthesis."""
+        max_frames = self.max_frames()
+        fit = max_gen_bytes(prompt.ref_audio_len, prompt.prompt_text, speed, max_frames)
+        if fit < 1:
+            raise ServiceError(
+                ErrorCode.TEXT_TOO_LONG,
+                f"this voice's reference leaves no room for text at speed {speed:g} within the model's "
+                f"{max_frames} frames; use a shorter reference or a higher speed",
+            )
+        target = max_chunk_bytes(prompt.ref_text, ref_seconds, speed)
+        chunks = fit_chunks(chunk_text(text, target), min(target, fit) if target > 0 else fit)
+        if not chunks:
+            raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
+        for chunk in chunks:
+            frames = duration_frames(prompt.ref_audio_len, prompt.prompt_text, chunk, speed)
+            if frames > max_frames:  # only a piece of a few bytes, spoken at upstream's 0.3 for short texts
+                raise ServiceError(
+                    ErrorCode.TEXT_TOO_LONG,
+                    f"the piece {chunk!r} needs {frames} frames with this voice at speed {speed:g}; "
+                    f"the model takes at most {max_frames}: use a shorter reference or a higher speed",
+                )
+        return chunks
+
     def _options(self, params: SynthesizeParams) -> dict[str, Any]:
         cfg = self.config
 
@@ -441,9 +475,7 @@ class Engine:
         # The spoken form is what gets chunked, tokenised and timed: "$19.99" needs the audio
         # length of "nineteen dollars and ninety-nine cents".
         text = normalize_text(params.text) if params.normalize else params.text
-        chunks = chunk_text(text, max_chunk_bytes(prompt.ref_text, voice.ref_seconds, opts["speed"]))
-        if not chunks:
-            raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
+        chunks = self._plan_chunks(text, prompt, voice.ref_seconds, opts["speed"])
         sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
         with self._lock:
             started = time.perf_counter()

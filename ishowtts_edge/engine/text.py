@@ -37,6 +37,63 @@ def chunk_text(text: str, max_chars: int = 135) -> list[str]:
     return chunks
 
 
+#: Where a clause may end inside a sentence that has no sentence break ("a, b" is already split
+#: by chunk_text; these also catch marks with no space after them and CJK ones).
+_CLAUSE_SPLIT = re.compile(r"(?<=[,;:、，；：…—–])")
+_SPACE_SPLIT = re.compile(r"(?<=\s)(?=\S)")
+
+
+def fit_chunks(chunks: list[str], max_bytes: int) -> list[str]:
+    """Split every chunk longer than ``max_bytes`` UTF-8 bytes: at clause marks, then at spaces,
+    then between characters (scripts without spaces), each piece packed greedily.
+
+    upstream's chunk_text keeps a sentence with no break whole however long it is, and a
+    1000-character run-on then needs more frames than the model's positions hold.
+    """
+    limit = max(max_bytes, 1)
+    out: list[str] = []
+    for chunk in chunks:
+        out.extend(piece for piece in _split(chunk, limit, 0) if piece.strip())
+    return out
+
+
+def _split(text: str, limit: int, level: int) -> list[str]:
+    if _nbytes(text) <= limit:
+        return [text.strip()]
+    if level == 0:
+        units = _CLAUSE_SPLIT.split(text)
+    elif level == 1:
+        units = _SPACE_SPLIT.split(text)
+    else:
+        units = list(text)
+    if len(units) < 2:
+        return _split(text, limit, level + 1)
+    pieces: list[str] = []
+    current = ""
+    for unit in units:
+        if _nbytes(current + unit.rstrip()) <= limit:
+            current += unit
+            continue
+        if current.strip():
+            pieces.append(current.strip())
+        current = ""
+        if _nbytes(unit.rstrip()) > limit:
+            pieces.extend(_split(unit, limit, level + 1))
+        else:
+            current = unit
+    if current.strip():
+        pieces.append(current.strip())
+    return pieces
+
+
+def max_gen_bytes(ref_audio_len: int, ref_text: str, speed: float, max_frames: int) -> int:
+    """The most bytes of new text whose :func:`duration_frames` stays within ``max_frames``."""
+    room = max_frames - ref_audio_len
+    if room <= 0:
+        return 0
+    return int(room * speed * _nbytes(ref_text) / ref_audio_len)
+
+
 def max_chunk_bytes(ref_text: str, ref_seconds: float, speed: float) -> int:
     """upstream infer_process: the reference's bytes/second times the ~22 s left for generation."""
     return int(_nbytes(ref_text) / ref_seconds * (22 - ref_seconds) * speed)

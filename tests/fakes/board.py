@@ -2,7 +2,7 @@
 
 Usage::
 
-    board = FakeBoard(tmp_path)                 # JetPack 6 paths, MAXN, clocks unlocked
+    board = FakeBoard(tmp_path)                 # JetPack 6 paths, MAXN, clocks unlocked (jetpack=5 or 7 too)
     board.nvpmodel, board.jetson_clocks          # executables to configure tools with
     board.sysfs_root                             # TelemetryConfig.sysfs_root
     board.set_gpu_freq(cur_hz=612_000_000)       # e.g. simulate a throttled GPU
@@ -31,6 +31,7 @@ class FakeBoard:
         base = Path(base)
         self.base = base
         self.root = base / "board"
+        self._held: list[int] = []  # FIFO descriptors of powered-off zones
         self.bin = base / "bin"
         self.layout = Layout(self.root, jetpack)
         self.layout.update_state(jetpack=jetpack)
@@ -99,6 +100,27 @@ class FakeBoard:
             path.symlink_to(path.parent / "does-not-exist")
         else:
             write(path, int(round(celsius * 1000)))
+
+    def power_off_zone(self, zone: str) -> None:
+        """The zone's power domain goes off: reading its temp fails with EAGAIN, as the kernel's does.
+
+        On an Orin the CV/DLA zones (idle) and the GPU zone (rail-gated) fail ``read(2)`` with
+        EAGAIN.  The stand-in is a FIFO that this board holds open for writing and never writes:
+        a non-blocking read gets EAGAIN exactly as sysfs gives it.  Buffered Python I/O turns the
+        kernel's EAGAIN into a TypeError; a blocking reader of the FIFO waits instead, until
+        :meth:`close` (so jetson-stats' blocking reads must not meet such a zone).
+        """
+        path = self._zone(zone) / "temp"
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        os.mkfifo(path)
+        # O_RDWR opens without waiting for a reader and counts as the writer that never writes.
+        self._held.append(os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+
+    def close(self) -> None:
+        """Let go of powered-off zones (a reader blocked on one then sees end of file)."""
+        while self._held:
+            os.close(self._held.pop())
 
     def add_oc_events(self, channel: int, count: int) -> None:
         path = self.layout.oc_hwmon / f"oc{channel}_event_cnt"

@@ -1,0 +1,123 @@
+"""The CLI says at once, in one line and with a documented exit status, that a daemon cannot be reached."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+from conftest import REPO
+from fakes.helper import as_user, create_users, repo_env, require_root, user_python
+
+# A wait this long means the CLI sat out its reply timeout (60 s by default, 120 s for status).
+PROMPT_S = 30
+
+
+def cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", *argv],
+        capture_output=True, text=True, timeout=PROMPT_S, cwd=REPO, env=env,
+    )
+
+
+def config_with_runtime_dir(tmp_path: Path, runtime: Path) -> Path:
+    """No --endpoint: the CLI takes the default ipc://<runtime_dir>/tts.sock from the config."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[paths]\nruntime_dir = "{runtime}"\n')
+    return config
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_missing_socket_from_the_config_is_reported_at_once(tmp_path):
+    config = config_with_runtime_dir(tmp_path, tmp_path / "run")
+    say = cli("--config", str(config), "say", "Hello there.", "-o", str(tmp_path / "out.wav"))
+    assert say.returncode == 69
+    assert one_line(say.stderr) == f"ishowtts-edge: not_running: {tmp_path}/run/tts.sock does not exist: the daemon is not running"
+    status = cli("--config", str(config), "status")
+    assert status.returncode == 3
+    assert "does not exist" in one_line(status.stdout)
+    voices = cli("--config", str(config), "voices")
+    assert voices.returncode == 69 and "does not exist" in one_line(voices.stderr)
+
+
+def test_a_file_that_is_not_a_socket_and_a_stale_socket_are_reported_at_once(tmp_path):
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    (runtime / "tts.sock").write_text("not a socket")
+    config = config_with_runtime_dir(tmp_path, runtime)
+    r = cli("--config", str(config), "say", "Hello.", "-o", str(tmp_path / "out.wav"))
+    assert r.returncode == 69 and "is not a socket" in one_line(r.stderr)
+
+    (runtime / "tts.sock").unlink()
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(runtime / "tts.sock"))  # what a killed daemon leaves behind: a socket nobody accepts on
+    left.close()
+    r = cli("--config", str(config), "status", "--json")
+    assert r.returncode == 3
+    assert '"state": "unreachable"' in one_line(r.stdout) and "nothing accepts on it" in r.stdout
+
+
+def test_over_long_ipc_path_is_named_without_a_zeromq_error(tmp_path):
+    endpoint = f"ipc:///tmp/{'x' * 120}.sock"
+    r = cli("--endpoint", endpoint, "status")
+    assert r.returncode == 64
+    assert "at most 107" in one_line(r.stdout)
+    r = cli("--endpoint", endpoint, "say", "Hello.")
+    assert r.returncode == 64
+    assert one_line(r.stderr).startswith(f"ishowtts-edge: bad_endpoint: {endpoint}: ipc path is 130 bytes")
+
+
+def test_a_live_daemon_socket_still_gets_the_request(tmp_path):
+    endpoint = f"ipc://{tmp_path}/tts.sock"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.bind(endpoint)
+    try:
+        r = cli("--endpoint", endpoint, "--timeout", "0.5", "status")
+        assert r.returncode == 3 and "timeout" in r.stdout  # the check let it through to a (silent) peer
+        assert router.poll(1000)
+    finally:
+        router.close(linger=0)
+
+
+@pytest.fixture(scope="module")
+def users():
+    require_root()
+    created = create_users()
+    yield created
+    created.cleanup()
+
+
+def test_socket_the_user_may_not_use_names_the_group_to_join(world_tmp, users):
+    runtime = world_tmp / "run"
+    runtime.mkdir(mode=0o755)
+    path = runtime / "tts.sock"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.bind(f"ipc://{path}")
+    try:
+        os.chown(path, 0, users.gid)
+        path.chmod(0o660)
+        python = user_python(users.outsider)
+        argv = [python, "-m", "ishowtts_edge.cli", "--endpoint", f"ipc://{path}"]
+        env = repo_env()
+        r = as_user(users.outsider, [*argv, "say", "Hello.", "-o", "/dev/null"], env=env)
+        if "No module named" in r.stderr:
+            pytest.skip(f"{python} lacks the package's dependencies for another user")
+        assert r.returncode == 77
+        line = one_line(r.stderr)
+        assert line.startswith(f"ishowtts-edge: permission_denied: no permission to use {path}: join group '{users.group}'")
+        r = as_user(users.outsider, [*argv, "status"], env=env)
+        assert r.returncode == 77 and users.group in one_line(r.stdout)
+        # A member of the group gets through to the socket.
+        r = as_user(users.member, [*argv, "--timeout", "0.5", "status"], env=env)
+        assert r.returncode == 3 and "timeout" in r.stdout
+    finally:
+        router.close(linger=0)
