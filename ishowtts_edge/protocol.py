@@ -202,6 +202,8 @@ def _has_lone_surrogate(text: str, header: dict[str, Any]) -> bool:
         json.dumps(header, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return True
+    except RecursionError:  # the encoder needs a few frames more than the decoder that just read it
+        raise ServiceError(ErrorCode.BAD_REQUEST, "header is not usable JSON: nested too deeply") from None
     return False
 
 

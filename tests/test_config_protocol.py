@@ -203,3 +203,13 @@ def test_shipped_config_documents_the_real_defaults():
             assert type(value) is type(actual) and value == actual, (section, key, value)
         checked += 1
     assert checked > 30
+
+
+def test_a_header_nested_to_the_decoders_limit_is_a_bad_request_even_with_an_escape():
+    """The lone-surrogate check re-encodes the header: a depth the decoder just managed is one it may not."""
+    for depth in range(900, 1100):
+        raw = b'{"op":"ping","x":' + b"[" * depth + b"]" * depth + b',"y":"\\u0041"}'
+        try:
+            parse_request([raw], LIMITS)
+        except ServiceError as err:
+            assert err.code == ErrorCode.BAD_REQUEST, (depth, err.code)
