@@ -183,9 +183,24 @@ def _in_process(queue, args) -> None:
     queue.put(client_session(*args))
 
 
+def ghosts(endpoint: str, count: int) -> None:
+    """Clients that send and leave at once: their replies have nowhere to go."""
+    ctx = zmq.Context.instance()
+    for i in range(count):
+        sock = ctx.socket(zmq.DEALER if i % 2 else zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        header = json.dumps({"op": "synthesize" if i % 3 == 0 else "status", "id": f"ghost-{i}", "text": "Hi.",
+                             "nfe_step": 1}).encode()
+        sock.send_multipart([b"", header] if i % 2 else [header])
+        time.sleep(0.005 * (i % 4))
+        sock.close()
+
+
 def test_concurrent_clients_each_get_exactly_their_own_replies(served):
-    """REQ and DEALER clients, in threads and in processes, pipelining up to 8 requests: none lost,
-    none duplicated, none crossed; a synthesize reply carries the audio of its own text."""
+    """REQ and DEALER clients, in threads and in processes, pipelining up to 8 requests while others
+    send and leave: none lost, none duplicated, none crossed; a synthesize reply carries the audio of
+    its own text."""
     with Client(served.endpoint, timeout_s=120) as c:  # the length each text's audio must have
         expected_samples = {len(t): c.synthesize(t, nfe_step=1, seed=0, format="pcm_s16le").header["samples"]
                             for t in TEXTS}
@@ -195,6 +210,7 @@ def test_concurrent_clients_each_get_exactly_their_own_replies(served):
     results: list[dict] = []
     threads = [threading.Thread(target=lambda a=a: results.append(client_session(served.endpoint, *a)))
                for a in sessions]
+    threads.append(threading.Thread(target=ghosts, args=(served.endpoint, 40)))
     mp = multiprocessing.get_context("spawn")
     queue = mp.Queue()
     children = [mp.Process(target=_in_process, args=(queue, (served.endpoint, *a))) for a in processes]
