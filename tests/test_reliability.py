@@ -365,3 +365,31 @@ def test_sigterm_while_the_model_loads_exits_0_without_sockets(tmp_path, demo_ca
         assert sockets_left(proc) == [], f"stopped while {state}"
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize(
+    "junk,code",
+    [([b"\xff\xfe"], "bad_reply"), ([b"not json"], "bad_reply"), ([b"[1, 2]"], "bad_reply"), ([b'{"v": 1}'], "bad_reply"),
+     ([b"[" * 100_000], "bad_reply"), ([b'{"ok": false, "error": "boom"}'], "unknown")],
+    ids=["not-utf8", "not-json", "not-an-object", "no-ok", "too-deep", "error-not-an-object"],
+)
+def test_a_reply_that_is_not_the_protocol_is_a_client_error(tmp_path, junk, code):
+    """An endpoint that is not this daemon (another app's ROUTER) answers junk: the CLI prints one line, no traceback."""
+    endpoint = f"ipc://{tmp_path}/other.sock"
+    other = zmq.Context.instance().socket(zmq.ROUTER)
+    other.bind(endpoint)
+
+    def answer() -> None:
+        if other.poll(10_000):
+            envelope = other.recv_multipart()[:2]
+            other.send_multipart(envelope + junk)
+
+    replier = threading.Thread(target=answer)
+    replier.start()
+    try:
+        with Client(endpoint, timeout_s=10, retries=0) as client, pytest.raises(ClientError) as err:
+            client.ping()
+        assert err.value.code == code
+    finally:
+        replier.join(10)
+        other.close(linger=0)
