@@ -37,6 +37,7 @@ BR = frozenset({"bad_request"})
 OK = frozenset({"ok"})
 #: The reply must carry a daemon-chosen id: the request had none.
 GENERATED = object()
+MAX_MESSAGE_CHARS = 1000
 LANES = ("req", "dealer", "bare")  # bare: a DEALER that sends no empty delimiter
 
 
@@ -522,6 +523,8 @@ def check_reply(case: Case, frames: list[bytes]) -> tuple[str, list[str]]:
             problems.append(f"error code {code!r}: {str(error.get('message'))[:300]}")
         if attachments:
             problems.append(f"error reply with {len(attachments)} binary frames")
+        if len(error["message"]) > MAX_MESSAGE_CHARS:  # it is logged too: a peer's value is quoted short
+            problems.append(f"error message of {len(error['message'])} characters: {error['message'][:60]!r}")
         if case.check_op and header.get("op") not in (case.op, None):
             problems.append(f"error reply for op {header.get('op')!r}, sent {case.op!r}")
     if case.codes is not None and code not in case.codes and not problems:
