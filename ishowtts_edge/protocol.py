@@ -155,11 +155,11 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
     op = header.get("op")
     version = header.get("v", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION or isinstance(version, bool):  # true == 1 in Python, not in the protocol
-        raise fail(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {_shown(version)}; this daemon speaks {PROTOCOL_VERSION}")
+        raise fail(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {peer_repr(version)}; this daemon speaks {PROTOCOL_VERSION}")
     if not isinstance(op, str):
         raise fail(ErrorCode.BAD_REQUEST, "op is missing or not a string")
     if op not in OPS:
-        raise fail(ErrorCode.UNKNOWN_OP, f"unknown op {_shown(op)}; known: {', '.join(OPS)}")
+        raise fail(ErrorCode.UNKNOWN_OP, f"unknown op {peer_repr(op)}; known: {', '.join(OPS)}")
 
     attachments = list(frames[1:])
     request = Request(op=op, id=request_id, header=header, attachments=attachments)
@@ -215,7 +215,8 @@ _PEER_VALUE.maxlevel = 2
 MAX_LISTED_ERRORS = 5
 
 
-def _shown(value: Any) -> str:
+def peer_repr(value: Any) -> str:
+    """``repr`` of a value a peer sent, cut short for an error message (which is echoed and logged)."""
     return _PEER_VALUE.repr(value)
 
 
@@ -224,7 +225,7 @@ def _validation_message(exc: ValidationError) -> str:
     parts = []
     for error in errors[:MAX_LISTED_ERRORS]:
         key = ".".join(str(p) for p in error["loc"]) or "header"
-        key = key if len(key) <= 40 else _shown(key)
+        key = key if len(key) <= 40 else peer_repr(key)
         reason = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
         parts.append(f"{key}: {reason}")
     if len(errors) > MAX_LISTED_ERRORS:
