@@ -180,12 +180,16 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not sock.poll(int(remaining * 1000), zmq.POLLIN):
                     break
-                reply_header, reply_attachments = decode_reply(sock.recv_multipart())
+                try:
+                    reply_header, reply_attachments = decode_reply(sock.recv_multipart())
+                except (ValueError, RecursionError) as exc:  # another app's socket, not this daemon
+                    raise ClientError("bad_reply", f"{self.endpoint} answered outside the protocol: {exc}") from None
                 if reply_header.get("id") not in (request_id, None):
                     continue  # a late answer to an earlier attempt
                 if not reply_header.get("ok"):
-                    error = reply_header.get("error") or {}
-                    raise ClientError(error.get("code", "unknown"), error.get("message", ""), reply_header)
+                    error = reply_header.get("error")
+                    error = error if isinstance(error, dict) else {}
+                    raise ClientError(str(error.get("code", "unknown")), str(error.get("message", "")), reply_header)
                 return reply_header, reply_attachments
             # Lazy Pirate: the REQ socket is stuck waiting for a reply; replace it.
             self.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import reprlib
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -201,11 +202,11 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
     op = header.get("op")
     version = header.get("v", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION or isinstance(version, bool):  # true == 1 in Python, not in the protocol
-        raise fail(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version!r}; this daemon speaks {PROTOCOL_VERSION}")
+        raise fail(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {peer_repr(version)}; this daemon speaks {PROTOCOL_VERSION}")
     if not isinstance(op, str):
         raise fail(ErrorCode.BAD_REQUEST, "op is missing or not a string")
     if op not in OPS:
-        raise fail(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(OPS)}")
+        raise fail(ErrorCode.UNKNOWN_OP, f"unknown op {peer_repr(op)}; known: {', '.join(OPS)}")
 
     attachments = list(frames[1:])
     request = Request(op=op, id=request_id, header=header, attachments=attachments, wire_id=wire_id)
@@ -249,15 +250,33 @@ def _has_lone_surrogate(text: str, header: dict[str, Any]) -> bool:
         json.dumps(header, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return True
+    except RecursionError:  # the encoder needs a few frames more than the decoder that just read it
+        raise ServiceError(ErrorCode.BAD_REQUEST, "header is not usable JSON: nested too deeply") from None
     return False
 
 
+#: How a peer's value is quoted in an error message, which is echoed and logged: short, never whole.
+_PEER_VALUE = reprlib.Repr()
+_PEER_VALUE.maxstring = _PEER_VALUE.maxother = 40
+_PEER_VALUE.maxlevel = 2
+MAX_LISTED_ERRORS = 5
+
+
+def peer_repr(value: Any) -> str:
+    """``repr`` of a value a peer sent, cut short for an error message (which is echoed and logged)."""
+    return _PEER_VALUE.repr(value)
+
+
 def _validation_message(exc: ValidationError) -> str:
+    errors = exc.errors()
     parts = []
-    for error in exc.errors():
+    for error in errors[:MAX_LISTED_ERRORS]:
         key = ".".join(str(p) for p in error["loc"]) or "header"
+        key = key if len(key) <= 40 else peer_repr(key)
         reason = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
         parts.append(f"{key}: {reason}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
     return "; ".join(parts)
 
 

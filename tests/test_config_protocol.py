@@ -203,3 +203,32 @@ def test_shipped_config_documents_the_real_defaults():
             assert type(value) is type(actual) and value == actual, (section, key, value)
         checked += 1
     assert checked > 30
+
+
+def test_a_header_nested_to_the_decoders_limit_is_a_bad_request_even_with_an_escape():
+    """The lone-surrogate check re-encodes the header: a depth the decoder just managed is one it may not."""
+    for depth in range(900, 1100):
+        raw = b'{"op":"ping","x":' + b"[" * depth + b"]" * depth + b',"y":"\\u0041"}'
+        try:
+            parse_request([raw], LIMITS)
+        except ServiceError as err:
+            assert err.code == ErrorCode.BAD_REQUEST, (depth, err.code)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"op": "x" * 100_000},
+        {"op": "ping", "v": "x" * 100_000},
+        {"op": "ping", "v": [[[[[[[[[["deep"]]]]]]]]]]},
+        {"op": "synthesize", "text": "hi", "y" * 100_000: 1},
+        {"op": "synthesize", "text": "hi", **{f"k{i}": i for i in range(5000)}},
+    ],
+    ids=["long-op", "long-version", "nested-version", "long-field-name", "many-unknown-fields"],
+)
+def test_an_error_message_quotes_a_peers_values_shortened(header):
+    """Messages are echoed in the reply and written to the journal: a peer's 100 KB op must not be, whole."""
+    with pytest.raises(ServiceError) as err:
+        parse_request([json.dumps(header).encode()], Limits(1 << 20, 2000, 1000))
+    assert err.value.code in (ErrorCode.UNKNOWN_OP, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.BAD_REQUEST)
+    assert len(err.value.message) < 400, err.value.message[:500]

@@ -66,6 +66,14 @@ def test_unknown_voice(engine: Engine) -> None:
     assert "carol" in info.value.message and "alice" in info.value.message
 
 
+def test_an_unknown_voice_named_at_length_is_quoted_short(engine: Engine) -> None:
+    """The message is echoed and logged: a peer's 100 KB voice name is not, whole."""
+    with pytest.raises(ServiceError) as info:
+        engine.synthesize(SynthesizeParams(text="Hello there.", voice="v" * 100_000))
+    assert info.value.code is ErrorCode.UNKNOWN_VOICE
+    assert len(info.value.message) < 200 and "alice" in info.value.message
+
+
 def test_cache_hit_touch_and_change(engine: Engine, voice_dir: Path) -> None:
     registry = engine.registry
     first = registry.get("alice")

@@ -23,7 +23,7 @@ from typing import Any
 from ishowtts_edge.config import VoiceConfig
 from ishowtts_edge.engine.reference import TRIM_ADVICE
 from ishowtts_edge.logs import kv
-from ishowtts_edge.protocol import ErrorCode, ServiceError
+from ishowtts_edge.protocol import ErrorCode, ServiceError, peer_repr
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class VoiceRegistry:
             entry = self._entries.get(voice_id)
             if entry is None:
                 known = ", ".join(sorted(self._entries)) or "none"
-                raise ServiceError(ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice_id!r} (configured: {known})")
+                raise ServiceError(ErrorCode.UNKNOWN_VOICE, f"unknown voice {peer_repr(voice_id)} (configured: {known})")
             before = entry.prepared
             prepared = self._refresh(entry)
             if prepared is not before:
