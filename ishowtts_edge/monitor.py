@@ -751,11 +751,12 @@ class RtfMonitor:
             return []
 
         # Active: recovery is judged on the recent syntheses alone (the window still holds
-        # the slow ones), against lower thresholds, for clear_after syntheses in a row.
+        # the slow ones), against lower thresholds, for clear_after syntheses in a row.  It
+        # weighs the evidence raising weighs: jitter only where it is trusted, so an alert
+        # raised by the median with clocks left to the governor is not held by their jitter.
         recovered = (
-            (recent["median"] if self.expect_clocks_locked else whole["median"]) - 1.0
-            < slow_threshold * cfg.clear_ratio
-            and recent["jitter"] < cfg.cv_threshold * cfg.clear_ratio
+            recent["median"] - 1.0 < slow_threshold * cfg.clear_ratio
+            and (not spread_trusted or recent["jitter"] < cfg.cv_threshold * cfg.clear_ratio)
         )
         if recovered:
             self._healthy_streak += 1
