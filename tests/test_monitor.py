@@ -9,7 +9,9 @@ from dataclasses import replace
 import pytest
 
 from ishowtts_edge.config import MonitorConfig
-from ishowtts_edge.monitor import Baseline, RtfMonitor, SynthesisRecord
+from ishowtts_edge.monitor.baseline import Baseline
+from ishowtts_edge.monitor.detector import RtfMonitor
+from ishowtts_edge.monitor.records import SynthesisRecord
 from monitor_sim import A_S, B_S, LOCKED_MHZ, BoardState, FakeClock, Phase, Simulator, warmup_points
 
 SEEDS = [1, 2, 3]
