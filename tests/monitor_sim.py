@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 
-from ishowtts_edge.monitor import SynthesisRecord
+from ishowtts_edge.monitor.records import SynthesisRecord
 from ishowtts_edge.telemetry import TelemetrySample
 
 HOP_S = 256 / 24000  # seconds of audio per mel frame

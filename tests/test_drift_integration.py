@@ -10,6 +10,7 @@ devfreq node, so a lowered clock makes synthesis slower as a real GPU would.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +27,18 @@ def drain(sub: zmq.Socket, into: list[tuple[str, dict]]) -> None:
     while sub.poll(0):
         topic, body = sub.recv_multipart()
         into.append((topic.decode(), json.loads(body)))
+
+
+def favour(pid: int) -> None:
+    """Let a timed process run before others on a shared machine: the monitor compares wall times
+    across a minute, and other work starting meanwhile must not read as a slowdown or its end.
+    (The daemons here also run one torch thread: OpenMP workers spinning for a busy core made
+    timings erratic.)  Best effort: without the privilege to raise priority the test runs as it is."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), -20)
+        except (PermissionError, ProcessLookupError):
+            pass
 
 
 def test_clock_drop_raises_clock_drift_remediates_and_clears(world_tmp, demo_cache):
@@ -57,12 +70,13 @@ remediate_min_interval_s = 0
 """
     )
     notify = NotifySocket(world_tmp / "notify.sock")
-    proc = DaemonProcess(world_tmp, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path))
+    proc = DaemonProcess(world_tmp, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1")
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     events: list[tuple[str, dict]] = []
     try:
         notify.collect(lambda m: "READY=1" in m, timeout=180)
+        favour(proc.proc.pid)
         sub.connect(f"ipc://{world_tmp / 'run' / 'events.sock'}")
         with Client(proc.endpoint, timeout_s=120) as client:
             status = client.status()
@@ -134,3 +148,78 @@ remediate_min_interval_s = 0
         proc.stop()
         notify.close()
         helper.stop()
+
+
+def test_alert_raised_without_clock_management_clears_soon_after_the_board_recovers(world_tmp, demo_cache):
+    """Hardware management off (a desktop GPU, or an owner who turned it off): the alert is raised
+    by the window median alone and jitter is not judged, so recovery must not wait for the window
+    median nor for a jitter this CPU never reaches (cv_threshold is set far below it here).
+    The slowdown is five times the step time, and only a doubling counts, so that other work on
+    a shared machine cannot pass for one or hide the recovery."""
+    devfreq = world_tmp / "devfreq"
+    devfreq.mkdir()
+    (devfreq / "max_freq").write_text("900000000\n")
+    (devfreq / "cur_freq").write_text("900000000\n")
+    config = world_tmp / "edge.toml"
+    config.write_text(
+        f"""[hardware]
+enabled = false
+
+[engine]
+emulate_clock_devfreq = "{devfreq}"
+
+[monitor]
+window_count = 16
+baseline_samples = 6
+min_samples = 4
+recent_count = 4
+raise_after = 2
+clear_after = 2
+unmanaged_slowdown_threshold = 1.0
+cv_threshold = 0.005
+"""
+    )
+    proc = DaemonProcess(world_tmp, demo_cache, config=config, OMP_NUM_THREADS="1")
+    sent = 0
+    try:
+        proc.wait_ready()
+        favour(proc.proc.pid)
+        with Client(proc.endpoint, timeout_s=120) as client:
+
+            def say() -> list[dict]:
+                """One synthesis; the monitor's active alerts once it has recorded it."""
+                nonlocal sent
+                client.synthesize("The recovery test sentence.", seed=sent)
+                sent += 1
+                deadline = time.monotonic() + 30
+                while True:  # the monitor records after the reply is sent
+                    monitor = client.status()["monitor"]
+                    if monitor["records_total"] >= sent or time.monotonic() > deadline:
+                        return monitor["active_alerts"]
+                    time.sleep(0.02)
+
+            for _ in range(12):  # learn the baseline, then fill most of the window
+                assert say() == []
+            assert client.status()["monitor"]["baseline"]["source"] == "learned"
+
+            # Every sampling step now takes five times as long.
+            (devfreq / "cur_freq").write_text("180000000\n")
+            for slow in range(1, 31):
+                active = say()
+                if active:
+                    break
+            assert active, f"no alert after {slow} slow requests\n{proc.log()[-3000:]}"
+            assert active[0]["kind"] == "rtf" and active[0]["figures"]["slowdown"] > 1.0, active
+
+            (devfreq / "cur_freq").write_text("900000000\n")
+            cfg = {"recent_count": 4, "clear_after": 2}
+            for healthy in range(1, cfg["recent_count"] + cfg["clear_after"] + 1):
+                active = say()
+                if not active:
+                    break
+            assert not active, (f"alert still active after {healthy} healthy requests: "
+                                f"{client.status()['monitor']['window']}")
+            history = client.status()["monitor"]["history"]
+            assert [item["action"] for item in history] == ["raised", "cleared"]
+    finally:
+        proc.stop()

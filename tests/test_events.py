@@ -12,7 +12,7 @@ import zmq
 
 from ishowtts_edge.config import MonitorConfig
 from ishowtts_edge.events import EventPublisher, EventPublisherError
-from ishowtts_edge.monitor import MonitorHub
+from ishowtts_edge.monitor.hub import MonitorHub
 from monitor_sim import BoardState, FakeClock, Simulator
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from ishowtts_edge.config import MonitorConfig
-from ishowtts_edge.monitor import Baseline, RtfMonitor, SynthesisRecord
+from ishowtts_edge.monitor.baseline import Baseline
+from ishowtts_edge.monitor.detector import RtfMonitor
+from ishowtts_edge.monitor.records import SynthesisRecord
 from monitor_sim import A_S, B_S, LOCKED_MHZ, BoardState, FakeClock, Phase, Simulator, warmup_points
 
 SEEDS = [1, 2, 3]
@@ -203,6 +206,32 @@ def test_between_clear_and_raise_thresholds_the_alert_holds_without_flapping():
     assert [(e.action, p) for _, p, e in events] == [("raised", 1), ("cleared", 3)]
 
 
+@pytest.mark.parametrize("managed", [True, False], ids=["clocks-managed", "clocks-not-managed"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_recovered_board_clears_within_recent_count_plus_clear_after_in_either_mode(seed, managed):
+    """Without clock management the alert is raised by the window median alone; it must clear on the
+    same evidence (the recent median), not wait for the window median or a jitter it never judged."""
+    clock = FakeClock()
+    sim = Simulator(seed, clock)
+    cfg = MonitorConfig()
+    monitor = RtfMonitor(cfg, clock=clock, wall_clock=sim.wall, expect_clocks_locked=managed)
+    # Locked Jetson clocks (+-1.5 % noise), or a desktop GPU or CPU that nothing locks (+-3 %).
+    steady = BoardState() if managed else BoardState(jetson_clocks=None, noise=0.03)
+    assert replay(monitor, sim, [Phase(100, steady)]) == []
+    raised = []
+    for _, rec in sim.run([Phase(80, replace(steady, load=2.0))]):
+        raised = monitor.record(rec)
+        if raised:
+            break
+    assert [e.action for e in raised] == ["raised"]
+    for healthy in range(1, 101):
+        events = monitor.record(sim.one(steady))
+        if events:
+            break
+    assert [e.action for e in events] == ["cleared"]
+    assert healthy <= cfg.recent_count + cfg.clear_after
+
+
 def test_severity_escalates_once_and_never_downgrades_while_active():
     monitor, sim = make(seed=10)
     phases = [Phase(80), Phase(30, BoardState(load=1.25)), Phase(30, BoardState(load=1.8)),
@@ -294,7 +323,6 @@ def test_learned_on_one_size_then_a_new_size_is_learned_not_alerted():
 def test_learned_at_one_step_count_another_is_judged_once_seen():
     """Learned at NFE 7 only, then short texts at NFE 32: a per-step cost folded into the fixed cost
     made them look 30 % slow (a WARNING in the sixth session's H200 bench)."""
-    from dataclasses import replace
 
     board = BoardState(step_s=0.01)
     monitor, sim = make(seed=8)

@@ -12,7 +12,7 @@ import pytest
 from ishowtts_edge.config import MonitorConfig, load_settings
 from ishowtts_edge.engine import SynthesisResult
 from ishowtts_edge.logs import SyslogPrefixFormatter
-from ishowtts_edge.monitor import MonitorHub, format_status
+from ishowtts_edge.monitor.hub import MonitorHub, format_status
 from monitor_sim import BoardState, FakeClock, Simulator
 
 

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from ishowtts_edge.config import MonitorConfig
-from ishowtts_edge.monitor import Alert, Remediator
+from ishowtts_edge.monitor.alerts import Alert
+from ishowtts_edge.monitor.remediation import Remediator
 from monitor_sim import FakeClock
 
 

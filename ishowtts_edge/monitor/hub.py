@@ -1,0 +1,283 @@
+"""The hub: what the daemon talks to, and the only part that fans out.
+
+It feeds results and telemetry to the detector, sends every alert change to the journal,
+the event publisher and the remediator, and gives the daemon its status and STATUS line.
+It never raises into the daemon: a monitor fault must not fail a synthesis.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
+
+from ..config import MonitorConfig
+from ..logs import kv
+from ..telemetry import TelemetrySample
+from .alerts import Alert, AlertEvent, log_event
+from .baseline import Baseline
+from .detector import RtfMonitor
+from .records import SynthesisRecord
+from .remediation import Remediator
+
+if TYPE_CHECKING:
+    from ..engine import SynthesisResult
+
+logger = logging.getLogger(__package__)
+
+
+class EventSink(Protocol):
+    def publish(self, topic: str, payload: dict[str, Any]) -> Any: ...
+
+
+class MonitorHub:
+    """What the daemon talks to: feed it results and telemetry, read status and the STATUS line.
+
+    Fans every alert change out to the journal, the event publisher (any object with
+    ``publish(topic, payload)``, e.g. :class:`ishowtts_edge.events.EventPublisher`) and the
+    remediator.  It never raises into the daemon: a monitor fault must not fail a synthesis.
+    """
+
+    def __init__(
+        self,
+        cfg: MonitorConfig,
+        *,
+        publisher: EventSink | None = None,
+        apply_fn: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        expect_clocks_locked: bool = True,
+        background_remediation: bool = True,
+        telemetry_max_age_s: float = 5.0,
+    ) -> None:
+        self.cfg = cfg
+        self.publisher = publisher
+        self._clock = clock
+        self._wall = wall_clock
+        self._telemetry_max_age_s = telemetry_max_age_s
+        self._recent_telemetry: deque[TelemetrySample] = deque(maxlen=256)
+        self._telemetry_lock = threading.Lock()
+        self.monitor = RtfMonitor(cfg, clock=clock, wall_clock=wall_clock, expect_clocks_locked=expect_clocks_locked)
+        self.remediator: Remediator | None = None
+        if apply_fn is not None:
+            self.remediator = Remediator(
+                cfg,
+                apply_fn,
+                clock=clock,
+                wall_clock=wall_clock,
+                on_outcome=self._on_remediation,
+                background=background_remediation,
+            )
+
+    def calibrate(self, points: Iterable[Sequence[float]]) -> Baseline | None:
+        try:
+            return self.monitor.calibrate(points)
+        except (ValueError, TypeError, IndexError) as exc:
+            logger.warning("RTF warm-up calibration ignored, baseline will be learned %s", kv(error=exc))
+            return None
+
+    def on_synthesis(
+        self,
+        result: "SynthesisResult",
+        telemetry: TelemetrySample | None = None,
+        *,
+        request_id: str = "",
+    ) -> list[AlertEvent]:
+        """Record a finished synthesis with the telemetry sample nearest in time.
+
+        Without ``telemetry`` the hub picks, from the samples given to :meth:`on_telemetry`,
+        the one nearest the middle of the synthesis (none if all are older than
+        ``telemetry_max_age_s`` from it).
+        """
+        if not self.cfg.enabled:
+            return []
+        try:
+            if telemetry is None:
+                telemetry = self.nearest_telemetry(self._clock() - float(result.synthesis_seconds) / 2.0)
+            rec = SynthesisRecord.from_result(
+                result, request_id=request_id, telemetry=telemetry, monotonic=self._clock(), wall=self._wall()
+            )
+        except Exception as exc:
+            logger.warning("synthesis not monitored %s", kv(request_id=request_id, error=exc))
+            return []
+        return self.on_record(rec)
+
+    def on_record(self, rec: SynthesisRecord) -> list[AlertEvent]:
+        if not self.cfg.enabled:
+            return []
+        try:
+            events = self.monitor.record(rec)
+        except ValueError as exc:
+            logger.warning("synthesis not monitored %s", kv(request_id=rec.request_id, error=exc))
+            return []
+        except Exception:
+            logger.exception("RTF monitor failed on a record")
+            return []
+        logger.debug(
+            "synthesis timing %s",
+            kv(request_id=rec.request_id, rtf=rec.rtf, seconds=rec.synthesis_seconds, frames=rec.mel_frames,
+               nfe=rec.nfe_step),
+        )
+        self._dispatch(events)
+        return events
+
+    def on_telemetry(self, sample: TelemetrySample) -> list[AlertEvent]:
+        """Feed every telemetry sample (the sampler thread calls this at its interval)."""
+        if not self.cfg.enabled:
+            return []
+        with self._telemetry_lock:
+            self._recent_telemetry.append(sample)
+        try:
+            events = self.monitor.observe_telemetry(sample)
+            healthy = self.monitor.telemetry_healthy(sample)
+        except Exception:
+            logger.exception("RTF monitor failed on a telemetry sample")
+            return []
+        if self.remediator is not None:
+            self.remediator.on_telemetry(healthy)
+        self._dispatch(events)
+        return events
+
+    def nearest_telemetry(self, monotonic: float) -> TelemetrySample | None:
+        with self._telemetry_lock:
+            samples = list(self._recent_telemetry)
+        if not samples:
+            return None
+        best = min(samples, key=lambda t: abs(t.monotonic - monotonic))
+        return best if abs(best.monotonic - monotonic) <= self._telemetry_max_age_s else None
+
+    def active_alerts(self) -> list[Alert]:
+        return self.monitor.active_alerts()
+
+    def status(self) -> dict[str, Any]:
+        if not self.cfg.enabled:
+            return {"enabled": False}
+        status = self.monitor.status()
+        status["remediation"] = self.remediator.state() if self.remediator else {"enabled": False}
+        status["status_line"] = self.status_line()
+        return status
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: the worst active alert, else the RTF figures."""
+        if not self.cfg.enabled:
+            return "RTF monitor off"
+        alerts = self.monitor.active_alerts()
+        if alerts:
+            alerts.sort(key=lambda a: (a.severity != "error", a.kind != "rtf", a.started))
+            line = alerts[0].summary()
+            if len(alerts) > 1:
+                line += f" (+{len(alerts) - 1} more)"
+            return line
+        stats = self.monitor.window_stats()
+        baseline = self.monitor.baseline
+        if stats["n"] == 0:
+            return "RTF: no syntheses yet" if baseline else "RTF: learning baseline"
+        line = f"RTF {stats['median_rtf']:.2f} (n={stats['n']})"
+        if stats["ratio"]:
+            line += f", {stats['ratio']['median']:.2f}x baseline"
+        elif baseline is None:
+            status = self.monitor.status()["learning"]
+            line += f", learning baseline {status['have']}/{status['need']}"
+        return line
+
+    def publish_state(self) -> None:
+        """Publish the "state" event: the monitor's current picture, after every alert change."""
+        if self.publisher is None or not self.cfg.enabled:
+            return
+        payload = {
+            "status_line": self.status_line(),
+            "active_alerts": [a.to_dict() for a in self.monitor.active_alerts()],
+            "window": self.monitor.window_stats(),
+        }
+        self._publish("state", payload)
+
+    def close(self, timeout: float = 1.0) -> None:
+        if self.remediator is not None:
+            self.remediator.wait_idle(timeout)
+
+    # ---------------------------------------------------------------- internals
+
+    def _dispatch(self, events: list[AlertEvent]) -> None:
+        for event in events:
+            try:
+                log_event(event)
+            except Exception:
+                logger.exception("could not log an alert event")
+            self._publish(event.topic, event.to_dict())
+            if self.remediator is not None and event.action == "cleared":
+                self.remediator.on_cleared(event.alert)
+        if events:
+            self.publish_state()
+        if self.remediator is not None:
+            try:
+                self.remediator.poll(self.monitor.active_alerts())
+            except Exception:
+                logger.exception("remediation poll failed")
+
+    def _on_remediation(self, payload: dict[str, Any]) -> None:
+        self._publish("remediation", payload)
+
+    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.publish(topic, payload)
+        except Exception as exc:
+            logger.warning("event not published %s", kv(topic=topic, error=exc))
+
+
+def format_status(status: dict[str, Any]) -> list[str]:
+    """Human lines for ``ishowtts-edge status`` from :meth:`MonitorHub.status` (or its JSON)."""
+    if not status.get("enabled", True):
+        return ["RTF monitor: off"]
+    lines = []
+    window = status.get("window") or {}
+    baseline = status.get("baseline")
+    learning = status.get("learning")
+    head = "RTF monitor: "
+    if window.get("n"):
+        head += f"median RTF {window['median_rtf']:.3f}, last {window['last_rtf']:.3f} (n={window['n']})"
+        ratio = window.get("ratio")
+        if ratio:
+            head += f"; {ratio['median']:.2f}x baseline, jitter {ratio['jitter'] * 100:.1f}%"
+    else:
+        head += "no syntheses in the window"
+    if baseline is None:
+        head += "; no baseline yet"
+    if learning:
+        head += f"; learning baseline {learning['have']}/{learning['need']}"
+    lines.append(head)
+    active = status.get("active_alerts") or []
+    lines.append("Active alerts:" if active else "Active alerts: none")
+    for alert in active:
+        lines.append(f"  {alert['summary']} (id {alert['id']}, since {_utc(alert['started'])})")
+    history = status.get("history") or []
+    if history:
+        lines.append("Recent alert history:")
+        for item in history:
+            alert = item["alert"]
+            extra = ""
+            if item["action"] == "cleared" and alert["figures"].get("duration_s") is not None:
+                extra = f" after {alert['figures']['duration_s']:.0f} s"
+            lines.append(f"  {_utc(item['time'])} {item['action']:<7} {alert['id']} {alert['severity']} "
+                         f"{alert['cause']}{extra}")
+    rem = status.get("remediation") or {}
+    if rem.get("enabled"):
+        text = (f"Remediation: {rem['phase']}, attempts {rem['attempts']}, recovered {rem['recovered']}, "
+                f"failed {rem['failed']}, not recovered {rem['not_recovered']}")
+        last = rem.get("last_outcome")
+        if last:
+            text += f"; last: {last['outcome']} ({last.get('alert_id')}) at {_utc(last['time'])}"
+        lines.append(text)
+    else:
+        lines.append("Remediation: off")
+    return lines
+
+
+def _utc(wall: float | None) -> str:
+    if wall is None:
+        return "?"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+
