@@ -58,7 +58,8 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 #: Degraded causes that a synthesis succeeding disproves: the request path works again.
 PASSING_CAUSES = ("out_of_memory", "self_test")
 #: What SIGHUP applies; every other setting was built into sockets, threads or the model at start.
-RELOADABLE_SETTINGS = ("default_voice", "voices")
+# [wyoming] is read by the Wyoming bridge, never by the daemon: a change is not one that waits for a restart here.
+RELOADABLE_SETTINGS = ("default_voice", "voices", "wyoming")
 
 
 class AlreadyRunning(RuntimeError):
