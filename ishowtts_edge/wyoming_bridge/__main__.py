@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -20,6 +21,25 @@ from ishowtts_edge.wyoming_bridge.framing import MAX_HEADER_BYTES
 from ishowtts_edge.wyoming_bridge.handler import BridgeConfig, BridgeHandler
 
 log = logging.getLogger("ishowtts_edge.wyoming")
+
+
+def check_daemon_socket(endpoint: str) -> None:
+    """Say at start, not at the first request, when the daemon's socket cannot be used (ZeroMQ retries silently)."""
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[len("ipc://") :]
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        log.info("the daemon's socket is not there yet; requests wait for it %s", kv(socket=path))
+        return
+    except OSError:
+        pass  # its directory is closed to us: the same advice as below
+    if not os.access(path, os.R_OK | os.W_OK):
+        log.warning(
+            "the daemon's socket is not writable by this user: add it to group ishowtts-edge %s",
+            kv(socket=path, uid=os.getuid()),
+        )
 
 
 async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
@@ -37,7 +57,7 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if config.connections >= config.max_connections:
-            log.warning("wyoming: connection refused %s", kv(peer=writer.get_extra_info("peername"), open=config.connections))
+            log.warning("connection refused %s", kv(peer=writer.get_extra_info("peername"), open=config.connections))
             handler = BridgeHandler(reader, writer, config)
             handler.speaker.close()
             await handler._send_error("busy", f"{config.max_connections} connections are already open; retry later")
@@ -61,12 +81,13 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     bound = sorted({f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets})
     port = server.sockets[0].getsockname()[1]
-    log.info("wyoming: listening %s", kv(host=w.host, port=port, daemon=settings.endpoint, version=__version__))
+    log.info("listening %s", kv(host=w.host, port=port, daemon=settings.endpoint, version=__version__))
+    check_daemon_socket(settings.endpoint)
     if notifier is not None:
         notifier.ready(f"Wyoming on {', '.join(bound)}; daemon {settings.endpoint}")
     async with server:
         await stop.wait()
-        log.info("wyoming: stopping %s", kv(connections=config.connections))
+        log.info("stopping %s", kv(connections=config.connections))
         if notifier is not None:
             notifier.stopping()
         server.close()
@@ -92,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(settings, Notifier()))
     except OSError as exc:  # the port is taken, the address does not exist here
-        log.error("wyoming: cannot listen %s", kv(host=settings.wyoming.host, port=settings.wyoming.port, reason=exc.strerror or exc))
+        log.error("cannot listen %s", kv(host=settings.wyoming.host, port=settings.wyoming.port, reason=exc.strerror or exc))
         return 1
     return 0
 

@@ -33,7 +33,7 @@ from ishowtts_edge.wyoming_bridge.framing import FramingError, PeerClosed, read_
 from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter
 from ishowtts_edge.wyoming_bridge.speaker import Audio, Speaker
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ishowtts_edge.wyoming")
 
 #: Audio per audio-chunk event (wyoming-piper's default).
 SAMPLES_PER_CHUNK = 1024
@@ -177,7 +177,7 @@ class BridgeHandler(AsyncEventHandler):
                     event = await read_event(self.reader)
                 except FramingError as exc:
                     reason = f"refused: {exc.code}"
-                    log.warning("wyoming: connection closed %s", kv(peer=self.peer, code=exc.code, reason=exc.message))
+                    log.warning("connection closed %s", kv(peer=self.peer, code=exc.code, reason=exc.message))
                     worker.cancel()
                     await asyncio.gather(worker, return_exceptions=True)
                     await self._send_error(exc.code, exc.message)
@@ -192,7 +192,7 @@ class BridgeHandler(AsyncEventHandler):
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
             self.speaker.close()
-            log.info("wyoming: connection ended %s", kv(peer=self.peer, how=reason))
+            log.info("connection ended %s", kv(peer=self.peer, how=reason))
             self.writer.close()
 
     async def _work(self) -> None:
@@ -205,7 +205,7 @@ class BridgeHandler(AsyncEventHandler):
             except (ConnectionError, asyncio.CancelledError):
                 raise
             except Exception:
-                log.exception("wyoming: unexpected error %s", kv(peer=self.peer, event=event.type))
+                log.exception("unexpected error %s", kv(peer=self.peer, event=event.type))
                 await self._send_error("internal", "unexpected error in the bridge (logged)")
 
     async def _send_error(self, code: str, message: str) -> None:
@@ -223,7 +223,7 @@ class BridgeHandler(AsyncEventHandler):
             if self._stream is not None:
                 # Home Assistant resends the whole text as a plain synthesize inside its stream, for
                 # servers without streaming; the stream already speaks it.
-                log.debug("wyoming: full-text synthesize inside a stream ignored %s", kv(peer=self.peer))
+                log.debug("full-text synthesize inside a stream ignored %s", kv(peer=self.peer))
             else:
                 await self._synthesize(event.data)
         elif SynthesizeStart.is_type(event.type):
@@ -237,7 +237,7 @@ class BridgeHandler(AsyncEventHandler):
             await self.write_event(Pong(text=text if isinstance(text, str) and len(text) <= 256 else None).event())
         else:
             # Wyoming peers drop events they do not know (a newer client may send some).
-            log.debug("wyoming: event ignored %s", kv(peer=self.peer, type=ascii(event.type)))
+            log.debug("event ignored %s", kv(peer=self.peer, type=ascii(event.type)))
         return True
 
     async def _describe(self) -> None:
@@ -245,9 +245,9 @@ class BridgeHandler(AsyncEventHandler):
             voices = await self.speaker.voices()
         except ClientError as exc:
             if not self.config.voices:
-                log.warning("wyoming: no voice list for describe %s", kv(peer=self.peer, code=exc.code))
+                log.warning("no voice list for describe %s", kv(peer=self.peer, code=exc.code))
                 raise BadEvent(exc.code, f"the daemon did not list its voices: {exc.message}") from None
-            log.warning("wyoming: daemon did not list voices; describing the last list seen %s", kv(code=exc.code))
+            log.warning("daemon did not list voices; describing the last list seen %s", kv(code=exc.code))
             voices = self.config.voices
         else:
             if not any(v.get("available") for v in voices):
@@ -274,7 +274,7 @@ class BridgeHandler(AsyncEventHandler):
             async for audio in self.speaker.speak(text, voice):
                 await response.add(audio)
         except ClientError as exc:
-            log.warning("wyoming: synthesis failed %s", kv(peer=self.peer, code=exc.code, voice=voice))
+            log.warning("synthesis failed %s", kv(peer=self.peer, code=exc.code, voice=voice))
             await self._send_error(exc.code, exc.message)
             return False
         return True
@@ -289,7 +289,7 @@ class BridgeHandler(AsyncEventHandler):
         else:
             ok = await self._speak(text, voice, response)
         await self.write_event(AudioStop().event())
-        log.info("wyoming: synthesized %s", kv(peer=self.peer, chars=len(text), audio_s=round(response.seconds, 2), voice=voice, ok=ok))
+        log.info("synthesized %s", kv(peer=self.peer, chars=len(text), audio_s=round(response.seconds, 2), voice=voice, ok=ok))
 
     async def _stream_start(self, data: dict[str, Any]) -> None:
         if self._stream is not None:
@@ -324,6 +324,6 @@ class BridgeHandler(AsyncEventHandler):
             await self.write_event(AudioStop().event())
         await self.write_event(SynthesizeStopped().event())
         log.info(
-            "wyoming: stream synthesized %s",
+            "stream synthesized %s",
             kv(peer=self.peer, chars=stream.chars, audio_s=round(stream.response.seconds, 2), voice=stream.voice, ok=not stream.failed),
         )

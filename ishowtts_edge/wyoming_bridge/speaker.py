@@ -22,7 +22,7 @@ from ishowtts_edge.client import Client, ClientError
 from ishowtts_edge.logs import kv
 from ishowtts_edge.wyoming_bridge.sentences import split_sentences
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ishowtts_edge.wyoming")
 
 T = TypeVar("T")
 
