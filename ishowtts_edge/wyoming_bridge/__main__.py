@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from ishowtts_edge import __version__
 from ishowtts_edge.config import ConfigError, Settings, load_settings
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the port is taken, the address does not exist here
         log.error("cannot listen %s", kv(host=settings.wyoming.host, port=settings.wyoming.port, reason=exc.strerror or exc))
         return 1
+    if any(t.name.startswith("wyoming-daemon") and t.is_alive() for t in threading.enumerate()):
+        # A sentence still in the daemon would hold the exit for up to synthesis_timeout_s;
+        # its listener is gone, so nothing waits for it.
+        log.info("stopped; not waiting for a sentence still in the daemon")
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
