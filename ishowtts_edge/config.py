@@ -153,6 +153,9 @@ class VoiceConfig(_Section):
     dir: Path | None = None
     ref_audio: Path | None = None
     ref_text: str | None = None
+    #: Language tag of what the voice speaks ("en", "de-DE"); the Wyoming bridge advertises voices
+    #: by language (Home Assistant offers only voices that have one).  Unset: wyoming.default_language.
+    language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
 
     @model_validator(mode="after")
     def _one_form(self) -> "VoiceConfig":
@@ -366,6 +369,31 @@ class MetricsConfig(_Section):
     interval_s: float = Field(default=5.0, ge=0.1, le=300)
 
 
+class WyomingConfig(_Section):
+    """The Wyoming bridge (ishowtts-edge-wyoming, docs/home-assistant.md); the daemon itself ignores it."""
+
+    #: Address the bridge listens on; a non-loopback one only with allow_remote (as server.allow_remote).
+    host: str = "127.0.0.1"
+    #: 10200 is Wyoming's conventional TTS port; 0 = any free port (tests read it from the log).
+    port: int = Field(default=10200, ge=0, le=65535)
+    allow_remote: bool = False
+    #: Language advertised for a voice whose [voices.*] entry sets none.
+    default_language: str = Field(default="en", pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
+    #: Fixed seed for every sentence (the same text then always sounds the same); unset = random.
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    #: Connections served at once; more are answered with an error and closed.
+    max_connections: int = Field(default=8, ge=1, le=256)
+    #: Seconds one sentence may take in the daemon before the bridge reports a timeout.
+    synthesis_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> "WyomingConfig":
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if not self.allow_remote and not is_loopback_tcp(f"tcp://{host}:{self.port}"):
+            raise ValueError(f"{self.host} is not a loopback address; set wyoming.allow_remote = true to expose it")
+        return self
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -384,6 +412,7 @@ class Settings(BaseSettings):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    wyoming: WyomingConfig = Field(default_factory=WyomingConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     #: The file this was read from (None: defaults and environment only).

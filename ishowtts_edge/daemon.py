@@ -60,7 +60,8 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 #: Degraded causes that a synthesis succeeding disproves: the request path works again.
 PASSING_CAUSES = ("out_of_memory", "self_test")
 #: What SIGHUP applies; every other setting was built into sockets, threads or the model at start.
-RELOADABLE_SETTINGS = ("default_voice", "voices")
+# [wyoming] is read by the Wyoming bridge, never by the daemon: a change is not one that waits for a restart here.
+RELOADABLE_SETTINGS = ("default_voice", "voices", "wyoming")
 #: At stop, after server.drain_timeout_s, how long a cancelled synthesis has to reach its next
 #: step.  drain_timeout_s + this + a few seconds of closing must stay under the unit's TimeoutStopSec.
 CANCEL_GRACE_S = 5.0

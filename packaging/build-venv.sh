@@ -51,7 +51,7 @@ for script in "$stage"/bin/*; do
     name=$(basename "$script")
     case "$name" in
         python|python3|python3.*|activate|activate.csh|activate.fish|Activate.ps1) ;;
-        ishowtts-edge) sed -i "1s|^#!.*|#!$prefix/bin/python|" "$script" ;;
+        ishowtts-edge|ishowtts-edge-wyoming) sed -i "1s|^#!.*|#!$prefix/bin/python|" "$script" ;;
         ishowtts-edge-hwctl) sed -i "1s|^#!.*|#!$prefix/bin/python -I|" "$script" ;;
         *) rm -f "$script" ;;
     esac

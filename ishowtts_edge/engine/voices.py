@@ -28,6 +28,8 @@ from ishowtts_edge.protocol import ErrorCode, ServiceError, peer_repr
 log = logging.getLogger(__name__)
 
 DEMO_VOICE_ID = "demo"
+#: The demo voice's transcript (engine/demo.py) is English.
+DEMO_VOICE_LANGUAGE = "en"
 #: Largest voice file read at all: 120 s (the decode limit) of 48 kHz stereo 32-bit WAV is
 #: 46 MB; a file much larger is read whole for its hash, so it is refused by its size first.
 MAX_VOICE_FILE_BYTES = 64 << 20
@@ -62,12 +64,13 @@ class _VoiceSource:
     text_path: Path | None  # None: the transcript is inline
     inline_text: str | None
     source: str  # "config" | "demo"
+    language: str | None = None
 
     @classmethod
     def from_config(cls, config: VoiceConfig) -> "_VoiceSource":
         if config.dir is not None:
-            return cls(config.dir / "ref.wav", config.dir / "ref.txt", None, "config")
-        return cls(config.ref_audio, None, config.ref_text, "config")  # type: ignore[arg-type]
+            return cls(config.dir / "ref.wav", config.dir / "ref.txt", None, "config", config.language)
+        return cls(config.ref_audio, None, config.ref_text, "config", config.language)  # type: ignore[arg-type]
 
     def signature(self) -> tuple:
         """mtime/size of the files: a cheap "did anything change" check."""
@@ -143,7 +146,7 @@ class VoiceRegistry:
             entries[voice_id] = _Entry(voice_id, _VoiceSource.from_config(config))
         if demo_dir is not None and DEMO_VOICE_ID not in entries:
             entries[DEMO_VOICE_ID] = _Entry(
-                DEMO_VOICE_ID, _VoiceSource(demo_dir / "ref.wav", demo_dir / "ref.txt", None, "demo")
+                DEMO_VOICE_ID, _VoiceSource(demo_dir / "ref.wav", demo_dir / "ref.txt", None, "demo", DEMO_VOICE_LANGUAGE)
             )
         for entry in entries.values():
             try:
@@ -241,6 +244,7 @@ class VoiceRegistry:
                     "ref_text": entry.prepared.ref_text if entry.prepared else None,
                     "ref_seconds": round(entry.prepared.ref_seconds, 3) if entry.prepared else None,
                     "source": entry.where.source,
+                    "language": entry.where.language,
                     "available": entry.prepared is not None,
                 }
                 if entry.error:

@@ -120,8 +120,9 @@ grep -q "torch is not installed system-wide" "$work/install.log" && ok "postinst
     || fail "postinst did not warn about the missing torch"
 
 step "files and permissions"
-for path in /usr/bin/ishowtts-edge /usr/bin/ishowtts-edge-hwctl \
+for path in /usr/bin/ishowtts-edge /usr/bin/ishowtts-edge-hwctl /usr/bin/ishowtts-edge-wyoming \
             /lib/systemd/system/ishowtts-edge.service \
+            /lib/systemd/system/ishowtts-edge-wyoming.service \
             /lib/systemd/system/ishowtts-edge-hwctl.socket \
             /lib/systemd/system/ishowtts-edge-hwctl@.service \
             /usr/lib/sysusers.d/ishowtts-edge.conf /usr/lib/tmpfiles.d/ishowtts-edge.conf \
@@ -168,15 +169,27 @@ for link in /etc/systemd/system/multi-user.target.wants/ishowtts-edge.service \
             /etc/systemd/system/sockets.target.wants/ishowtts-edge-hwctl.socket; do
     [ -L "$root$link" ] && ok "enabled: $link" || fail "not enabled: $link"
 done
+# The Wyoming bridge opens a TCP port: installed, never enabled by the package.
+[ ! -e "$root/etc/systemd/system/multi-user.target.wants/ishowtts-edge-wyoming.service" ] \
+    && ok "ishowtts-edge-wyoming.service is not enabled" || fail "ishowtts-edge-wyoming.service was enabled at install"
 # systemd-analyze verify exits 0 on unknown keys and bad values; any output is a failure.
 verify_out=$(in_root systemd-analyze verify /lib/systemd/system/ishowtts-edge.service \
-    /lib/systemd/system/ishowtts-edge-hwctl.socket /lib/systemd/system/ishowtts-edge-hwctl@.service 2>&1) \
+    /lib/systemd/system/ishowtts-edge-hwctl.socket /lib/systemd/system/ishowtts-edge-hwctl@.service \
+    /lib/systemd/system/ishowtts-edge-wyoming.service 2>&1) \
     || fail "systemd-analyze verify exited non-zero"
 [ -z "$verify_out" ] && ok "systemd-analyze verify: clean" || fail "systemd-analyze verify said: $verify_out"
 in_root systemd-analyze security --offline=yes /lib/systemd/system/ishowtts-edge.service 2>&1 | tail -1 \
     | sed 's/^/  ishowtts-edge.service: /'
 in_root systemd-analyze security --offline=yes /lib/systemd/system/ishowtts-edge-hwctl@.service 2>&1 | tail -1 \
     | sed 's/^/  ishowtts-edge-hwctl@.service: /'
+# The bridge faces the network: its exposure must not exceed the GPU daemon's.
+exposure() { in_root systemd-analyze security --offline=yes "/lib/systemd/system/$1" 2>&1 | sed -n 's/.*exposure level for .*: \([0-9.]*\).*/\1/p'; }
+bridge_exposure=$(exposure ishowtts-edge-wyoming.service); daemon_exposure=$(exposure ishowtts-edge.service)
+if [ -n "$bridge_exposure" ] && awk -v b="$bridge_exposure" -v d="$daemon_exposure" 'BEGIN { exit !(b <= d) }'; then
+    ok "ishowtts-edge-wyoming.service exposure $bridge_exposure <= the daemon's $daemon_exposure"
+else
+    fail "ishowtts-edge-wyoming.service exposure '$bridge_exposure' above the daemon's '$daemon_exposure'"
+fi
 
 step "commands run from the installed package, without torch, as the service user"
 as_user() { chroot --userspec=ishowtts-edge:ishowtts-edge "$root" /usr/bin/env -i PATH=/usr/bin:/bin LANG=C.UTF-8 "$@"; }
@@ -192,6 +205,11 @@ if out=$(as_user /usr/bin/ishowtts-edge bench --help 2>&1); then
 else
     fail "ishowtts-edge bench --help: $out"
 fi
+if out=$(as_user /usr/bin/ishowtts-edge-wyoming --version 2>&1); then
+    ok "ishowtts-edge-wyoming --version: $out"
+else
+    fail "ishowtts-edge-wyoming --version: $out"
+fi
 if out=$(in_root /usr/bin/ishowtts-edge-hwctl --help 2>&1); then
     ok "ishowtts-edge-hwctl --help ($(echo "$out" | head -1))"
 else
@@ -200,7 +218,7 @@ fi
 # The bundled binary wheels load from their relocated venv (numba needs a cache dir).
 if out=$(as_user /usr/bin/env NUMBA_CACHE_DIR=/tmp /usr/lib/ishowtts-edge/venv/bin/python -c '
 import numpy, scipy.signal, sklearn, numba, librosa, soundfile, zmq, pydantic, pydantic_settings
-import safetensors, rjieba, pypinyin, sdnotify, yaml, ishowtts_edge.config
+import safetensors, rjieba, pypinyin, sdnotify, yaml, ishowtts_edge.config, ishowtts_edge.wyoming_bridge.handler
 print("numpy", numpy.__version__, "zmq", zmq.zmq_version(), "librosa", librosa.__version__)' 2>&1); then
     ok "bundled libraries import: $out"
 else

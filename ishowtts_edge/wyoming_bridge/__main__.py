@@ -1,0 +1,129 @@
+"""``ishowtts-edge-wyoming``: serve the daemon's voices over the Wyoming protocol (docs/home-assistant.md).
+
+Reads the daemon's own configuration file: ``[wyoming]`` for where to listen, and
+``[server]``/``[paths]`` for where the daemon's socket is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+
+from ishowtts_edge import __version__
+from ishowtts_edge.config import ConfigError, Settings, load_settings
+from ishowtts_edge.logs import kv, setup_logging
+from ishowtts_edge.notify import Notifier
+from ishowtts_edge.wyoming_bridge.framing import MAX_HEADER_BYTES
+from ishowtts_edge.wyoming_bridge.handler import BridgeConfig, BridgeHandler
+
+log = logging.getLogger("ishowtts_edge.wyoming")
+
+
+def check_daemon_socket(endpoint: str) -> None:
+    """Say at start, not at the first request, when the daemon's socket cannot be used (ZeroMQ retries silently)."""
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[len("ipc://") :]
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        log.info("the daemon's socket is not there yet; requests wait for it %s", kv(socket=path))
+        return
+    except OSError:
+        pass  # its directory is closed to us: the same advice as below
+    if not os.access(path, os.R_OK | os.W_OK):
+        log.warning(
+            "the daemon's socket is not writable by this user: add it to group ishowtts-edge %s",
+            kv(socket=path, uid=os.getuid()),
+        )
+
+
+async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
+    """Listen until SIGTERM or SIGINT, then close the listener and every connection."""
+    w = settings.wyoming
+    config = BridgeConfig(
+        endpoint=settings.endpoint,
+        seed=w.seed,
+        max_chars=settings.server.max_text_chars,
+        timeout_s=w.synthesis_timeout_s,
+        default_language=w.default_language,
+        max_connections=w.max_connections,
+    )
+    handlers: set[asyncio.Task] = set()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if config.connections >= config.max_connections:
+            log.warning("connection refused %s", kv(peer=writer.get_extra_info("peername"), open=config.connections))
+            handler = BridgeHandler(reader, writer, config)
+            handler.speaker.close()
+            await handler._send_error("busy", f"{config.max_connections} connections are already open; retry later")
+            writer.close()
+            return
+        config.connections += 1
+        task = asyncio.current_task()
+        if task is not None:
+            handlers.add(task)
+        try:
+            await BridgeHandler(reader, writer, config).run()
+        finally:
+            config.connections -= 1
+            if task is not None:
+                handlers.discard(task)
+
+    server = await asyncio.start_server(accept, host=w.host, port=w.port, limit=MAX_HEADER_BYTES, reuse_address=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bound = sorted({f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets})
+    port = server.sockets[0].getsockname()[1]
+    log.info("listening %s", kv(host=w.host, port=port, daemon=settings.endpoint, version=__version__))
+    check_daemon_socket(settings.endpoint)
+    if notifier is not None:
+        notifier.ready(f"Wyoming on {', '.join(bound)}; daemon {settings.endpoint}")
+    async with server:
+        await stop.wait()
+        log.info("stopping %s", kv(connections=config.connections))
+        if notifier is not None:
+            notifier.stopping()
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ishowtts-edge-wyoming",
+        description="Serve the ishowtts-edge daemon's voices to Home Assistant and other Wyoming clients.",
+    )
+    parser.add_argument("--version", action="version", version=f"ishowtts-edge-wyoming {__version__}")
+    parser.add_argument("--config", "-c", help="TOML config (default: $ISHOWTTS_EDGE_CONFIG or /etc/ishowtts-edge/ishowtts-edge.toml)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"<3>{exc}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    setup_logging(settings.log.level)
+    try:
+        asyncio.run(serve(settings, Notifier()))
+    except OSError as exc:  # the port is taken, the address does not exist here
+        log.error("cannot listen %s", kv(host=settings.wyoming.host, port=settings.wyoming.port, reason=exc.strerror or exc))
+        return 1
+    if any(t.name.startswith("wyoming-daemon") and t.is_alive() for t in threading.enumerate()):
+        # A sentence still in the daemon would hold the exit for up to synthesis_timeout_s;
+        # its listener is gone, so nothing waits for it.
+        log.info("stopped; not waiting for a sentence still in the daemon")
+        logging.shutdown()
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

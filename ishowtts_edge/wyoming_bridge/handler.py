@@ -1,0 +1,329 @@
+"""One Wyoming connection: events in, audio out (docs/home-assistant.md, "What the bridge speaks").
+
+Events are read by :meth:`BridgeHandler.run` while a worker task handles them one at a
+time, in order, so answers never interleave and a long synthesis does not stop the
+bridge from seeing the peer leave: end of file or a reset cancels the worker, and no
+further sentence is sent to the daemon.
+
+Every request gets its terminator, errors included, because Home Assistant reads until
+it: ``audio-stop`` after a ``synthesize``, ``synthesize-stopped`` after a stream.  An
+``error`` event before the terminator says the audio is incomplete; the connection
+stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.ping import Ping, Pong
+from wyoming.server import AsyncEventHandler
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+
+from ishowtts_edge import __version__
+from ishowtts_edge.client import ClientError
+from ishowtts_edge.logs import kv
+from ishowtts_edge.wyoming_bridge.framing import FramingError, PeerClosed, read_event
+from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter
+from ishowtts_edge.wyoming_bridge.speaker import Audio, Speaker
+
+log = logging.getLogger("ishowtts_edge.wyoming")
+
+#: Audio per audio-chunk event (wyoming-piper's default).
+SAMPLES_PER_CHUNK = 1024
+#: Events read ahead of the one being handled; past that the bridge stops reading (TCP back-pressure).
+QUEUE_EVENTS = 64
+F5_TTS = Attribution(name="F5-TTS (SWivid)", url="https://github.com/SWivid/F5-TTS")
+DEMO_DESCRIPTION = "demo (untrained model: noise, not speech)"
+
+
+class BadEvent(Exception):
+    """A well-framed event whose content is wrong: answered with an error, the connection stays."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class BridgeConfig:
+    """What every connection shares: where the daemon is, how to speak, the last voice list seen."""
+
+    endpoint: str
+    seed: int | None
+    max_chars: int
+    timeout_s: float
+    default_language: str
+    max_connections: int
+    connections: int = 0
+    voices: list[dict[str, Any]] = field(default_factory=list)
+
+    def speaker(self) -> Speaker:
+        return Speaker(self.endpoint, seed=self.seed, max_chars=self.max_chars, timeout_s=self.timeout_s)
+
+
+def build_info(voices: list[dict[str, Any]], default_language: str) -> Info:
+    tts_voices = [
+        TtsVoice(
+            name=voice["id"],
+            attribution=F5_TTS,
+            installed=bool(voice.get("available")),
+            description=DEMO_DESCRIPTION if voice.get("source") == "demo" else voice["id"],
+            version=None,
+            languages=[voice.get("language") or default_language],
+        )
+        for voice in voices
+    ]
+    program = TtsProgram(
+        name="ishowtts-edge",
+        attribution=F5_TTS,
+        installed=True,
+        description="F5-TTS voice cloning (ishowtts-edge)",
+        version=__version__,
+        voices=tts_voices,
+        supports_synthesize_streaming=True,
+    )
+    return Info(tts=[program])
+
+
+def _text(data: dict[str, Any], event_type: str) -> str:
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise BadEvent("bad_request", f"{event_type} needs a text string")
+    return text
+
+
+def _voice(data: dict[str, Any], event_type: str) -> tuple[str | None, str | None]:
+    """(name, language) asked for; a speaker is accepted and ignored (these voices have one each)."""
+    voice = data.get("voice")
+    if voice is None:
+        return None, None
+    if not isinstance(voice, dict):
+        raise BadEvent("bad_request", f"{event_type}: voice must be an object")
+    name, language = voice.get("name"), voice.get("language")
+    if not isinstance(name, (str, type(None))) or not isinstance(language, (str, type(None))):
+        raise BadEvent("bad_request", f"{event_type}: voice name and language must be strings")
+    return name or None, language or None
+
+
+def _same_language(a: str, b: str) -> bool:
+    a, b = a.replace("_", "-").lower(), b.replace("_", "-").lower()
+    return a == b or a.split("-")[0] == b.split("-")[0]
+
+
+class _Response:
+    """The audio of one request: audio-start before the first piece, the piece cut into chunks."""
+
+    def __init__(self, handler: "BridgeHandler") -> None:
+        self.handler = handler
+        self.started = False
+        self.samples = 0
+        self.rate = 0
+
+    async def add(self, audio: Audio) -> None:
+        if not self.started:
+            await self.handler.write_event(AudioStart(rate=audio.rate, width=audio.width, channels=audio.channels).event())
+            self.started, self.rate = True, audio.rate
+        step = SAMPLES_PER_CHUNK * audio.width * audio.channels
+        for offset in range(0, len(audio.pcm), step):
+            piece = audio.pcm[offset : offset + step]
+            await self.handler.write_event(
+                AudioChunk(rate=audio.rate, width=audio.width, channels=audio.channels, audio=piece).event()
+            )
+        self.samples += len(audio.pcm) // (audio.width * audio.channels)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.rate if self.rate else 0.0
+
+
+@dataclass
+class _Stream:
+    """A synthesize-start ... synthesize-stop in progress."""
+
+    voice: str | None
+    splitter: SentenceSplitter
+    response: _Response
+    failed: bool = False
+    chars: int = 0
+
+
+class BridgeHandler(AsyncEventHandler):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, config: BridgeConfig) -> None:
+        super().__init__(reader, writer)
+        self.config = config
+        self.speaker = config.speaker()
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_EVENTS)
+        self._stream: _Stream | None = None
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read events until the peer leaves or breaks the framing; the worker answers them."""
+        worker = asyncio.create_task(self._work(), name=f"wyoming {self.peer}")
+        reason = "closed"
+        try:
+            while not worker.done():
+                try:
+                    event = await read_event(self.reader)
+                except FramingError as exc:
+                    reason = f"refused: {exc.code}"
+                    log.warning("connection closed %s", kv(peer=self.peer, code=exc.code, reason=exc.message))
+                    worker.cancel()
+                    await asyncio.gather(worker, return_exceptions=True)
+                    await self._send_error(exc.code, exc.message)
+                    break
+                except (PeerClosed, ConnectionError) as exc:
+                    reason = f"lost: {exc}"
+                    break
+                if event is None:
+                    break
+                await self._queue.put(event)
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+            self.speaker.close()
+            log.info("connection ended %s", kv(peer=self.peer, how=reason))
+            self.writer.close()
+
+    async def _work(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self.handle_event(event)
+            except BadEvent as exc:
+                await self._send_error(exc.code, exc.message)
+            except (ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("unexpected error %s", kv(peer=self.peer, event=event.type))
+                await self._send_error("internal", "unexpected error in the bridge (logged)")
+
+    async def _send_error(self, code: str, message: str) -> None:
+        try:
+            await self.write_event(Error(text=f"{code}: {message}", code=code).event())
+        except ConnectionError:
+            pass
+
+    # -- events -------------------------------------------------------------------------------------
+
+    async def handle_event(self, event: Event) -> bool:
+        if Describe.is_type(event.type):
+            await self._describe()
+        elif Synthesize.is_type(event.type):
+            if self._stream is not None:
+                # Home Assistant resends the whole text as a plain synthesize inside its stream, for
+                # servers without streaming; the stream already speaks it.
+                log.debug("full-text synthesize inside a stream ignored %s", kv(peer=self.peer))
+            else:
+                await self._synthesize(event.data)
+        elif SynthesizeStart.is_type(event.type):
+            await self._stream_start(event.data)
+        elif SynthesizeChunk.is_type(event.type):
+            await self._stream_chunk(event.data)
+        elif SynthesizeStop.is_type(event.type):
+            await self._stream_stop()
+        elif Ping.is_type(event.type):
+            text = event.data.get("text")
+            await self.write_event(Pong(text=text if isinstance(text, str) and len(text) <= 256 else None).event())
+        else:
+            # Wyoming peers drop events they do not know (a newer client may send some).
+            log.debug("event ignored %s", kv(peer=self.peer, type=ascii(event.type)))
+        return True
+
+    async def _describe(self) -> None:
+        try:
+            voices = await self.speaker.voices()
+        except ClientError as exc:
+            if not self.config.voices:
+                log.warning("no voice list for describe %s", kv(peer=self.peer, code=exc.code))
+                raise BadEvent(exc.code, f"the daemon did not list its voices: {exc.message}") from None
+            log.warning("daemon did not list voices; describing the last list seen %s", kv(code=exc.code))
+            voices = self.config.voices
+        else:
+            if not any(v.get("available") for v in voices):
+                raise BadEvent("not_ready", "the daemon has no usable voice yet (it is loading, or none is configured)")
+            self.config.voices = voices
+        await self.write_event(build_info(voices, self.config.default_language).event())
+
+    async def _pick_voice(self, name: str | None, language: str | None) -> str | None:
+        """A named voice is the daemon's to check; a language alone picks the first voice that speaks it."""
+        if name is not None or language is None:
+            return name
+        try:
+            voices = await self.speaker.voices()
+        except ClientError:
+            voices = self.config.voices
+        for voice in voices:
+            if voice.get("available") and _same_language(voice.get("language") or self.config.default_language, language):
+                return voice["id"]
+        return None  # the daemon's default voice
+
+    async def _speak(self, text: str, voice: str | None, response: _Response) -> bool:
+        """Speak ``text`` into ``response``; False once an error has been sent for it."""
+        try:
+            async for audio in self.speaker.speak(text, voice):
+                await response.add(audio)
+        except ClientError as exc:
+            log.warning("synthesis failed %s", kv(peer=self.peer, code=exc.code, voice=voice))
+            await self._send_error(exc.code, exc.message)
+            return False
+        return True
+
+    async def _synthesize(self, data: dict[str, Any]) -> None:
+        text = _text(data, "synthesize")
+        voice = await self._pick_voice(*_voice(data, "synthesize"))
+        response = _Response(self)
+        if not text.strip():
+            await self._send_error("bad_request", "synthesize: the text is empty")
+            ok = False
+        else:
+            ok = await self._speak(text, voice, response)
+        await self.write_event(AudioStop().event())
+        log.info("synthesized %s", kv(peer=self.peer, chars=len(text), audio_s=round(response.seconds, 2), voice=voice, ok=ok))
+
+    async def _stream_start(self, data: dict[str, Any]) -> None:
+        if self._stream is not None:
+            raise BadEvent("bad_request", "synthesize-start inside an open stream (send synthesize-stop first)")
+        voice = await self._pick_voice(*_voice(data, "synthesize-start"))
+        self._stream = _Stream(voice, SentenceSplitter(self.config.max_chars), _Response(self))
+
+    async def _stream_chunk(self, data: dict[str, Any]) -> None:
+        stream = self._stream
+        if stream is None:
+            raise BadEvent("bad_request", "synthesize-chunk outside a stream (send synthesize-start first)")
+        text = _text(data, "synthesize-chunk")
+        stream.chars += len(text)
+        if stream.failed:
+            return
+        for sentence in stream.splitter.add(text):
+            if not await self._speak(sentence, stream.voice, stream.response):
+                stream.failed = True
+                return
+
+    async def _stream_stop(self) -> None:
+        stream = self._stream
+        if stream is None:
+            raise BadEvent("bad_request", "synthesize-stop outside a stream")
+        self._stream = None
+        if not stream.failed:
+            for sentence in stream.splitter.finish():
+                if not await self._speak(sentence, stream.voice, stream.response):
+                    stream.failed = True
+                    break
+        if stream.response.started:
+            await self.write_event(AudioStop().event())
+        await self.write_event(SynthesizeStopped().event())
+        log.info(
+            "stream synthesized %s",
+            kv(peer=self.peer, chars=stream.chars, audio_s=round(stream.response.seconds, 2), voice=stream.voice, ok=not stream.failed),
+        )

@@ -1,0 +1,405 @@
+"""The Wyoming bridge, driven by the wyoming package's own TCP client as Home Assistant drives it,
+against a real bridge process and a real daemon on the demo model."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event, async_read_event
+from wyoming.info import Describe, Info
+from wyoming.ping import Ping, Pong
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
+
+from conftest import daemon_env
+from ishowtts_edge.client import Client
+from ishowtts_edge.config import ConfigError, load_settings
+from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter, split_sentences
+
+SEED = 7
+TEXT = "Hello there. This is the second sentence! And a third one?"
+SENTENCES = ["Hello there.", "This is the second sentence!", "And a third one?"]
+READ_TIMEOUT_S = 120.0
+
+
+class BridgeProcess:
+    """``python -m ishowtts_edge.wyoming_bridge --config FILE`` as a child, its port read from its log."""
+
+    def __init__(self, tmp: Path, endpoint: str, cache: Path, extra_toml: str = "") -> None:
+        self.config = tmp / "bridge.toml"
+        self.config.write_text(
+            f'[server]\nendpoint = "{endpoint}"\n\n[wyoming]\nport = 0\nseed = {SEED}\n{extra_toml}'
+        )
+        self.log_path = tmp / "bridge.log"
+        self._log = open(self.log_path, "wb")
+        env = daemon_env(tmp, cache)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ishowtts_edge.wyoming_bridge", "--config", str(self.config)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp,
+        )
+        self.port = self._wait_port()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _wait_port(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"listening host=\S+ port=(\d+)", self.log())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                raise AssertionError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"bridge did not listen:\n{self.log()}")
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(re.findall(pattern, self.log())) >= count:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} x{count} not in the bridge log:\n{self.log()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def bridge(daemon, tmp_path_factory, demo_cache):
+    proc = BridgeProcess(tmp_path_factory.mktemp("bridge"), daemon.endpoint, demo_cache)
+    try:
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log()
+        # Nothing a peer sent is logged raw, and nothing broke inside the bridge.
+        assert "Traceback" not in proc.log(), proc.log()
+
+
+def daemon_pcm(daemon, sentences: list[str], voice: str | None = None) -> tuple[bytes, dict]:
+    """What the daemon itself answers, sentence by sentence, with the bridge's seed."""
+    audio, header = b"", {}
+    with Client(daemon.endpoint, timeout_s=60) as client:
+        for sentence in sentences:
+            out = client.synthesize(sentence, voice, format="pcm_s16le", seed=SEED)
+            audio += out.audio
+            header = out.header
+    return audio, header
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, READ_TIMEOUT_S))
+
+
+async def read_until(client: AsyncTcpClient, last: type) -> list[Event]:
+    events = []
+    while True:
+        event = await client.read_event()
+        assert event is not None, f"connection closed after {[e.type for e in events]}"
+        events.append(event)
+        if last.is_type(event.type):
+            return events
+
+
+def audio_of(events: list[Event]) -> bytes:
+    return b"".join(AudioChunk.from_event(e).audio for e in events if AudioChunk.is_type(e.type))
+
+
+async def ha_synthesize(port: int, text: str, voice: SynthesizeVoice | None = None) -> list[Event]:
+    """Home Assistant's async_get_tts_audio: one synthesize, read until audio-stop."""
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Synthesize(text=text, voice=voice).event())
+        return await read_until(client, AudioStop)
+
+
+def words(text: str) -> list[str]:
+    """Chunks the way a language model's deltas reach Home Assistant: a word each, space in front."""
+    return re.findall(r"\s*\S+", text)
+
+
+# -- describe ------------------------------------------------------------------------------------
+
+
+def test_describe_lists_the_daemons_voices_with_a_language_and_streaming_support(bridge, daemon):
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(Describe().event())
+            return await client.read_event()
+
+    event = run(go())
+    assert Info.is_type(event.type)
+    (program,) = Info.from_event(event).tts
+    assert program.installed and program.supports_synthesize_streaming
+    with Client(daemon.endpoint) as client:
+        listed = client.voices()
+    assert [v.name for v in program.voices] == [v["id"] for v in listed]
+    demo = next(v for v in program.voices if v.name == "demo")
+    assert demo.installed and demo.languages == ["en"]
+    assert "untrained" in demo.description
+
+
+def test_the_daemon_lists_each_voice_with_its_language(daemon):
+    with Client(daemon.endpoint) as client:
+        demo = next(v for v in client.voices() if v["id"] == "demo")
+    assert demo["language"] == "en"
+
+
+# -- synthesize ----------------------------------------------------------------------------------
+
+
+def test_synthesize_answers_the_daemons_audio_sentence_by_sentence_between_one_start_and_one_stop(bridge, daemon):
+    events = run(ha_synthesize(bridge.port, TEXT))
+    expected, header = daemon_pcm(daemon, SENTENCES)
+    types = [e.type for e in events]
+    assert types[0] == "audio-start" and types[-1] == "audio-stop"
+    assert set(types[1:-1]) == {"audio-chunk"}
+    start = AudioStart.from_event(events[0])
+    assert (start.rate, start.width, start.channels) == (header["sample_rate"], 2, header["channels"])
+    assert audio_of(events) == expected
+
+
+def test_synthesize_with_a_voice_by_name_or_by_language_uses_that_voice(bridge, daemon):
+    expected, _ = daemon_pcm(daemon, ["Named voice."], voice="demo")
+    by_name = run(ha_synthesize(bridge.port, "Named voice.", SynthesizeVoice(name="demo", speaker="ignored")))
+    by_language = run(ha_synthesize(bridge.port, "Named voice.", SynthesizeVoice(language="en_US")))
+    assert audio_of(by_name) == expected
+    assert audio_of(by_language) == expected
+
+
+def test_a_daemon_error_becomes_an_error_event_with_its_code_and_the_connection_stays_usable(bridge, daemon):
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(Synthesize(text="Hello.", voice=SynthesizeVoice(name="no-such-voice")).event())
+            failed = await read_until(client, AudioStop)
+            await client.write_event(Synthesize(text="Hello there.").event())
+            return failed, await read_until(client, AudioStop)
+
+    failed, after = run(go())
+    assert [e.type for e in failed] == ["error", "audio-stop"]
+    error = Error.from_event(failed[0])
+    assert error.code == "unknown_voice" and "unknown_voice" in error.text and "no-such-voice" in error.text
+    assert audio_of(after) == daemon_pcm(daemon, ["Hello there."])[0]
+
+
+def test_an_empty_text_is_refused_with_bad_request(bridge):
+    events = run(ha_synthesize(bridge.port, "   "))
+    assert [e.type for e in events] == ["error", "audio-stop"]
+    assert Error.from_event(events[0]).code == "bad_request"
+
+
+# -- streaming text in ----------------------------------------------------------------------------
+
+
+def test_streamed_text_is_spoken_sentence_by_sentence_and_the_full_text_resent_after_it_is_ignored(bridge, daemon):
+    """Home Assistant's async_stream_tts_audio: start, a word per chunk, the whole text again, stop."""
+    chunks = words(TEXT)
+    first_sentence_words = len(words(SENTENCES[0]))
+
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="demo")).event())
+            # The first sentence and the word that shows it has ended...
+            for chunk in chunks[: first_sentence_words + 1]:
+                await client.write_event(SynthesizeChunk(text=chunk).event())
+            # ... are spoken before any more text arrives.
+            early = await read_until(client, AudioChunk)
+            for chunk in chunks[first_sentence_words + 1 :]:
+                await client.write_event(SynthesizeChunk(text=chunk).event())
+            await client.write_event(Synthesize(text=TEXT, voice=SynthesizeVoice(name="demo")).event())
+            await client.write_event(SynthesizeStop().event())
+            return early + await read_until(client, SynthesizeStopped)
+
+    events = run(go())
+    expected, header = daemon_pcm(daemon, SENTENCES, voice="demo")
+    types = [e.type for e in events]
+    assert types[0] == "audio-start" and types[-2:] == ["audio-stop", "synthesize-stopped"]
+    assert set(types[1:-2]) == {"audio-chunk"}
+    start = AudioStart.from_event(events[0])
+    assert (start.rate, start.width, start.channels) == (header["sample_rate"], 2, header["channels"])
+    assert audio_of(events) == expected  # each sentence once: the resent full text added nothing
+
+
+def test_a_stream_whose_text_never_ends_a_sentence_is_spoken_at_stop(bridge, daemon):
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(SynthesizeStart().event())
+            for chunk in words("no full stop at the end"):
+                await client.write_event(SynthesizeChunk(text=chunk).event())
+            await client.write_event(SynthesizeStop().event())
+            return await read_until(client, SynthesizeStopped)
+
+    assert audio_of(run(go())) == daemon_pcm(daemon, ["no full stop at the end"])[0]
+
+
+def test_stream_events_out_of_order_are_refused_and_the_connection_stays_usable(bridge):
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(SynthesizeChunk(text="orphan").event())
+            orphan = await client.read_event()
+            await client.write_event(SynthesizeStop().event())
+            stray_stop = await client.read_event()
+            await client.write_event(Ping(text="still there?").event())
+            return orphan, stray_stop, await client.read_event()
+
+    orphan, stray_stop, pong = run(go())
+    assert Error.from_event(orphan).code == "bad_request"
+    assert Error.from_event(stray_stop).code == "bad_request"
+    assert Pong.from_event(pong).text == "still there?"
+
+
+# -- the peer ---------------------------------------------------------------------------------------
+
+
+def test_two_clients_at_once_each_get_their_own_audio(bridge, daemon):
+    texts = ["First client speaks. Twice over.", "Second client here."]
+
+    async def go():
+        return await asyncio.gather(*(ha_synthesize(bridge.port, t) for t in texts))
+
+    results = run(go())
+    assert audio_of(results[0]) == daemon_pcm(daemon, ["First client speaks.", "Twice over."])[0]
+    assert audio_of(results[1]) == daemon_pcm(daemon, ["Second client here."])[0]
+
+
+def test_a_client_that_disconnects_stops_the_rest_of_its_synthesis(bridge, daemon):
+    sentences = [f"Sentence number {n} of a long answer." for n in range(1, 9)]
+    with Client(daemon.endpoint) as client:
+        before = client.status()["requests"]["requests"].get("synthesize", 0)
+    ended = bridge.log().count("connection ended")
+
+    async def go():
+        client = AsyncTcpClient("127.0.0.1", bridge.port)
+        await client.connect()
+        await client.write_event(Synthesize(text=" ".join(sentences)).event())
+        await read_until(client, AudioChunk)
+        await client.disconnect()
+
+    run(go())
+    bridge.wait_log("connection ended", ended + 1)
+    time.sleep(1.0)  # the sentence already in the daemon when the peer left may still finish
+    with Client(daemon.endpoint) as client:
+        done = client.status()["requests"]["requests"].get("synthesize", 0) - before
+        time.sleep(1.0)
+        assert client.status()["requests"]["requests"].get("synthesize", 0) - before == done
+    assert 1 <= done <= 2 < len(sentences)
+
+
+async def raw_exchange(port: int, data: bytes, close: bool = False) -> list[Event | None]:
+    """Send bytes that wyoming's client would never write; return what comes back until the bridge closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    if close:
+        writer.close()
+        return []
+    events: list[Event | None] = []
+    while True:
+        event = await async_read_event(reader)
+        events.append(event)
+        if event is None:
+            writer.close()
+            return events
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"this is not json\n", "bad_request"),
+        (b"[1, 2, 3]\n", "bad_request"),
+        (b'{"type": "synthesize", "data": "text"}\n', "bad_request"),
+        (b'{"type": "synthesize", "data_length": 1000000000000}\n', "too_large"),
+        (b'{"type": "synthesize", "payload_length": 1000000000000}\n', "too_large"),
+        (b'{"type": "synthesize", "data_length": -5}\n', "bad_request"),
+        (b'{"type": "synthesize", "data_length": 4}\nnope', "bad_request"),
+        (b"x" * (200 * 1024), "too_large"),  # a header line that never ends
+    ],
+    ids=["not json", "not an object", "data not an object", "huge data_length", "huge payload_length",
+         "negative length", "data not json", "endless header"],
+)
+def test_a_broken_stream_gets_an_error_with_a_stable_code_and_the_connection_is_closed(bridge, data, code):
+    events = run(raw_exchange(bridge.port, data))
+    assert len(events) == 2 and events[-1] is None, events
+    assert Error.from_event(events[0]).code == code
+
+
+def test_unknown_event_types_are_ignored_and_the_connection_stays_usable(bridge):
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(Event(type="frobnicate", data={"x": 1}, payload=b"abc"))
+            await client.write_event(Describe().event())
+            return await client.read_event()
+
+    assert Info.is_type(run(go()).type)
+
+
+def test_a_peer_that_closes_in_the_middle_of_an_event_leaves_the_bridge_serving(bridge):
+    ended = bridge.log().count("connection ended")
+    run(raw_exchange(bridge.port, b'{"type": "synthesize", "data_length": 100}\n{"text": "half', close=True))
+    bridge.wait_log("connection ended", ended + 1)
+    assert re.search(r"connection ended peer=\S+ how=\"lost: closed inside", bridge.log())
+    events = run(ha_synthesize(bridge.port, "Still serving."))
+    assert events[0].type == "audio-start" and events[-1].type == "audio-stop"
+
+
+# -- pieces ------------------------------------------------------------------------------------------
+
+
+def test_sentences_end_at_terminal_punctuation_followed_by_space_or_at_the_end():
+    assert split_sentences(TEXT, 2000) == SENTENCES
+    assert split_sentences("Pi is 3.14 today.  \n\nNew paragraph", 2000) == ["Pi is 3.14 today.", "New paragraph"]
+    assert split_sentences('He said "stop." Then left... "Why?"', 2000) == ['He said "stop."', "Then left...", '"Why?"']
+    assert split_sentences("你好。今天好吗？", 2000) == ["你好。", "今天好吗？"]
+    assert split_sentences("... ?! Real words.", 2000) == ["Real words."]
+
+
+def test_a_sentence_waits_for_the_space_after_its_full_stop_when_text_streams_in():
+    splitter = SentenceSplitter(2000)
+    assert splitter.add("Hello there") == []
+    assert splitter.add(".") == []
+    assert splitter.add(" Next") == ["Hello there."]
+    assert splitter.finish() == ["Next"]
+
+
+def test_text_without_a_sentence_end_is_cut_at_a_space_so_pending_text_stays_bounded():
+    splitter = SentenceSplitter(20)
+    out = []
+    for _ in range(50):
+        out += splitter.add("word ")
+        assert len(splitter._pending) <= 20
+    out += splitter.finish()
+    assert all(len(s) <= 20 for s in out) and " ".join(out).split() == ["word"] * 50
+
+
+def test_a_non_loopback_wyoming_host_is_refused_unless_allow_remote_is_set(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[wyoming]\nhost = "0.0.0.0"\n')
+    with pytest.raises(ConfigError, match="allow_remote"):
+        load_settings(config)
+    config.write_text('[wyoming]\nhost = "0.0.0.0"\nallow_remote = true\n')
+    assert load_settings(config).wyoming.host == "0.0.0.0"
+    config.write_text('[wyoming]\nhost = "::1"\n')
+    assert load_settings(config).wyoming.port == 10200
+
+
+def test_a_voice_language_that_is_not_a_language_tag_is_refused(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[voices.a]\ndir = "/x"\nlanguage = "english please"\n')
+    with pytest.raises(ConfigError, match="voices.a.language"):
+        load_settings(config)
