@@ -87,6 +87,9 @@ class _Job:
     queued_at: float = field(default_factory=time.monotonic)
     #: "ok" or the error code the synthesis was answered with.
     outcome: str = "ok"
+    #: Set (under the server's lock) once its client has had a reply: at stop, a synthesis that
+    #: does not reach its next step in time is answered by the stopping thread instead.
+    answered: bool = False
 
     @property
     def peer(self) -> bytes:
@@ -442,6 +445,14 @@ class Server:
                 running.request.cancel.cancel(ErrorCode.SHUTTING_DOWN, "daemon is stopping; the synthesis was cancelled")
             if not self._wait_idle(cancel_after_s):
                 log.warning("stopping with a synthesis still running %s", kv(waited_s=timeout_s + cancel_after_s))
+                with self._lock:  # its client still hears why, though the step in progress has not ended
+                    running = self._running
+                    if running is not None and not running.answered:
+                        running.answered = True
+                        running.outcome = ErrorCode.SHUTTING_DOWN.value
+                        self._send(running.envelope + error_reply(
+                            running.request.wire_id, ErrorCode.SHUTTING_DOWN,
+                            "daemon is stopping; the synthesis was cancelled", running.request.op))
                 return False
         return True
 
@@ -703,7 +714,8 @@ class Server:
         with self._lock:
             self._running = None
             self._release_peer(job.peer)
-            if not self._stopped:
+            if not self._stopped and not job.answered:
+                job.answered = True
                 self._send(job.envelope + reply)
                 # Sending may have consumed the ZMQ_FD signal of a request that arrived meanwhile;
                 # the serving loop, reading while this job ran, must not sleep through it.

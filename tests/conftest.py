@@ -17,7 +17,7 @@ class DaemonProcess(_DaemonProcess):
     """The daemon on a test's own directories (runtime and state under ``tmp``, the session's demo
     cache) on the CPU; ``env`` adds or overrides variables (NOTIFY_SOCKET, ISHOWTTS_EDGE_*)."""
 
-    def __init__(self, tmp: Path, cache: Path, config: Path | None = None, **env: str) -> None:
+    def __init__(self, tmp: Path, cache: Path, config: Path | None = None, preexec_fn=None, **env: str) -> None:
         self.tmp = tmp
         paths = {
             "ISHOWTTS_EDGE_PATHS__RUNTIME_DIR": str(tmp / "run"),
@@ -28,7 +28,7 @@ class DaemonProcess(_DaemonProcess):
             "ISHOWTTS_EDGE_METRICS__TEXTFILE_DIR": str(tmp / "metrics"),
         }
         super().__init__(f"ipc://{tmp / 'run' / 'tts.sock'}", tmp / "daemon.log", config=config,
-                         env={**paths, **env}, cwd=tmp)
+                         env={**paths, **env}, cwd=tmp, preexec_fn=preexec_fn)
 
 
 @pytest.fixture

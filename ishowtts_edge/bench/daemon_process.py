@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 #: The directory holding this ishowtts_edge package: the child imports the same code as its parent.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,8 @@ class DaemonProcess:
     """One daemon process: ``endpoint`` is where it serves (from its config), ``env`` adds or overrides variables."""
 
     def __init__(self, endpoint: str, log_path: Path, config: Path | None = None,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         self.log_path = log_path
         # `serve --config X`, as the man page writes it (the Makefile puts --config first).
@@ -51,7 +52,8 @@ class DaemonProcess:
         self.env = child_env(env or {})
         self._log = open(log_path, "wb")
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
+        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
+                                     preexec_fn=preexec_fn)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
