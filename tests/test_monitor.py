@@ -232,6 +232,20 @@ def test_a_recovered_board_clears_within_recent_count_plus_clear_after_in_either
     assert healthy <= cfg.recent_count + cfg.clear_after
 
 
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_without_clock_management_jitter_does_not_make_a_modest_slowdown_an_error(seed):
+    """Clocks left to the governor jitter by design; that jitter neither raises an alert nor
+    escalates one: a +35 % slowdown is a warning, as it would be on a steady board."""
+    clock = FakeClock()
+    sim = Simulator(seed, clock)
+    cfg = MonitorConfig()
+    monitor = RtfMonitor(cfg, clock=clock, wall_clock=sim.wall, expect_clocks_locked=False)
+    floating = BoardState(jetson_clocks=None, noise=0.2)
+    assert replay(monitor, sim, [Phase(100, floating)]) == []
+    events = rtf_events(replay(monitor, sim, [Phase(150, replace(floating, load=1.36))]))
+    assert [(e.action, e.alert.severity) for _, _, e in events][:1] == [("raised", "warning")]
+
+
 def test_severity_escalates_once_and_never_downgrades_while_active():
     monitor, sim = make(seed=10)
     phases = [Phase(80), Phase(30, BoardState(load=1.25)), Phase(30, BoardState(load=1.8)),

@@ -289,6 +289,8 @@ class RtfMonitor:
         slow_threshold = cfg.slowdown_threshold if self.expect_clocks_locked else cfg.unmanaged_slowdown_threshold
         active = self._alerts.get("rtf")
         figures = self._rtf_figures(recs, whole, recent, slowdown, recent_recs)
+        # Severity weighs the same evidence: untrusted jitter neither raises nor escalates.
+        judged_spread = spread if spread_trusted else 0.0
 
         if active is None:
             if slowdown > slow_threshold or (spread_trusted and spread > cfg.cv_threshold):
@@ -296,7 +298,7 @@ class RtfMonitor:
                 if self._unhealthy_streak >= cfg.raise_after:
                     self._unhealthy_streak = 0
                     cause = self._attribute(recent_recs)
-                    severity = self._severity(slowdown, spread)
+                    severity = self._severity(slowdown, judged_spread)
                     return [self._raise("rtf", "rtf", cause, severity, figures)]
             else:
                 self._unhealthy_streak = 0
@@ -327,7 +329,7 @@ class RtfMonitor:
         cause = self._attribute(recent_recs)
         if cause == "unknown":
             cause = active.cause  # telemetry going quiet (or clocks already back) explains nothing new
-        severity = self._severity(slowdown, spread)
+        severity = self._severity(slowdown, judged_spread)
         if severity == "warning" and active.severity == "error":
             severity = "error"  # never downgrade while active: avoids warning/error flapping
         if cause != active.cause or severity != active.severity:
