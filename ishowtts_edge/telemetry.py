@@ -350,7 +350,7 @@ def _real_jtop_factory(interval: float) -> Any:
     # OpenCV and the OS libraries (subprocesses, ~70 ms of Python), even when no service
     # answers.  Retried every minute on a host without jtop.service, that thread held the
     # GIL against the synthesis worker: 2-4 requests in a row 1.5-3.5x slower on an H200
-    # (docs/benchmarks.md, sixth session).
+    # (docs/benchmarks.md, "Alternatives measured").
     try:
         listening = stat.S_ISSOCK(JTOP_SOCKET.stat().st_mode)
     except OSError:
