@@ -321,24 +321,23 @@ class Daemon:
                 log.warning("numba cache not set %s", kv(dir=cache, reason=exc.strerror))
         try:
             try:
-                from .engine.core import Engine  # torch import happens here, off the serving loop
+                from .engine.loader import load_engine  # torch import happens here, off the serving loop
             except Exception as exc:  # a broken install (torch, f5-tts): say so and serve status
                 self.engine_error = f"engine not importable: {type(exc).__name__}: {exc}"
                 log.error("engine failed to import %s", kv(error=type(exc).__name__, reason=str(exc)))
                 self.degraded_reasons["engine"] = self.engine_error
                 self._set_state("degraded", self.engine_error)
             else:
-                self._load_engine(Engine)
+                self._load_engine(load_engine)
         finally:
             self._start_sampling()
             self._loading.clear()
 
-    def _load_engine(self, Engine: Any) -> None:
+    def _load_engine(self, load_engine: Any) -> None:
         self._run_preflight()
         try:
             self._set_state("loading")
-            engine = Engine(self.settings)
-            engine.load(self._progress)
+            engine = load_engine(self.settings, self._progress)
             self._set_state("warming")
             report = engine.warmup(self._progress)
             self.warmup = {
