@@ -8,7 +8,7 @@ the loader reports progress, READY=1 after warm-up, WATCHDOG=1 only when the loo
 itself is turning and the synthesis worker is not wedged, STOPPING=1 on SIGTERM.
 
 States: starting -> loading -> warming -> ready | degraded, and stopping at the end.
-``degraded`` still serves when the engine is up (compile failed, helper missing,
+``degraded`` still serves when the engine is up (compile failed, hwctl missing,
 telemetry unavailable, an active alert); it refuses synthesis only when no model
 could be loaded, and says why.
 """
@@ -127,7 +127,7 @@ class Daemon:
         self.server: Server | None = None
         self.publisher: Any = None
         self.hub: Any = None
-        self.helper: Any = None
+        self.hwctl: Any = None  # HwctlClient, made at preflight or at the first remediation
         self.preflight: Any = None
         self.sampler: Any = None
         self.metrics: Any = None  # metrics.Metrics, from _on_start
@@ -368,11 +368,12 @@ class Daemon:
         cfg = self.settings.hardware
         if not cfg.enabled:
             return
-        from .hardware import HelperClient, preflight
+        from .hwctl_client import HwctlClient
+        from .preflight import preflight
 
         self._progress("hardware preflight")
-        self.helper = HelperClient(cfg)
-        self.preflight = preflight(self.helper, cfg)
+        self.hwctl = HwctlClient(cfg)
+        self.preflight = preflight(self.hwctl, cfg)
         if self.preflight.state == "degraded":
             self._degrade("hardware", self.preflight.message)
         if self.hub is not None and self.preflight.power_mode:
@@ -497,12 +498,12 @@ class Daemon:
             self.textfile.start()
 
     def _reapply(self) -> dict[str, Any]:
-        """Remediation: ask the helper to apply the power mode and clocks again."""
-        if self.helper is None:
-            from .hardware import HelperClient
+        """Remediation: ask hwctl to apply the power mode and clocks again."""
+        if self.hwctl is None:
+            from .hwctl_client import HwctlClient
 
-            self.helper = HelperClient(self.settings.hardware)
-        return self.helper.apply()
+            self.hwctl = HwctlClient(self.settings.hardware)
+        return self.hwctl.apply()
 
     def _make_telemetry(self) -> None:
         from .telemetry import TelemetrySampler
@@ -633,9 +634,9 @@ class Daemon:
             self.hub.close()
         if self.publisher is not None:
             self.publisher.close()
-        if self.settings.hardware.enabled and self.settings.hardware.restore_at_stop and self.helper is not None:
+        if self.settings.hardware.enabled and self.settings.hardware.restore_at_stop and self.hwctl is not None:
             try:
-                self.helper.restore()
+                self.hwctl.restore()
                 log.info("clocks restored at stop")
             except Exception as exc:
                 log.warning("clocks not restored at stop %s", kv(reason=str(exc)))
@@ -647,4 +648,6 @@ def serve(config_path: str | None) -> int:
     settings = load_settings(config_path)
     setup_logging(settings.log.level)
     log.info("starting %s", kv(version=__version__, config=settings.source_file or "(defaults)", pid=os.getpid()))
+    for old, new in settings.deprecated_keys():
+        log.warning("config key renamed: the old name still works, for now %s", kv(old=old, new=new))
     return Daemon(settings).run()
