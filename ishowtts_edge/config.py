@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -245,36 +245,40 @@ class EngineConfig(_Section):
 
 
 class HardwareConfig(_Section):
-    """Power mode and clocks, reached through the privileged helper (docs/security.md).
+    """Power mode and clocks, set through hwctl, the root program (docs/security.md).
 
-    The helper runs the tools with paths and limits from its own root-owned
+    hwctl runs the tools with paths and limits from its own root-owned
     /etc/ishowtts-edge/hwctl.toml; nothing here can make it run anything else.
     """
 
+    #: Old key -> new key: still accepted in a file or the environment, with a warning at
+    #: start (Settings.deprecated_keys).
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"helper_socket": "hwctl_socket", "helper_timeout_s": "hwctl_timeout_s"}
+
     enabled: bool = True
-    #: Power mode by name (preferred: ids differ between boards) or id.  The helper only
+    #: Power mode by name (preferred: ids differ between boards) or id.  hwctl only
     #: accepts modes listed in hwctl.toml's power_modes.
     power_mode: str | int = "MAXN"
-    #: Preflight asks the helper to apply power_mode + jetson_clocks when they differ.
+    #: Preflight asks hwctl to apply power_mode + jetson_clocks when they differ.
     apply_at_start: bool = True
-    #: At stop, ask the helper to restore the clocks stored before the first apply.
+    #: At stop, ask hwctl to restore the clocks stored before the first apply.
     restore_at_stop: bool = False
-    #: Unix socket of the root helper service (ishowtts-edge-hwctl.socket).
-    helper_socket: Path = Path("/run/ishowtts-edge-hwctl.sock")
+    #: Unix socket of hwctl (ishowtts-edge-hwctl.socket).
+    hwctl_socket: Path = Path("/run/ishowtts-edge-hwctl.sock")
 
-    @field_validator("helper_socket")
+    @field_validator("hwctl_socket")
     @classmethod
     def _socket_path(cls, value: Path) -> Path:
         problem = ipc_path_problem(str(value))
         if problem:
             raise ValueError(problem.replace("ipc path", "socket path"))
         return value
-    #: Only checked for existence, to tell "not a Jetson" (disabled) from "helper not installed" (degraded).
+    #: Only checked for existence, to tell "not a Jetson" (disabled) from "hwctl not installed" (degraded).
     nvpmodel: Path = Path("/usr/sbin/nvpmodel")
     #: Kept for symmetry with nvpmodel: its absence also means "not a Jetson".
     jetson_clocks: Path = Path("/usr/bin/jetson_clocks")
-    #: How long to wait for one helper reply; an apply runs up to seven tool calls.
-    helper_timeout_s: float = Field(default=120.0, gt=0, le=900)
+    #: How long to wait for one hwctl reply; an apply runs up to seven tool calls.
+    hwctl_timeout_s: float = Field(default=120.0, gt=0, le=900)
 
 
 class TelemetryConfig(_Section):
@@ -337,7 +341,7 @@ class MonitorConfig(_Section):
     telemetry_confirm: int = Field(default=5, ge=1)
     #: Raised/cleared alerts kept for ``ishowtts-edge status``.
     history_size: int = Field(default=50, ge=1, le=1000)
-    #: On clock drift, clocks off or a changed power mode, ask the helper to re-apply mode and clocks.
+    #: On clock drift, clocks off or a changed power mode, ask hwctl to re-apply mode and clocks.
     remediate: bool = True
     remediate_min_interval_s: float = Field(default=120.0, ge=0)
     #: Attempts per alert before giving up (the alert stays active).
@@ -419,6 +423,28 @@ class Settings(BaseSettings):
     source_file: Path | None = Field(default=None, exclude=True)
 
     _toml_path: ClassVar[Path | None] = None
+    #: (old, new) names of the keys this configuration gave under an old name.  Kept off the
+    #: sections, so that a SIGHUP reload compares what the settings are, not how they were spelt.
+    _deprecated_keys: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _accept_renamed_keys(cls, data: Any, handler: Any) -> "Settings":
+        renamed: list[tuple[str, str]] = []
+        section = data.get("hardware") if isinstance(data, dict) else None
+        if isinstance(section, dict):
+            section = dict(section)
+            for old, new in HardwareConfig.RENAMED_KEYS.items():
+                if old in section:
+                    if new in section:
+                        raise ValueError(f"hardware.{old} is the old name of hardware.{new}: give only {new}")
+                    section[new] = section.pop(old)
+                    renamed.append((f"hardware.{old}", f"hardware.{new}"))
+            data = {**data, "hardware": section}
+        settings = handler(data)
+        if renamed:  # not on assignment (validate_assignment runs this again, without the old names)
+            settings._deprecated_keys = renamed
+        return settings
 
     @classmethod
     def settings_customise_sources(
@@ -433,6 +459,10 @@ class Settings(BaseSettings):
         if cls._toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
         return tuple(sources)
+
+    def deprecated_keys(self) -> list[tuple[str, str]]:
+        """(old, new) names of the keys this configuration gave under an old name."""
+        return list(self._deprecated_keys)
 
     @property
     def endpoint(self) -> str:
@@ -473,6 +503,7 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     except OSError as exc:  # unreadable (an editor's or `install -m600`'s mode): a config error, not a crash on SIGHUP
         raise ConfigError(f"config file {where}: cannot read it: {exc.strerror or exc}") from None
     settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
+    settings._deprecated_keys = loaded.deprecated_keys()
     for key, given, effective in (
         ("server.endpoint", settings.server.endpoint, settings.endpoint),
         ("server.events_endpoint", settings.server.events_endpoint, settings.events_endpoint),

@@ -8,7 +8,7 @@ the loader reports progress, READY=1 after warm-up, WATCHDOG=1 only when the loo
 itself is turning and the synthesis worker is not wedged, STOPPING=1 on SIGTERM.
 
 States: starting -> loading -> warming -> ready | degraded, and stopping at the end.
-``degraded`` still serves when the engine is up (compile failed, helper missing,
+``degraded`` still serves when the engine is up (compile failed, hwctl missing,
 telemetry unavailable, an active alert); it refuses synthesis only when no model
 could be loaded, and says why.
 """
@@ -128,7 +128,7 @@ class Daemon:
         self.server: Server | None = None
         self.publisher: Any = None
         self.hub: Any = None
-        self.helper: Any = None
+        self.hwctl: Any = None  # HwctlClient, made at preflight or at the first remediation
         self.preflight: Any = None
         self.sampler: Any = None
         self.metrics: Any = None  # metrics.Metrics, from _on_start
@@ -322,24 +322,23 @@ class Daemon:
                 log.warning("numba cache not set %s", kv(dir=cache, reason=exc.strerror))
         try:
             try:
-                from .engine.core import Engine  # torch import happens here, off the serving loop
+                from .engine.loader import load_engine  # torch import happens here, off the serving loop
             except Exception as exc:  # a broken install (torch, f5-tts): say so and serve status
                 self.engine_error = f"engine not importable: {type(exc).__name__}: {exc}"
                 log.error("engine failed to import %s", kv(error=type(exc).__name__, reason=str(exc)))
                 self.degraded_reasons["engine"] = self.engine_error
                 self._set_state("degraded", self.engine_error)
             else:
-                self._load_engine(Engine)
+                self._load_engine(load_engine)
         finally:
             self._start_sampling()
             self._loading.clear()
 
-    def _load_engine(self, Engine: Any) -> None:
+    def _load_engine(self, load_engine: Any) -> None:
         self._run_preflight()
         try:
             self._set_state("loading")
-            engine = Engine(self.settings)
-            engine.load(self._progress)
+            engine = load_engine(self.settings, self._progress)
             self._set_state("warming")
             report = engine.warmup(self._progress)
             self.warmup = {
@@ -370,11 +369,12 @@ class Daemon:
         cfg = self.settings.hardware
         if not cfg.enabled:
             return
-        from .hardware import HelperClient, preflight
+        from .hwctl_client import HwctlClient
+        from .preflight import preflight
 
         self._progress("hardware preflight")
-        self.helper = HelperClient(cfg)
-        self.preflight = preflight(self.helper, cfg)
+        self.hwctl = HwctlClient(cfg)
+        self.preflight = preflight(self.hwctl, cfg)
         if self.preflight.state == "degraded":
             self._degrade("hardware", self.preflight.message)
         if self.hub is not None and self.preflight.power_mode:
@@ -499,12 +499,12 @@ class Daemon:
             self.textfile.start()
 
     def _reapply(self) -> dict[str, Any]:
-        """Remediation: ask the helper to apply the power mode and clocks again."""
-        if self.helper is None:
-            from .hardware import HelperClient
+        """Remediation: ask hwctl to apply the power mode and clocks again."""
+        if self.hwctl is None:
+            from .hwctl_client import HwctlClient
 
-            self.helper = HelperClient(self.settings.hardware)
-        return self.helper.apply()
+            self.hwctl = HwctlClient(self.settings.hardware)
+        return self.hwctl.apply()
 
     def _make_telemetry(self) -> None:
         from .telemetry import TelemetrySampler
@@ -635,9 +635,9 @@ class Daemon:
             self.hub.close()
         if self.publisher is not None:
             self.publisher.close()
-        if self.settings.hardware.enabled and self.settings.hardware.restore_at_stop and self.helper is not None:
+        if self.settings.hardware.enabled and self.settings.hardware.restore_at_stop and self.hwctl is not None:
             try:
-                self.helper.restore()
+                self.hwctl.restore()
                 log.info("clocks restored at stop")
             except Exception as exc:
                 log.warning("clocks not restored at stop %s", kv(reason=str(exc)))
@@ -649,4 +649,6 @@ def serve(config_path: str | None) -> int:
     settings = load_settings(config_path)
     setup_logging(settings.log.level)
     log.info("starting %s", kv(version=__version__, config=settings.source_file or "(defaults)", pid=os.getpid()))
+    for old, new in settings.deprecated_keys():
+        log.warning("config key renamed: the old name still works, for now %s", kv(old=old, new=new))
     return Daemon(settings).run()

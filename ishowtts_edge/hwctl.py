@@ -1,9 +1,12 @@
-"""ishowtts-edge-hwctl: the only ishowtts-edge code that runs as root.
+"""hwctl (``ishowtts-edge-hwctl``): the only ishowtts-edge code that runs as root.
 
 It does three fixed things to the Jetson's power mode and clocks (query, apply,
 restore) and nothing else, so that the TTS daemon can stay unprivileged under
 NoNewPrivileges.  Stdlib only (plus tomli on Python 3.10) so it is small to audit
-and starts fast; it must never import torch, pydantic or numpy.
+and starts fast; it must never import torch, pydantic or numpy.  It imports nothing of
+the package either, so this one file is all that runs as root, and the daemon imports
+nothing of it: the daemon's side, :mod:`ishowtts_edge.hwctl_client`, shares only the
+protocol below.
 
 Ways in (docs/security.md explains the choice):
 
@@ -15,9 +18,9 @@ Ways in (docs/security.md explains the choice):
 
 Protocol: the client sends ONE JSON object on one line (at most
 :data:`MAX_REQUEST_BYTES`), ``{"action": "query"|"apply"|"restore"}``, ``apply``
-optionally with ``"power_mode": NAME|ID``; the helper answers ONE JSON line,
+optionally with ``"power_mode": NAME|ID``; hwctl answers ONE JSON line,
 ``{"ok": true, "action": ..., "result": {...}}`` or
-``{"ok": false, "error": {"kind": ..., "message": ..., "details"?: {...}}}``.
+``{"ok": false, "action": ..., "error": {"kind": ..., "message": ..., "details"?: {...}}}``.
 The peer is identified by SO_PEERCRED, which the kernel fills in at connect time.
 """
 
@@ -55,7 +58,7 @@ DEFAULT_CONFIG = Path("/etc/ishowtts-edge/hwctl.toml")
 ACTIONS = ("query", "apply", "restore")
 MAX_REQUEST_BYTES = 4096
 REQUEST_TIMEOUT_S = 5.0
-#: Names the helper will pass to nvpmodel: what nvpmodel.conf uses, nothing shell-like.
+#: Names hwctl will pass to nvpmodel: what nvpmodel.conf uses, nothing shell-like.
 _MODE_NAME = re.compile(r"[A-Za-z0-9_]{1,40}\Z")  # \Z: "$" would let a final newline through
 #: Store file for `jetson_clocks --store/--restore`, plus the boot it was taken in.
 STORE_FILE = "l4t_dfs.conf"
@@ -67,7 +70,8 @@ BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
 class HwctlError(Exception):
-    """A failure with a machine-readable ``kind`` that travels to the client unchanged.
+    """A failure with a machine-readable ``kind`` that travels to the client unchanged
+    (where :class:`ishowtts_edge.hwctl_client.HwctlCallError` carries it).
 
     kinds: bad_request, refused, config, not_root, tool_missing, tool_failed,
     tool_timeout, unparseable, unknown_mode, no_store, verify_failed, internal.
@@ -90,8 +94,8 @@ class HwctlError(Exception):
 
 
 @dataclass
-class HelperSettings:
-    """The helper's own, root-owned settings.  Nothing here comes from the daemon."""
+class HwctlSettings:
+    """hwctl's own, root-owned settings (hwctl.toml).  Nothing here comes from the daemon."""
 
     nvpmodel: Path = Path("/usr/sbin/nvpmodel")
     jetson_clocks: Path = Path("/usr/bin/jetson_clocks")
@@ -107,7 +111,7 @@ class HelperSettings:
     _KEYS = ("nvpmodel", "jetson_clocks", "timeout_s", "state_dir", "allowed_users", "allowed_groups", "power_modes")
 
     @classmethod
-    def load(cls, path: Path | None, *, require_root_owned: bool | None = None) -> "HelperSettings":
+    def load(cls, path: Path | None, *, require_root_owned: bool | None = None) -> "HwctlSettings":
         """Read ``path`` (TOML).  A missing default file means defaults; a bad one is an error.
 
         A file anyone but root can write would let that someone pick the binaries root
@@ -121,18 +125,18 @@ class HelperSettings:
         except FileNotFoundError:
             if path == DEFAULT_CONFIG:
                 return settings
-            raise HwctlError("config", f"helper config {path}: not found") from None
+            raise HwctlError("config", f"hwctl config {path}: not found") from None
         if require_root_owned is None:
             require_root_owned = os.geteuid() == 0
         if require_root_owned and (st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
-            raise HwctlError("config", f"helper config {path}: must be owned by root and not group/world-writable")
+            raise HwctlError("config", f"hwctl config {path}: must be owned by root and not group/world-writable")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise HwctlError("config", f"helper config {path}: {exc}") from None
+            raise HwctlError("config", f"hwctl config {path}: {exc}") from None
         unknown = sorted(set(data) - set(cls._KEYS))
         if unknown:
-            raise HwctlError("config", f"helper config {path}: unknown key(s) {', '.join(unknown)}")
+            raise HwctlError("config", f"hwctl config {path}: unknown key(s) {', '.join(unknown)}")
         try:
             for key in ("nvpmodel", "jetson_clocks", "state_dir"):
                 if key in data:
@@ -157,7 +161,7 @@ class HelperSettings:
                     raise ValueError("power_modes must be a non-empty list of mode names like MAXN")
                 settings.power_modes = list(modes)
         except ValueError as exc:
-            raise HwctlError("config", f"helper config {path}: {exc}") from None
+            raise HwctlError("config", f"hwctl config {path}: {exc}") from None
         settings.source = str(path)
         return settings
 
@@ -219,7 +223,7 @@ def run_tool(argv: list[str], timeout_s: float, stdin_text: str | None = None) -
     tool = Path(argv[0])
     name = tool.name
     if not tool.is_file():
-        raise HwctlError("tool_missing", f"{name} not found at {tool} (not a Jetson, or set its path in the helper config)")
+        raise HwctlError("tool_missing", f"{name} not found at {tool} (not a Jetson, or set its path in hwctl.toml)")
     if not os.access(tool, os.X_OK):
         raise HwctlError("tool_missing", f"{name} at {tool} is not executable")
     env = dict(os.environ)
@@ -405,10 +409,10 @@ def clocks_locked(show: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- actions
 
 
-class Hardware:
-    """The three actions, over the two tools named in the helper config."""
+class HwctlActions:
+    """The three actions, over the two tools named in hwctl.toml."""
 
-    def __init__(self, settings: HelperSettings):
+    def __init__(self, settings: HwctlSettings):
         self.settings = settings
         self._lock = threading.Lock()  # --listen: connections are threads of one process
 
@@ -647,7 +651,7 @@ def _read_line(conn: socket.socket, deadline: float) -> bytes:
     return line
 
 
-def serve_connection(conn: socket.socket, hardware: Hardware) -> dict[str, Any]:
+def serve_connection(conn: socket.socket, actions: HwctlActions) -> dict[str, Any]:
     """Check the peer, read one request, act, write one reply.  Returns the reply."""
     action = None
     try:
@@ -655,13 +659,13 @@ def serve_connection(conn: socket.socket, hardware: Hardware) -> dict[str, Any]:
             pid, uid, gid = peer_credentials(conn)
         except OSError as exc:
             raise HwctlError("refused", f"cannot identify the peer (SO_PEERCRED: {exc})") from None
-        uids, gids = hardware.settings.allowed_ids()
+        uids, gids = actions.settings.allowed_ids()
         if uid not in uids and gid not in gids:
             log.warning("refused peer pid=%s uid=%s gid=%s: not an allowed user or group", pid, uid, gid)
-            raise HwctlError("refused", f"peer uid={uid} gid={gid} is not allowed to use the hardware helper")
+            raise HwctlError("refused", f"peer uid={uid} gid={gid} is not allowed to use hwctl")
         action, mode = parse_request(_read_line(conn, time.monotonic() + REQUEST_TIMEOUT_S))
         log.info("request action=%s power_mode=%s peer_pid=%s uid=%s", action, mode, pid, uid)
-        reply = {"ok": True, "action": action, "result": hardware.run(action, mode)}
+        reply = {"ok": True, "action": action, "result": actions.run(action, mode)}
     except HwctlError as exc:
         reply = {"ok": False, "action": action, "error": exc.to_dict()}
     except Exception as exc:  # noqa: BLE001 - the peer gets an answer, the log the traceback
@@ -675,7 +679,7 @@ def serve_connection(conn: socket.socket, hardware: Hardware) -> dict[str, Any]:
     return reply
 
 
-def listen(path: Path, hardware: Hardware, *, mode: int = 0o660, group: str | int | None = None,
+def listen(path: Path, actions: HwctlActions, *, mode: int = 0o660, group: str | int | None = None,
            stop: threading.Event | None = None) -> None:
     """Standalone server (tests, non-systemd hosts): one thread per connection."""
     # Bind and listen under a temporary name, then rename: a client that sees the path
@@ -701,50 +705,12 @@ def listen(path: Path, hardware: Hardware, *, mode: int = 0o660, group: str | in
 
             def handle(c: socket.socket = conn) -> None:
                 with c:
-                    serve_connection(c, hardware)
+                    serve_connection(c, actions)
 
             threading.Thread(target=handle, daemon=True).start()
     finally:
         server.close()
         path.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- client (stdlib)
-
-
-def call(socket_path: Path | str, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Send one request to a helper socket and return its reply object (stdlib only).
-
-    Transport problems raise OSError subclasses / TimeoutError / ValueError; the
-    unprivileged wrapper in ishowtts_edge.hardware turns them into clear messages.
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        sock.connect(str(socket_path))
-        try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-        except BrokenPipeError:
-            pass  # a refused peer is answered without its request being read: the reply is waiting
-        deadline = time.monotonic() + timeout_s
-        buf = b""
-        while b"\n" not in buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no reply within {timeout_s:g} s")
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                raise TimeoutError(f"no reply within {timeout_s:g} s") from None
-            if not chunk:
-                break
-            buf += chunk
-    if not buf.strip():
-        raise ConnectionError("the helper closed the connection without a reply")
-    reply = json.loads(buf.split(b"\n", 1)[0])
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise ValueError("the helper's reply is not a reply object")
-    return reply
 
 
 # --------------------------------------------------------------------------- entry point
@@ -796,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Query, apply or restore the Jetson power mode and clocks (root only).",
     )
     parser.add_argument("action", nargs="?", choices=ACTIONS, help="run one action and print its JSON reply")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"helper config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"hwctl config (default {DEFAULT_CONFIG})")
     parser.add_argument("--power-mode", help="apply: mode name (must be listed in power_modes)")
     parser.add_argument("--stdio", action="store_true", help="serve one connection on fd 0 (systemd Accept=yes)")
     parser.add_argument("--listen", type=Path, metavar="PATH", help="serve on a unix socket until killed")
@@ -812,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_setup(args.verbose, stdio=args.stdio)
 
     try:
-        settings = HelperSettings.load(args.config)
+        settings = HwctlSettings.load(args.config)
     except HwctlError as exc:
         log.error("%s", exc.message)
         if args.stdio:  # the peer still gets an answer
@@ -821,16 +787,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action:
             print(json.dumps({"ok": False, "action": args.action, "error": exc.to_dict()}))
         return 1
-    hardware = Hardware(settings)
+    actions = HwctlActions(settings)
 
     if args.stdio:
         with socket.socket(fileno=os.dup(0)) as conn:
-            reply = serve_connection(conn, hardware)
+            reply = serve_connection(conn, actions)
         return 0 if reply["ok"] else 1
     if args.listen:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
-            listen(args.listen, hardware, mode=int(args.socket_mode, 8), group=args.socket_group)
+            listen(args.listen, actions, mode=int(args.socket_mode, 8), group=args.socket_group)
         except KeyboardInterrupt:
             pass
         return 0
@@ -843,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     if mode is not None and mode.isdigit():
         mode = int(mode)
     try:
-        reply = {"ok": True, "action": args.action, "result": hardware.run(args.action, mode)}
+        reply = {"ok": True, "action": args.action, "result": actions.run(args.action, mode)}
     except HwctlError as exc:
         reply = {"ok": False, "action": args.action, "error": exc.to_dict()}
     print(json.dumps(reply, indent=2))

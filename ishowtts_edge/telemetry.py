@@ -367,7 +367,7 @@ def _real_jtop_factory(interval: float) -> Any:
 class JtopSource(TelemetrySource):
     """jetson-stats' client, talking to the root jtop.service over /run/jtop.sock.
 
-    Read only: setting ``j.nvpmodel``/``j.jetson_clocks`` would fight the helper (jtop's
+    Read only: setting ``j.nvpmodel``/``j.jetson_clocks`` would fight hwctl (jtop's
     "uncontrolled" state and silent mask refusals; reference section 1).  The
     over-current counters and the GPU's hardware maximum, which jtop does not expose,
     come from sysfs.

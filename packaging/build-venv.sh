@@ -46,7 +46,7 @@ $pipi "$build"/ishowtts_edge-*.whl
 
 # Console scripts: keep ours only (f5-tts, numba, huggingface ... bring their own that
 # would need packages we do not carry), and point them at the final interpreter.
-# The root helper runs isolated (-I): no PYTHON* variables, no user site, no cwd on path.
+# hwctl runs isolated (-I): no PYTHON* variables, no user site, no cwd on path.
 for script in "$stage"/bin/*; do
     name=$(basename "$script")
     case "$name" in

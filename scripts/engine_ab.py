@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ishowtts_edge.config import EngineConfig, PathsConfig, Settings, VoiceConfig
     from ishowtts_edge.engine.checkpoint import VocosConfig, read_arch
-    from ishowtts_edge.engine.core import Engine
+    from ishowtts_edge.engine.loader import load_engine
     from ishowtts_edge.engine.demo import write_demo_bundle
     from ishowtts_edge.engine.sampler import compile_counters
     from ishowtts_edge.logs import setup_logging
@@ -172,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         def run(fn):
             return fn()
-    engine = Engine(settings)
-    run(engine.load)
+    engine = run(lambda: load_engine(settings))
     started = time.perf_counter()
     report = run(engine.warmup)
     if a.eager_vocoder:

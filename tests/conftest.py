@@ -33,7 +33,7 @@ class DaemonProcess(_DaemonProcess):
 
 @pytest.fixture
 def world_tmp():
-    """A temp dir other users can traverse (pytest's tmp_path is 0700 root): the root helper,
+    """A temp dir other users can traverse (pytest's tmp_path is 0700 root): hwctl,
     its socket and the fake board live here for tests that switch uid."""
     import shutil
     import tempfile

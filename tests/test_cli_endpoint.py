@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import REPO
-from fakes.helper import as_user, create_users, repo_env, require_root, user_python
+from fakes.hwctl_process import as_user, create_users, repo_env, require_root, user_python
 
 # A wait this long means the CLI sat out its reply timeout (60 s by default, 120 s for status).
 PROMPT_S = 30

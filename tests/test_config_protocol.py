@@ -62,6 +62,28 @@ def test_unreadable_file_is_a_config_error(tmp_path):
         assert str(f) in str(err.value)
 
 
+def test_old_names_of_the_hwctl_keys_still_work_and_are_reported(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text('[hardware]\nhelper_socket = "/run/old.sock"\nhelper_timeout_s = 30\n')
+    s = load_settings(f)
+    assert s.hardware.hwctl_socket == Path("/run/old.sock") and s.hardware.hwctl_timeout_s == 30
+    assert s.deprecated_keys() == [
+        ("hardware.helper_socket", "hardware.hwctl_socket"), ("hardware.helper_timeout_s", "hardware.hwctl_timeout_s")
+    ]
+    f.write_text('[hardware]\nhwctl_socket = "/run/new.sock"\n')
+    assert load_settings(f).deprecated_keys() == []
+    monkeypatch.setenv("ISHOWTTS_EDGE_HARDWARE__HELPER_TIMEOUT_S", "40")
+    s = load_settings(f)
+    assert s.hardware.hwctl_timeout_s == 40 and s.deprecated_keys() == [("hardware.helper_timeout_s", "hardware.hwctl_timeout_s")]
+
+
+def test_an_old_and_a_new_name_for_one_key_is_refused(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[hardware]\nhelper_socket = "/run/old.sock"\nhwctl_socket = "/run/new.sock"\n')
+    with pytest.raises(ConfigError, match="hardware.helper_socket is the old name of hardware.hwctl_socket: give only hwctl_socket"):
+        load_settings(f)
+
+
 def test_voice_forms(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[voices.a]\ndir = "/v/a"\n[voices.b]\nref_audio = "/v/b.wav"\nref_text = "hi"\n')

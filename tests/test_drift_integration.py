@@ -1,5 +1,5 @@
 """The running daemon on the fake board: GPU clock falls, syntheses really slow down,
-the alert is raised with cause clock_drift and published, the real helper re-applies
+the alert is raised with cause clock_drift and published, the real hwctl re-applies
 jetson_clocks, the clock recovers and the alert clears.
 
 Nothing fakes the RTF: the engine's clock emulation (engine.emulate_clock_devfreq)
@@ -17,7 +17,7 @@ import time
 
 import zmq
 from fakes.board import FakeBoard
-from fakes.helper import HelperProcess, board_daemon_toml, require_root, write_helper_config
+from fakes.hwctl_process import HwctlProcess, board_daemon_toml, require_root, write_hwctl_config
 
 from conftest import REPO, DaemonProcess, NotifySocket
 from ishowtts_edge.client import Client
@@ -44,10 +44,10 @@ def favour(pid: int) -> None:
 def test_clock_drop_raises_clock_drift_remediates_and_clears(world_tmp, demo_cache):
     require_root()
     board = FakeBoard(world_tmp)
-    helper = HelperProcess(write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "hwstate"))
+    hwctl = HwctlProcess(write_hwctl_config(world_tmp / "hwctl.toml", board, world_tmp / "hwstate"))
     config = world_tmp / "edge.toml"
     config.write_text(
-        board_daemon_toml(board, helper.socket)
+        board_daemon_toml(board, hwctl.socket)
         + f"""interval_s = 0.1
 
 [engine]
@@ -80,7 +80,7 @@ remediate_min_interval_s = 0
         sub.connect(f"ipc://{world_tmp / 'run' / 'events.sock'}")
         with Client(proc.endpoint, timeout_s=120) as client:
             status = client.status()
-            # Preflight went through the real helper: clocks were locked before warm-up.
+            # Preflight went through the real hwctl: clocks were locked before warm-up.
             assert status["hardware"]["state"] in ("applied", "ok"), status["hardware"]
             assert board.clocks_locked()
             assert status["telemetry"]["source"] == "sysfs"
@@ -107,11 +107,11 @@ remediate_min_interval_s = 0
             alert = raised["data"]["alert"] if "alert" in raised["data"] else raised["data"]
             assert alert["cause"] == "clock_drift", raised
 
-            # The remediator asks the real helper to apply again; jetson_clocks puts the clock back.
+            # The remediator asks the real hwctl to apply again; jetson_clocks puts the clock back.
             deadline = time.monotonic() + 60
             while board.gpu()["cur"] < locked_max and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert board.gpu()["cur"] == locked_max, "helper did not restore the clock"
+            assert board.gpu()["cur"] == locked_max, "hwctl did not restore the clock"
 
             def outcomes() -> list[str]:
                 drain(sub, events)
@@ -147,7 +147,7 @@ remediate_min_interval_s = 0
         sub.close(linger=0)
         proc.stop()
         notify.close()
-        helper.stop()
+        hwctl.stop()
 
 
 def test_alert_raised_without_clock_management_clears_soon_after_the_board_recovers(world_tmp, demo_cache):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ishowtts_edge.config import EngineConfig, VoiceConfig
 from ishowtts_edge.engine.attention import BucketAttnProcessor, bucket_mask, flash_key_padded, flash_unavailable
-from ishowtts_edge.engine.core import Engine
+from ishowtts_edge.engine.loader import load_engine
 from ishowtts_edge.protocol import SynthesizeParams
 from tests.engine_support import engine_settings, tiny_bundle  # noqa: F401  (fixture)
 
@@ -52,9 +52,8 @@ def test_engine_asked_for_flash_without_it_serves_on_sdpa(tiny_bundle, tmp_path:
     """engine.attention = flash where it cannot run: a warning, sdpa, and the reason in describe()."""
     caplog.set_level(logging.INFO, logger="ishowtts_edge")
     voices = {"v": VoiceConfig(dir=tiny_bundle.voice_dir)}
-    engine = Engine(engine_settings(tiny_bundle, tmp_path, voices, attention="flash", pad_to_buckets="always",
+    engine = load_engine(engine_settings(tiny_bundle, tmp_path, voices, attention="flash", pad_to_buckets="always",
                                     length_buckets=[256, 512], warmup=False))
-    engine.load()
     described = engine.describe()
     assert described["attention"] == "sdpa"
     assert described["attention_note"] == "flash unavailable: needs CUDA"

@@ -15,7 +15,7 @@ from ishowtts_edge.config import PathsConfig, Settings, VoiceConfig
 from ishowtts_edge.engine import EngineLoadError
 from ishowtts_edge.engine.checkpoint import ModelArch, read_arch
 from ishowtts_edge.engine.clock import ClockEmulator
-from ishowtts_edge.engine.core import Engine
+from ishowtts_edge.engine.loader import load_engine
 from ishowtts_edge.engine.demo import DEMO_ARCH, demo_bundle_valid, write_demo_bundle
 from ishowtts_edge.engine.sampler import FlowSampler, compile_counters
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
@@ -36,8 +36,7 @@ def _demo_settings(tmp_path: Path) -> Settings:
 
 def test_demo_engine_generates_once_and_reuses(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ishowtts_edge")
-    engine = Engine(_demo_settings(tmp_path))
-    engine.load()
+    engine = load_engine(_demo_settings(tmp_path))
     demo_dir = tmp_path / "cache" / "demo"
     for name in ("model.yaml", "model_demo.safetensors", "vocab.txt", "vocos/config.yaml", "vocos/pytorch_model.bin",
                  "voice/ref.wav", "voice/ref.txt"):
@@ -53,18 +52,17 @@ def test_demo_engine_generates_once_and_reuses(tmp_path: Path, caplog: pytest.Lo
     assert np.abs(result.audio).max() <= 1.0 and result.sample_rate == 24000
 
     stamp = (demo_dir / "model_demo.safetensors").stat().st_mtime_ns
-    again = Engine(_demo_settings(tmp_path))
-    again.load()
+    again = load_engine(_demo_settings(tmp_path))
     assert (demo_dir / "model_demo.safetensors").stat().st_mtime_ns == stamp  # reused, not regenerated
     np.testing.assert_array_equal(again.synthesize(SynthesizeParams(text=TEXT, seed=3)).audio, result.audio)
 
 
 def test_damaged_demo_cache_is_regenerated_identically(tmp_path: Path) -> None:
-    Engine(_demo_settings(tmp_path)).load()
+    load_engine(_demo_settings(tmp_path))
     demo_dir = tmp_path / "cache" / "demo"
     original = (demo_dir / "model_demo.safetensors").read_bytes()
     (demo_dir / "model_demo.safetensors").write_bytes(original[: len(original) // 2])
-    Engine(_demo_settings(tmp_path)).load()
+    load_engine(_demo_settings(tmp_path))
     assert (demo_dir / "model_demo.safetensors").read_bytes() == original  # seeded: same bytes
 
 
@@ -91,7 +89,7 @@ def _copy_bundle(tiny_bundle, tmp_path: Path):
 
 def _load_error(settings: Settings) -> str:
     with pytest.raises(EngineLoadError) as info:
-        Engine(settings).load()
+        load_engine(settings)
     return str(info.value)
 
 
@@ -133,10 +131,8 @@ def test_pt_checkpoint_in_released_layout_loads(tiny_bundle, tmp_path: Path) -> 
     torch.save({"ema_model_state_dict": {**state, "initted": torch.tensor(True), "step": torch.tensor(5)}}, pt)
     settings = engine_settings(bundle, tmp_path, {"v": VoiceConfig(dir=bundle.voice_dir)})
     settings.engine.checkpoint = pt
-    engine = Engine(settings)
-    engine.load()
-    reference = Engine(engine_settings(tiny_bundle, tmp_path, {"v": VoiceConfig(dir=bundle.voice_dir)}))
-    reference.load()
+    engine = load_engine(settings)
+    reference = load_engine(engine_settings(tiny_bundle, tmp_path, {"v": VoiceConfig(dir=bundle.voice_dir)}))
     params = SynthesizeParams(text=TEXT, seed=4)
     np.testing.assert_array_equal(engine.synthesize(params).audio, reference.synthesize(params).audio)
 
@@ -159,12 +155,6 @@ def test_vocoder_config_may_only_name_vocos_classes(tiny_bundle, tmp_path: Path)
     assert "outside the vocos package" in _load_error(engine_settings(bundle, tmp_path))
 
 
-def test_requests_before_load_are_not_ready(tiny_bundle, tmp_path: Path) -> None:
-    with pytest.raises(ServiceError) as info:
-        Engine(engine_settings(tiny_bundle, tmp_path)).synthesize(SynthesizeParams(text=TEXT))
-    assert info.value.code is ErrorCode.NOT_READY
-
-
 # --- warm-up, buckets, compile -------------------------------------------------------------------
 
 
@@ -174,8 +164,7 @@ def voices(tiny_bundle) -> dict[str, VoiceConfig]:
 
 
 def test_cpu_warmup_is_one_short_synthesis(tiny_bundle, tmp_path: Path, voices) -> None:
-    engine = Engine(engine_settings(tiny_bundle, tmp_path, voices))
-    engine.load()
+    engine = load_engine(engine_settings(tiny_bundle, tmp_path, voices))
     report = engine.warmup()
     assert report.compiled is False and report.error is None and len(report.shapes) == 1
     described = engine.describe()
@@ -187,10 +176,8 @@ def test_cpu_warmup_is_one_short_synthesis(tiny_bundle, tmp_path: Path, voices) 
 
 
 def test_padding_to_a_bucket_changes_nothing_but_float_noise(tiny_bundle, tmp_path: Path, voices) -> None:
-    plain = Engine(engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="never"))
-    padded = Engine(engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="always", length_buckets=[256, 1024]))
-    plain.load()
-    padded.load()
+    plain = load_engine(engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="never"))
+    padded = load_engine(engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="always", length_buckets=[256, 1024]))
     assert padded.describe()["buckets"] == [256, 1024]
     for text in (TEXT, "Short one.", "A longer sentence. " * 8):
         params = SynthesizeParams(text=text, seed=11)
@@ -223,11 +210,10 @@ def test_compiled_buckets_do_not_recompile_after_ready(
 ) -> None:
     # the "eager" backend traces with dynamo exactly as inductor would, without generating code.
     # scope "blocks": embedding, head and one graph that every block shares (not one per block).
-    engine = Engine(engine_settings(
+    engine = load_engine(engine_settings(
         tiny_bundle, tmp_path, voices, compile_backend="eager", length_buckets=[256, 512], compile_dynamic=dynamic,
         compile_scope=scope,
     ))
-    engine.load()
     torch._dynamo.reset()
     before = compile_counters()["graphs"]
     report = engine.warmup()
@@ -235,8 +221,7 @@ def test_compiled_buckets_do_not_recompile_after_ready(
     # dynamo really traced: once with a symbolic length, or once per bucket when specialised
     assert compile_counters()["graphs"] - before == graphs_per_warmup
     assert engine.describe()["recompiles_since_ready"] == 0
-    reference = Engine(engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="never"))
-    reference.load()
+    reference = load_engine(engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="never"))
     for text, seed, extra in ((TEXT, 1, {}), ("Short.", 2, {"cfg_strength": 0.5}), ("Some more words here.", 3, {"nfe_step": 9})):
         params = SynthesizeParams(text=text, seed=seed, **extra)
         got, want = engine.synthesize(params), reference.synthesize(params)
@@ -248,8 +233,7 @@ def test_compiled_buckets_do_not_recompile_after_ready(
 
 
 def test_compile_failure_falls_back_to_eager(tiny_bundle, tmp_path: Path, voices, monkeypatch) -> None:
-    engine = Engine(engine_settings(tiny_bundle, tmp_path, voices, compile_backend="eager", length_buckets=[256]))
-    engine.load()
+    engine = load_engine(engine_settings(tiny_bundle, tmp_path, voices, compile_backend="eager", length_buckets=[256]))
 
     def broken(*args, **kwargs):
         raise RuntimeError("inductor exploded")
@@ -262,8 +246,7 @@ def test_compile_failure_falls_back_to_eager(tiny_bundle, tmp_path: Path, voices
 
 
 def test_out_of_memory_is_reported_and_engine_stays_usable(tiny_bundle, tmp_path: Path, voices, monkeypatch) -> None:
-    engine = Engine(engine_settings(tiny_bundle, tmp_path, voices))
-    engine.load()
+    engine = load_engine(engine_settings(tiny_bundle, tmp_path, voices))
     real_sample = engine.sampler.sample
     calls = {"n": 0}
 
@@ -294,8 +277,7 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
     settings = engine_settings(tiny_bundle, tmp_path, voices)
     daemon = Daemon(settings)
-    engine = Engine(settings)
-    engine.load()
+    engine = load_engine(settings)
     real_sample = engine.sampler.sample
     fail = {"next": True}
 
@@ -393,8 +375,7 @@ def test_clock_emulator_without_devfreq_does_not_delay(tmp_path: Path, caplog) -
 
 def test_engine_synthesis_slows_down_with_the_fake_clock(tiny_bundle, tmp_path: Path, voices) -> None:
     folder = _devfreq(tmp_path, 1_000_000_000, 1_000_000_000)
-    engine = Engine(engine_settings(tiny_bundle, tmp_path, voices, emulate_clock_devfreq=folder))
-    engine.load()
+    engine = load_engine(engine_settings(tiny_bundle, tmp_path, voices, emulate_clock_devfreq=folder))
     assert engine.describe()["clock_emulation"] == str(folder)
     engine.synthesize(SynthesizeParams(text=TEXT, seed=1))
     assert engine.clock.total_delay_s == 0.0
@@ -417,12 +398,12 @@ def test_fetch_snippet_is_a_valid_engine_config(tmp_path: Path) -> None:
 
 
 def test_progress_keeps_coming_during_long_steps(tiny_bundle, tmp_path: Path, voices, monkeypatch) -> None:
-    import ishowtts_edge.engine.core as core
+    import ishowtts_edge.engine.heartbeat as heartbeat
 
-    monkeypatch.setattr(core, "HEARTBEAT_S", 0.005)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_S", 0.005)
     messages: list[str] = []
-    engine = Engine(engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="always", length_buckets=[256, 512]))
-    engine.load(messages.append)
+    settings = engine_settings(tiny_bundle, tmp_path, voices, pad_to_buckets="always", length_buckets=[256, 512])
+    engine = load_engine(settings, messages.append)
     engine.warmup(messages.append)
     assert any(m.startswith("loading model") for m in messages)
     assert any(m.startswith("warming up 512 frames") for m in messages)
@@ -457,8 +438,7 @@ def test_chunker_splits_a_run_on_at_clause_marks_then_spaces_then_characters() -
 
 
 def test_every_chunk_fits_the_models_positions_at_any_speed_or_is_refused_up_front(tmp_path: Path) -> None:
-    engine = Engine(_demo_settings(tmp_path))
-    engine.load()
+    engine = load_engine(_demo_settings(tmp_path))
     assert engine.max_frames() == 8192  # f5-tts DiT's precomputed text positions
     from ishowtts_edge.engine.text import duration_frames
 

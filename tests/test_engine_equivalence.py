@@ -13,6 +13,7 @@ import torch
 from ishowtts_edge.config import VoiceConfig
 from ishowtts_edge.engine import text as ours
 from ishowtts_edge.engine.core import Engine
+from ishowtts_edge.engine.loader import load_engine
 from ishowtts_edge.protocol import SynthesizeParams
 from tests.engine_support import engine_settings, upstream_utils_infer, write_reference, tiny_bundle  # noqa: F401 (fixture)
 
@@ -90,8 +91,7 @@ def engine(tiny_bundle, tmp_path_factory):
         "slow": VoiceConfig(ref_audio=write_reference(tmp / "slow.wav", seconds=3.0, seed=2), ref_text="Call me"),
         "zh": VoiceConfig(ref_audio=write_reference(tmp / "zh.wav", seconds=3.0, rate=22050, seed=1), ref_text="对，这就是我，万人敬仰的太乙真人。"),
     }
-    eng = Engine(engine_settings(tiny_bundle, tmp, voices))
-    eng.load()
+    eng = load_engine(engine_settings(tiny_bundle, tmp, voices))
     return eng
 
 
@@ -176,7 +176,8 @@ def test_engine_text_ids_equal_whole_string_conversion(prompt: str, gen: str) ->
     """The engine reuses a voice's cached prompt tokens; the ids must be upstream's all the same."""
     from types import SimpleNamespace
 
-    from ishowtts_edge.engine.core import Engine, VoicePrompt, ensure_f5_model_importable
+    from ishowtts_edge.engine.prompt import VoicePrompt
+    from ishowtts_edge.engine.upstream import ensure_f5_model_importable
 
     ensure_f5_model_importable()  # as the engine does before its first conversion
     from f5_tts.model.utils import convert_char_to_pinyin

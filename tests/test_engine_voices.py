@@ -11,6 +11,7 @@ import soundfile as sf
 
 from ishowtts_edge.config import VoiceConfig
 from ishowtts_edge.engine.core import Engine
+from ishowtts_edge.engine.loader import load_engine
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
 from tests.engine_support import engine_settings, tone, write_reference, tiny_bundle  # noqa: F401 (fixture)
 
@@ -36,8 +37,7 @@ def engine(tiny_bundle, tmp_path: Path, voice_dir: Path) -> Engine:
         "bob": VoiceConfig(ref_audio=write_reference(tmp_path / "bob.wav", seconds=1.8, seed=3), ref_text="Bob here"),
         "broken": VoiceConfig(ref_audio=tmp_path / "broken.wav", ref_text="Nothing"),
     }
-    eng = Engine(engine_settings(tiny_bundle, tmp_path, voices, adhoc_voice_cache=2))
-    eng.load()
+    eng = load_engine(engine_settings(tiny_bundle, tmp_path, voices, adhoc_voice_cache=2))
     return eng
 
 
@@ -182,21 +182,21 @@ def test_reference_at_an_odd_sample_rate_is_refused_not_resampled(engine: Engine
         engine.synthesize(SynthesizeParams(text="Odd rate.", ref_text="A tone.", seed=1), path.read_bytes())
     assert info.value.code is ErrorCode.BAD_REFERENCE
     assert "sample rate 7919 Hz" in info.value.message and "44100" in info.value.message
-    assert 7919 not in engine._resamplers
+    assert 7919 not in engine.prompts.resample.rates()
 
 
 def test_usual_rates_resample_and_the_resampler_cache_stays_bounded(engine: Engine) -> None:
     import torch
 
-    from ishowtts_edge.engine.core import MAX_CACHED_RESAMPLERS
+    from ishowtts_edge.engine.prompt import MAX_CACHED_RESAMPLERS
 
     rates = [8000, 11025, 12000, 16000, 22050, 32000, 37800, 44100, 48000, 88200, 96000, 176400, 192000, 384000]
     for rate in rates:
-        out = engine._resample(torch.zeros(1, rate), rate)  # one second
+        out = engine.prompts.resample(torch.zeros(1, rate), rate)  # one second
         assert abs(out.shape[-1] - 24000) <= 1, rate
-    assert list(engine._resamplers) == rates[-MAX_CACHED_RESAMPLERS:]
-    engine._resample(torch.zeros(1, 8000), rates[-MAX_CACHED_RESAMPLERS])  # a hit moves to the end
-    assert list(engine._resamplers)[-1] == rates[-MAX_CACHED_RESAMPLERS]
+    assert engine.prompts.resample.rates() == rates[-MAX_CACHED_RESAMPLERS:]
+    engine.prompts.resample(torch.zeros(1, 8000), rates[-MAX_CACHED_RESAMPLERS])  # a hit moves to the end
+    assert engine.prompts.resample.rates()[-1] == rates[-MAX_CACHED_RESAMPLERS]
 
 
 def test_huge_voice_file_is_refused_by_its_size_before_it_is_read(engine: Engine, tmp_path: Path) -> None:

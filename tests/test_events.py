@@ -200,7 +200,7 @@ def test_hub_publishes_alert_state_and_remediation_events(tmp_path, ctx):
     sim = Simulator(21, clock)
     board = {"state": BoardState()}
 
-    def apply():  # the helper re-locks clocks
+    def apply():  # hwctl re-locks clocks
         board["state"] = BoardState()
         return {"ok": True}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fakes.board import FakeBoard
-from fakes.helper import as_user, create_users, require_root
+from fakes.hwctl_process import as_user, create_users, require_root
 
 from ishowtts_edge import hwctl
 

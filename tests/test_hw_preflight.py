@@ -1,4 +1,4 @@
-"""Start-up preflight against the real helper process and the fake board."""
+"""Start-up preflight against the real hwctl process and the fake board."""
 
 from __future__ import annotations
 
@@ -7,42 +7,43 @@ import socket
 
 import pytest
 from fakes.board import FakeBoard
-from fakes.helper import HelperProcess, require_root, write_helper_config
+from fakes.hwctl_process import HwctlProcess, require_root, write_hwctl_config
 
 from ishowtts_edge.config import HardwareConfig
-from ishowtts_edge.hardware import HelperClient, preflight
+from ishowtts_edge.hwctl_client import HwctlClient
+from ishowtts_edge.preflight import preflight
 
 
 @pytest.fixture
-def run_helper(world_tmp):
+def run_hwctl(world_tmp):
     started = []
 
-    def start(board: FakeBoard, **overrides) -> HelperProcess:
+    def start(board: FakeBoard, **overrides) -> HwctlProcess:
         require_root()
-        config = write_helper_config(world_tmp / "hwctl.toml", board, world_tmp / "state", **overrides)
-        helper = HelperProcess(config)
-        started.append(helper)
-        return helper
+        config = write_hwctl_config(world_tmp / "hwctl.toml", board, world_tmp / "state", **overrides)
+        hwctl = HwctlProcess(config)
+        started.append(hwctl)
+        return hwctl
 
     yield start
-    for helper in started:
-        helper.stop()
+    for hwctl in started:
+        hwctl.stop()
 
 
-def cfg_for(helper: HelperProcess, board: FakeBoard, **extra) -> HardwareConfig:
+def cfg_for(hwctl: HwctlProcess, board: FakeBoard, **extra) -> HardwareConfig:
     return HardwareConfig(
-        helper_socket=helper.socket, nvpmodel=board.nvpmodel, jetson_clocks=board.jetson_clocks, **extra
+        hwctl_socket=hwctl.socket, nvpmodel=board.nvpmodel, jetson_clocks=board.jetson_clocks, **extra
     )
 
 
 def run_preflight(cfg: HardwareConfig):
-    return preflight(HelperClient(cfg), cfg)
+    return preflight(HwctlClient(cfg), cfg)
 
 
-def test_applies_mode_and_clocks_and_logs_what_changed(world_tmp, run_helper, caplog):
+def test_applies_mode_and_clocks_and_logs_what_changed(world_tmp, run_hwctl, caplog):
     board = FakeBoard(world_tmp, power_mode="MODE_50W")
-    cfg = cfg_for(run_helper(board), board)
-    with caplog.at_level(logging.INFO, logger="ishowtts_edge.hardware"):
+    cfg = cfg_for(run_hwctl(board), board)
+    with caplog.at_level(logging.INFO, logger="ishowtts_edge.preflight"):
         result = run_preflight(cfg)
     assert result.state == "applied", result.message
     assert result.power_mode == {"id": 0, "name": "MAXN"} and result.clocks_locked is True
@@ -57,56 +58,56 @@ def test_applies_mode_and_clocks_and_logs_what_changed(world_tmp, run_helper, ca
     assert second.state == "ok" and second.changes == []
 
 
-def test_reboot_needing_mode_is_degraded_with_instructions(world_tmp, run_helper, caplog):
+def test_reboot_needing_mode_is_degraded_with_instructions(world_tmp, run_hwctl, caplog):
     board = FakeBoard(world_tmp, power_mode="MODE_30W")
-    with caplog.at_level(logging.WARNING, logger="ishowtts_edge.hardware"):
-        result = run_preflight(cfg_for(run_helper(board), board))
+    with caplog.at_level(logging.WARNING, logger="ishowtts_edge.preflight"):
+        result = run_preflight(cfg_for(run_hwctl(board), board))
     assert result.state == "degraded" and result.reboot_required
     assert "sudo nvpmodel -m 0" in result.message and "reboot" in result.message
     assert result.power_mode["name"] == "MODE_30W" and result.clocks_locked is True
     assert any(r.levelno == logging.WARNING and "state=degraded" in r.getMessage() for r in caplog.records)
 
 
-def test_apply_failure_degrades_and_keeps_the_reason(world_tmp, run_helper):
+def test_apply_failure_degrades_and_keeps_the_reason(world_tmp, run_hwctl):
     board = FakeBoard(world_tmp, power_mode="MAXN")
     board.set_option(gpu_lock_fails=True)
-    result = run_preflight(cfg_for(run_helper(board), board))
+    result = run_preflight(cfg_for(run_hwctl(board), board))
     assert result.state == "degraded"
     assert "apply failed" in result.message and "Failed to max GPU frequency" in result.message
     assert result.power_mode["name"] == "MAXN" and result.clocks_locked is False
 
 
-def test_apply_at_start_off_only_reports(world_tmp, run_helper):
+def test_apply_at_start_off_only_reports(world_tmp, run_hwctl):
     board = FakeBoard(world_tmp, power_mode="MODE_50W")
-    result = run_preflight(cfg_for(run_helper(board), board, apply_at_start=False))
+    result = run_preflight(cfg_for(run_hwctl(board), board, apply_at_start=False))
     assert result.state == "degraded" and "apply_at_start = false" in result.message
     assert board.power_mode()[1] == "MODE_50W" and not board.clocks_locked()
 
 
-def test_helper_without_tools_means_not_a_jetson(world_tmp, run_helper):
+def test_hwctl_without_tools_means_not_a_jetson(world_tmp, run_hwctl):
     board = FakeBoard(world_tmp)
-    helper = run_helper(board, nvpmodel="/nonexistent/nvpmodel", jetson_clocks="/nonexistent/jetson_clocks")
-    result = run_preflight(cfg_for(helper, board))
+    hwctl = run_hwctl(board, nvpmodel="/nonexistent/nvpmodel", jetson_clocks="/nonexistent/jetson_clocks")
+    result = run_preflight(cfg_for(hwctl, board))
     assert result.state == "disabled" and "/nonexistent/nvpmodel" in result.message
 
 
-def test_missing_helper_on_a_jetson_is_degraded(tmp_path):
+def test_missing_hwctl_on_a_jetson_is_degraded(tmp_path):
     board = FakeBoard(tmp_path)
-    cfg = HardwareConfig(helper_socket=tmp_path / "none.sock", nvpmodel=board.nvpmodel, jetson_clocks=board.jetson_clocks)
+    cfg = HardwareConfig(hwctl_socket=tmp_path / "none.sock", nvpmodel=board.nvpmodel, jetson_clocks=board.jetson_clocks)
     result = run_preflight(cfg)
     assert result.state == "degraded" and "not installed" in result.message
 
 
-def test_missing_helper_off_jetson_is_disabled(tmp_path):
+def test_missing_hwctl_off_jetson_is_disabled(tmp_path):
     cfg = HardwareConfig(
-        helper_socket=tmp_path / "none.sock", nvpmodel=tmp_path / "nvpmodel", jetson_clocks=tmp_path / "jetson_clocks"
+        hwctl_socket=tmp_path / "none.sock", nvpmodel=tmp_path / "nvpmodel", jetson_clocks=tmp_path / "jetson_clocks"
     )
     result = run_preflight(cfg)
     assert result.state == "disabled" and "not a Jetson" in result.message
 
 
-def test_disabled_in_config_does_not_touch_the_helper(tmp_path):
-    result = run_preflight(HardwareConfig(enabled=False, helper_socket=tmp_path / "none.sock"))
+def test_disabled_in_config_does_not_touch_hwctl(tmp_path):
+    result = run_preflight(HardwareConfig(enabled=False, hwctl_socket=tmp_path / "none.sock"))
     assert result.state == "disabled" and "hardware.enabled = false" in result.message
 
 
@@ -127,18 +128,18 @@ def test_garbage_from_the_socket_degrades_instead_of_raising(tmp_path):
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
     try:
-        result = run_preflight(HardwareConfig(helper_socket=path, helper_timeout_s=5))
+        result = run_preflight(HardwareConfig(hwctl_socket=path, hwctl_timeout_s=5))
     finally:
         thread.join(5)
         server.close()
     assert result.state == "degraded" and "unreadable reply" in result.message
 
 
-def test_preflight_reports_the_clocks_it_locked_as_targets_for_the_metrics(world_tmp, run_helper):
+def test_preflight_reports_the_clocks_it_locked_as_targets_for_the_metrics(world_tmp, run_hwctl):
     from fakes import orin
 
     board = FakeBoard(world_tmp, power_mode="MODE_50W")
-    cfg = cfg_for(run_helper(board), board)
+    cfg = cfg_for(run_hwctl(board), board)
     applied = run_preflight(cfg)
     assert applied.state == "applied"
     targets = {"gpu_hz": orin.GPU_FREQS_HZ[-1], "cpu_hz": orin.CPU_FREQS_KHZ[-1] * 1000, "emc_hz": orin.EMC_MAX_HZ}
@@ -147,7 +148,7 @@ def test_preflight_reports_the_clocks_it_locked_as_targets_for_the_metrics(world
     assert applied.to_dict()["clock_targets"] == targets
 
 
-def test_no_clock_targets_while_the_clocks_are_not_locked(world_tmp, run_helper):
+def test_no_clock_targets_while_the_clocks_are_not_locked(world_tmp, run_hwctl):
     board = FakeBoard(world_tmp, power_mode="MODE_50W")
-    result = run_preflight(cfg_for(run_helper(board), board, apply_at_start=False))
+    result = run_preflight(cfg_for(run_hwctl(board), board, apply_at_start=False))
     assert result.state == "degraded" and result.clock_targets is None

@@ -83,11 +83,13 @@ def test_sighup_reloads_voices_without_reloading_model(tmp_path, demo_cache):
     import soundfile as sf
 
     config = tmp_path / "edge.toml"
-    config.write_text("[hardware]\nenabled = false\n")
+    config.write_text("[hardware]\nenabled = false\nhelper_timeout_s = 30\n")  # an old key name
     notify = NotifySocket(tmp_path / "notify.sock")
     proc = DaemonProcess(tmp_path, demo_cache, config=config, NOTIFY_SOCKET=str(notify.path))
     try:
         notify.collect(lambda m: "READY=1" in m, timeout=240)
+        assert "config key renamed: the old name still works, for now old=hardware.helper_timeout_s " \
+               "new=hardware.hwctl_timeout_s" in proc.log()
         with Client(proc.endpoint, timeout_s=10) as c:
             before = {v["id"] for v in c.voices()}
             warm_before = c.status()["warmup"]
@@ -98,7 +100,8 @@ def test_sighup_reloads_voices_without_reloading_model(tmp_path, demo_cache):
         sf.write(voice_dir / "ref.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype("float32"), sr)
         (voice_dir / "ref.txt").write_text("Alice speaking.")
         # [server] is built into the socket at start: a reload names it and keeps the running limits.
-        config.write_text(f'[hardware]\nenabled = false\n\n[server]\nmax_text_chars = 10\n\n[voices.alice]\ndir = "{voice_dir}"\n')
+        # The same [hardware] under the new key name is no change.
+        config.write_text(f'[hardware]\nenabled = false\nhwctl_timeout_s = 30\n\n[server]\nmax_text_chars = 10\n\n[voices.alice]\ndir = "{voice_dir}"\n')
         mark = len(notify.messages)
         proc.proc.send_signal(signal.SIGHUP)
         msgs = notify.collect(lambda m: "READY=1" in m[mark:], timeout=60)
@@ -151,7 +154,7 @@ def test_invalid_config_fails_fast_naming_file_and_key(tmp_path):
         ('[server]\nevents_endpoint = "ipc://events.sock"', "server.events_endpoint: Value error, ipc path 'events.sock' must be absolute"),
         (f'[server]\nevents_endpoint = "ipc:///tmp/{"e" * 110}.sock"', "server.events_endpoint: Value error, ipc path is 120 bytes"),
         (f'[paths]\nruntime_dir = "/tmp/{"r" * 100}"', "paths.runtime_dir: ipc path is 114 bytes"),
-        (f'[hardware]\nhelper_socket = "/run/{"h" * 110}.sock"', "hardware.helper_socket: Value error, socket path is 120 bytes"),
+        (f'[hardware]\nhwctl_socket = "/run/{"h" * 110}.sock"', "hardware.hwctl_socket: Value error, socket path is 120 bytes"),
     ],
 )
 def test_endpoint_that_cannot_be_bound_as_written_fails_fast_naming_the_key(tmp_path, section, expected):

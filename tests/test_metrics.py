@@ -102,7 +102,7 @@ class NodeExporter:
 
 @pytest.fixture(scope="module")
 def board_daemon(tmp_path_factory, demo_cache):
-    """The daemon on the fake board (telemetry from its sysfs, no helper), textfile every 0.1 s."""
+    """The daemon on the fake board (telemetry from its sysfs, no hwctl), textfile every 0.1 s."""
     tmp = tmp_path_factory.mktemp("metrics")
     board = FakeBoard(tmp)
     textfile_dir = tmp / "metrics"

@@ -19,7 +19,7 @@ def alert(cause="clock_drift", id_=None) -> Alert:
 
 
 class Helper:
-    """Stands in for HelperClient.apply: records calls, answers as told."""
+    """Stands in for HwctlClient.apply: records calls, answers as told."""
 
     def __init__(self, answers=None):
         self.calls = 0

@@ -1,7 +1,7 @@
-"""The daemon runs without root: it reaches the root helper only through the socket.
+"""The daemon runs without root: it reaches hwctl only through the socket.
 
-CI runs as root, so the test creates an unprivileged user (primary group = the
-helper's allowed group), starts the real daemon as that user with setpriv, and checks
+CI runs as root, so the test creates an unprivileged user (primary group =
+hwctl's allowed group), starts the real daemon as that user with setpriv, and checks
 its credentials in /proc.  Where the interpreter lives under a 0700 /root (as on the
 machines this project is built on), the daemon is started inside a private mount
 namespace in which a 0755 view of /root holds just the interpreter tree; nothing on the
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 from fakes.board import FakeBoard
-from fakes.helper import (
-    HelperProcess,
+from fakes.hwctl_process import (
+    HwctlProcess,
     as_user,
     board_daemon_toml,
     create_users,
     raw_request,
     require_root,
     user_python,
-    write_helper_config,
+    write_hwctl_config,
 )
 
 from conftest import REPO
@@ -66,16 +66,16 @@ def _daemon_argv(user, config: Path, scratch: Path) -> list[str]:
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *serve]
 
 
-def test_daemon_runs_unprivileged_and_reaches_the_root_helper(demo_cache):
+def test_daemon_runs_unprivileged_and_reaches_hwctl(demo_cache):
     require_root()
     users = create_users()
     base = Path(tempfile.mkdtemp(prefix="unpriv-"))
     base.chmod(0o755)
-    helper = proc = None
+    hwctl = proc = None
     try:
         board = FakeBoard(base / "fake")
-        helper = HelperProcess(
-            write_helper_config(base / "hwctl.toml", board, base / "hwstate", allowed_groups=[users.group]),
+        hwctl = HwctlProcess(
+            write_hwctl_config(base / "hwctl.toml", board, base / "hwstate", allowed_groups=[users.group]),
             socket_mode="0660",
             socket_group=users.group,
         )
@@ -99,7 +99,7 @@ cache_dir = "{cache}"
 [engine]
 device = "cpu"
 """
-            + board_daemon_toml(board, helper.socket)
+            + board_daemon_toml(board, hwctl.socket)
         )
         config.chmod(0o644)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ISHOWTTS_EDGE_", "NOTIFY_SOCKET"))}
@@ -128,14 +128,14 @@ device = "cpu"
             assert int(creds[cap], 16) == 0, (cap, creds[cap])
         assert creds["NoNewPrivs"] == "1"
 
-        # Preflight asked the root helper, which locked the clocks on the fake board.
+        # Preflight asked hwctl, which locked the clocks on the fake board.
         assert status["hardware"]["state"] in ("applied", "ok"), status["hardware"]
         assert board.clocks_locked()
         with Client(endpoint, timeout_s=120) as client:
             assert client.synthesize("Unprivileged and speaking.", seed=1).header["samples"] > 0
 
-        # A user outside the helper's group cannot even connect to it.
-        reply = raw_request(users.outsider, user_python(users.outsider), helper.socket, '{"action": "apply"}')
+        # A user outside hwctl's group cannot even connect to it.
+        reply = raw_request(users.outsider, user_python(users.outsider), hwctl.socket, '{"action": "apply"}')
         assert reply == {"connect_error": "PermissionError"}, reply
     finally:
         if proc is not None and proc.poll() is None:
@@ -144,21 +144,21 @@ device = "cpu"
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if helper is not None:
-            helper.stop()
+        if hwctl is not None:
+            hwctl.stop()
         users.cleanup()
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_without_a_helper_the_daemon_serves_degraded(tmp_path, demo_cache):
+def test_without_hwctl_the_daemon_serves_degraded(tmp_path, demo_cache):
     from conftest import DaemonProcess
 
-    board = FakeBoard(tmp_path / "fake")  # a Jetson's tools exist, the helper is not installed
+    board = FakeBoard(tmp_path / "fake")  # a Jetson's tools exist, hwctl is not installed
     config = tmp_path / "edge.toml"
     config.write_text(
         f"""
 [hardware]
-helper_socket = "{tmp_path / 'absent.sock'}"
+hwctl_socket = "{tmp_path / 'absent.sock'}"
 nvpmodel = "{board.nvpmodel}"
 jetson_clocks = "{board.jetson_clocks}"
 [telemetry]

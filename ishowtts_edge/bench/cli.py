@@ -139,7 +139,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-backend", default=None, choices=["inductor", "eager", "aot_eager"],
                    help="override engine.compile_backend; eager traces with dynamo on the CPU too (smoke test)")
     p.add_argument("--daemon-hardware", action="store_true",
-                   help="leave hardware management on in the daemon (needs the hwctl helper; off by default)")
+                   help="leave hardware management on in the daemon (needs hwctl; off by default)")
     p.add_argument("--daemon-timeout", type=float, default=3600.0, help="seconds to wait for READY (cold compile)")
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--no-cached-path", action="store_true",

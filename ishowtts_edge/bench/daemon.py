@@ -127,7 +127,7 @@ def run_daemon(ctx: Context, label: str, full: bool) -> dict[str, Any]:
                 raise RuntimeError(
                     f"daemon is {status.get('state')} without an engine: {status.get('engine_error')}\n{daemon.log()}"
                 )
-            # "degraded" for reasons other than the engine (no telemetry source, no hwctl helper)
+            # "degraded" for reasons other than the engine (no telemetry source, no hwctl)
             # still serves; the reasons are kept with the figures.
             section["state"] = status.get("state")
             section["degraded"] = status.get("degraded") or {}

@@ -1,4 +1,4 @@
-"""The engine section: ``ishowtts_edge.engine.core.Engine`` in the bench process, on the run's bench.toml."""
+"""The engine section: an engine from ``ishowtts_edge.engine.loader.load_engine`` in the bench process, on the run's bench.toml."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ from .texts import FIRST_TEXT, TEXTS, TTFA_TEXT, VOICE_ID
 def run_engine(ctx: Context) -> dict[str, Any]:
     torch = ctx.torch
     from ishowtts_edge.config import load_settings
-    from ishowtts_edge.engine.core import Engine
+    from ishowtts_edge.engine.loader import load_engine
     from ishowtts_edge.protocol import SynthesizeParams
 
     settings = load_settings(ctx.config_path)
     reset_peak(torch, ctx.device)
     section: dict[str, Any] = {"results": []}
     t0 = time.perf_counter()
-    engine = Engine(settings)
-    engine.load(lambda message: log(f"  engine: {message}"))
+    engine = load_engine(settings, lambda message: log(f"  engine: {message}"))
     section["load_seconds"] = time.perf_counter() - t0
     section["params"] = count_params(engine.model)
     before = dynamo_counts()

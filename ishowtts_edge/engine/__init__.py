@@ -1,16 +1,16 @@
 """The F5-TTS engine.
 
-The daemon uses exactly this surface (implemented in :mod:`.core`)::
+The daemon uses exactly this surface (:mod:`.loader`, :mod:`.core`, :mod:`.warmup`)::
 
-    engine = Engine(settings)                 # cheap: nothing is loaded yet
-    engine.load(progress)                     # model + vocoder + voices; raises EngineLoadError
+    engine = load_engine(settings, progress)  # model + vocoder + sampler + voices, all or EngineLoadError
     report = engine.warmup(progress)          # compile and run every shape bucket -> WarmupReport
     result = engine.synthesize(params, ref)   # SynthesizeParams, reference bytes or None -> SynthesisResult
     engine.voices()                           # [{"id", "ref_text", "ref_seconds", "source"}]
     engine.reload_voices(settings)            # SIGHUP: re-read voices, keep the model
     engine.describe()                         # {"device", "dtype", "model", "compiled", "demo", ...}
 
-``progress(message)`` is called at least every few seconds during load and warm-up
+``load_engine`` comes from :mod:`.loader`, whose import brings in torch; this module
+does not.  ``progress(message)`` is called at least every few seconds during load and warm-up
 (from a helper thread while one long step such as a compile runs) so the daemon can
 extend systemd's start timeout.  Request problems raise
 :class:`ishowtts_edge.protocol.ServiceError` with a stable code.

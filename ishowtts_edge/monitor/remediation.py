@@ -1,6 +1,6 @@
 """Remediation: re-apply power mode and clocks when an alert says they drifted, then verify.
 
-Apart from the detector because it acts on the board (through the privileged helper,
+Apart from the detector because it acts on the board (through hwctl, the privileged program,
 slowly, possibly failing) and must be rate-limited and bounded per alert, while the
 detector only watches.
 """
@@ -29,10 +29,10 @@ class Remediator:
     ``remediate_min_interval_s`` and ``remediate_max_attempts`` times per alert, then
     verifies: telemetry back at the locked maximum, then the alert clearing.
 
-    ``apply_fn()`` is the daemon's ``HelperClient.apply``; it fails by raising or by
+    ``apply_fn()`` is the daemon's ``HwctlClient.apply``; it fails by raising or by
     returning something with ``ok`` false.  Outcomes go to ``on_outcome(dict)``; nothing
     here raises into the caller.  With ``background=True`` apply_fn runs in its own
-    thread, because the helper may take tens of seconds (nvpmodel retries).
+    thread, because hwctl may take tens of seconds (nvpmodel retries).
     """
 
     def __init__(
@@ -162,7 +162,7 @@ class Remediator:
         try:
             result = self._apply_fn()
             ok, detail = _apply_verdict(result)
-        except Exception as exc:  # the helper may be gone, refuse, time out: report, never raise
+        except Exception as exc:  # hwctl may be gone, refuse, time out: report, never raise
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         elapsed = self._clock() - started
         with self._lock:

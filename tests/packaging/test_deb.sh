@@ -130,8 +130,8 @@ for path in /usr/bin/ishowtts-edge /usr/bin/ishowtts-edge-hwctl /usr/bin/ishowtt
             /usr/lib/ishowtts-edge/venv/pyvenv.cfg; do
     [ -e "$root$path" ] && ok "$path" || fail "missing $path"
 done
-# Every etc/*.toml of the source tree (the daemon's, the helper's hwctl.toml) is a
-# root-owned conffile; the helper refuses a config anyone else can write.
+# Every etc/*.toml of the source tree (the daemon's, hwctl's hwctl.toml) is a
+# root-owned conffile; hwctl refuses a config anyone else can write.
 for toml in "$repo"/etc/*.toml; do
     conf="/etc/ishowtts-edge/$(basename "$toml")"
     in_root dpkg-query -W -f='${Conffiles}\n' ishowtts-edge | grep -q " $conf " \

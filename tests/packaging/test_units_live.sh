@@ -2,7 +2,7 @@
 # Boot the installed package's units under a real systemd (systemd-nspawn) and check
 # them live: the sandbox as the daemon sees it, Type=notify READY/STATUS/watchdog,
 # ExecStartPre failing harmlessly off-Jetson, ExecReload, stop, and the socket-activated
-# root helper answering the daemon's user and refusing anyone else.
+# root program (hwctl) answering the daemon's user and refusing anyone else.
 #
 # The daemon itself needs torch and a model, so a drop-in replaces ExecStart with
 # tests/packaging/unit_probe.py run by the package's own venv: this tests the unit
@@ -136,9 +136,9 @@ fi
 inside systemctl reload ishowtts-edge.service && sleep 1
 [ -f "$root/var/lib/ishowtts-edge/reloaded" ] && ok "systemctl reload delivers SIGHUP" || fail "reload did not reach the daemon"
 
-step "root helper (socket activation)"
+step "hwctl, the root program (socket activation)"
 mode=$(inside stat -c '%a %U:%G' /run/ishowtts-edge-hwctl.sock || echo absent)
-[ "$mode" = "660 root:ishowtts-edge" ] && ok "/run/ishowtts-edge-hwctl.sock $mode" || fail "helper socket is $mode"
+[ "$mode" = "660 root:ishowtts-edge" ] && ok "/run/ishowtts-edge-hwctl.sock $mode" || fail "hwctl socket is $mode"
 ask='import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 try:
@@ -152,7 +152,7 @@ reply=$(inside setpriv --reuid=ishowtts-edge --regid=ishowtts-edge --init-groups
 case "$reply" in '{'*'"action": "query"'*) ok "helper answered the daemon's user: $reply" ;; *) fail "helper reply: $reply" ;; esac
 reply=$(inside setpriv --reuid=nobody --regid=nogroup --clear-groups \
         /usr/lib/ishowtts-edge/venv/bin/python -c "$ask" 2>&1 || true)
-case "$reply" in *"Permission denied"*) ok "helper socket refuses others: $reply" ;; *) fail "nobody got: $reply" ;; esac
+case "$reply" in *"Permission denied"*) ok "hwctl socket refuses others: $reply" ;; *) fail "nobody got: $reply" ;; esac
 inside journalctl --no-pager -q -u 'ishowtts-edge-hwctl@*' | tail -3 | sed 's/^/  | /'
 
 step "Wyoming bridge unit"

@@ -1,9 +1,8 @@
-"""The daemon's side of hardware management: talk to the root helper, run the start-up preflight.
+"""Start-up preflight: bring the board's power mode and clocks to ``[hardware]``'s target once.
 
-The daemon is unprivileged (NoNewPrivileges), so it never runs nvpmodel or
-jetson_clocks itself; it asks ``ishowtts-edge-hwctl`` over a unix socket
-(see :mod:`ishowtts_edge.hwctl` and docs/security.md).  Preflight never raises:
-a missing helper or a non-Jetson host is a visible state, not a crash.
+The daemon asks hwctl through :class:`~ishowtts_edge.hwctl_client.HwctlClient`
+(docs/security.md).  Preflight never raises: hwctl missing or a non-Jetson host is
+a visible state in ``status``, not a crash.
 """
 
 from __future__ import annotations
@@ -12,76 +11,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import hwctl
 from .config import HardwareConfig
+from .hwctl_client import HwctlCallError, HwctlClient
 from .logs import kv
 
 log = logging.getLogger(__name__)
-
-
-class HelperError(Exception):
-    """A helper call failed.  ``kind`` is one of hwctl.HwctlError's kinds or a transport kind:
-    not_installed, not_running, permission, timeout, protocol."""
-
-    def __init__(self, kind: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.details = details or {}
-
-
-class HelperClient:
-    """query() / apply() / restore() through the helper socket; each returns the result dict."""
-
-    def __init__(self, cfg: HardwareConfig):
-        self.cfg = cfg
-
-    def query(self) -> dict[str, Any]:
-        return self._call({"action": "query"})
-
-    def apply(self) -> dict[str, Any]:
-        return self._call({"action": "apply", "power_mode": self.cfg.power_mode})
-
-    def restore(self) -> dict[str, Any]:
-        return self._call({"action": "restore"})
-
-    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
-        path = self.cfg.helper_socket
-        action = request["action"]
-        try:
-            reply = hwctl.call(path, request, self.cfg.helper_timeout_s)
-        except FileNotFoundError:
-            raise HelperError(
-                "not_installed",
-                f"hardware helper socket {path} does not exist: ishowtts-edge-hwctl.socket is not installed or not started",
-            ) from None
-        except PermissionError:
-            raise HelperError(
-                "permission",
-                f"permission denied on {path}: the daemon's user must be in the socket's group (ishowtts-edge)",
-            ) from None
-        except ConnectionRefusedError:
-            raise HelperError("not_running", f"nothing accepts connections on {path} (is ishowtts-edge-hwctl.socket stopped?)") from None
-        except TimeoutError:
-            raise HelperError("timeout", f"hardware helper gave no reply to {action} within {self.cfg.helper_timeout_s:g} s") from None
-        except (ConnectionError, OSError) as exc:
-            raise HelperError("protocol", f"hardware helper connection failed during {action}: {exc}") from None
-        except ValueError as exc:
-            raise HelperError("protocol", f"hardware helper sent an unreadable reply to {action}: {exc}") from None
-        if reply.get("ok"):
-            result = reply.get("result")
-            if not isinstance(result, dict):
-                raise HelperError("protocol", f"hardware helper reply to {action} has no result")
-            return result
-        error = reply.get("error") or {}
-        raise HelperError(
-            str(error.get("kind", "protocol")),
-            f"hardware helper {action}: {error.get('message', 'failed without a message')}",
-            error.get("details") if isinstance(error.get("details"), dict) else None,
-        )
-
-
-# --------------------------------------------------------------------------- preflight
 
 
 @dataclass
@@ -123,7 +57,7 @@ def mode_matches(mode: dict[str, Any] | None, wanted: str | int) -> bool:
 
 
 def clock_targets(query: dict[str, Any]) -> dict[str, int | None] | None:
-    """What a helper query shows the clocks locked at (the metrics compare telemetry with it)."""
+    """What an hwctl query shows the clocks locked at (the metrics compare telemetry with it)."""
     if not query.get("clocks_locked"):
         return None
     cpus = [c.get("max_khz") for c in query.get("cpu") or [] if c.get("online") and c.get("max_khz")]
@@ -135,7 +69,7 @@ def clock_targets(query: dict[str, Any]) -> dict[str, int | None] | None:
 
 
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """Human-readable ``what: old -> new`` lines between two helper queries."""
+    """Human-readable ``what: old -> new`` lines between two hwctl queries."""
     changes = []
     mb, ma = before.get("power_mode") or {}, after.get("power_mode") or {}
     if mb != ma:
@@ -164,7 +98,7 @@ def _mhz_k(khz: Any) -> Any:
     return round(khz / 1e3, 1) if isinstance(khz, (int, float)) else khz
 
 
-def _degraded_or_disabled(exc: HelperError, cfg: HardwareConfig) -> PreflightResult:
+def _degraded_or_disabled(exc: HwctlCallError, cfg: HardwareConfig) -> PreflightResult:
     if exc.kind in ("not_installed", "not_running") and not cfg.nvpmodel.exists() and not cfg.jetson_clocks.exists():
         return PreflightResult("disabled", f"not a Jetson (no {cfg.nvpmodel}); hardware management is off")
     if exc.kind == "tool_missing":
@@ -172,7 +106,7 @@ def _degraded_or_disabled(exc: HelperError, cfg: HardwareConfig) -> PreflightRes
     return PreflightResult("degraded", exc.message)
 
 
-def preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
+def preflight(client: HwctlClient, cfg: HardwareConfig) -> PreflightResult:
     """Bring power mode and clocks to the target once at start; report, never raise."""
     try:
         result = _preflight(client, cfg)
@@ -184,12 +118,12 @@ def preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
     return result
 
 
-def _preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
+def _preflight(client: HwctlClient, cfg: HardwareConfig) -> PreflightResult:
     if not cfg.enabled:
         return PreflightResult("disabled", "hardware management disabled (hardware.enabled = false)")
     try:
         before = client.query()
-    except HelperError as exc:
+    except HwctlCallError as exc:
         return _degraded_or_disabled(exc, cfg)
     mode = before.get("power_mode")
     locked = bool(before.get("clocks_locked"))
@@ -202,7 +136,7 @@ def _preflight(client: HelperClient, cfg: HardwareConfig) -> PreflightResult:
         return PreflightResult("degraded", f"{now} (want {wanted}; hardware.apply_at_start = false)", mode, locked)
     try:
         applied = client.apply()
-    except HelperError as exc:
+    except HwctlCallError as exc:
         log.warning("could not apply %s", kv(want=cfg.power_mode, reason=exc.message))
         result = _degraded_or_disabled(exc, cfg)
         if result.state == "degraded":

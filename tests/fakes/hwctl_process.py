@@ -49,7 +49,7 @@ print(buf.decode().strip() or json.dumps({"closed": True}))
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root: runs the root helper, creates users and switches uid (CI runs as root)")
+        pytest.skip("needs root: runs hwctl, creates users and switches uid (CI runs as root)")
 
 
 def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -71,7 +71,7 @@ class User:
 class TestUsers:
     group: str
     gid: int
-    member: User  # primary group = the helper's allowed group
+    member: User  # primary group = hwctl's allowed group
     outsider: User  # its own group: neither allowed user nor group
 
     def cleanup(self) -> None:
@@ -115,13 +115,13 @@ def as_user(user: User, argv: list[str], **kwargs) -> subprocess.CompletedProces
 
 
 def raw_request(user: User, python: str, socket_path: Path, line: str) -> dict:
-    """Send one raw line as ``user`` and return the helper's JSON reply."""
+    """Send one raw line as ``user`` and return hwctl's JSON reply."""
     done = as_user(user, [python, "-c", RAW_CLIENT, str(socket_path), line])
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def write_helper_config(path: Path, board, state_dir: Path, **overrides) -> Path:
+def write_hwctl_config(path: Path, board, state_dir: Path, **overrides) -> Path:
     values = {
         "nvpmodel": str(board.nvpmodel),
         "jetson_clocks": str(board.jetson_clocks),
@@ -138,11 +138,11 @@ def write_helper_config(path: Path, board, state_dir: Path, **overrides) -> Path
     return path
 
 
-def board_daemon_toml(board, helper_socket: Path) -> str:
-    """The daemon's [hardware] and [telemetry] sections for a FakeBoard behind a running helper."""
+def board_daemon_toml(board, hwctl_socket: Path) -> str:
+    """The daemon's [hardware] and [telemetry] sections for a FakeBoard behind a running hwctl."""
     return f"""
 [hardware]
-helper_socket = "{helper_socket}"
+hwctl_socket = "{hwctl_socket}"
 nvpmodel = "{board.nvpmodel}"
 jetson_clocks = "{board.jetson_clocks}"
 
@@ -152,7 +152,7 @@ sysfs_root = "{board.sysfs_root}"
 """
 
 
-class HelperProcess:
+class HwctlProcess:
     """``python -m ishowtts_edge.hwctl --listen SOCK`` as root, in a world-traversable temp dir."""
 
     def __init__(self, config: Path, socket_mode: str = "0666", socket_group: str | None = None):
