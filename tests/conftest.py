@@ -9,8 +9,26 @@ from pathlib import Path
 import pytest
 
 from ishowtts_edge.bench.daemon_process import DaemonProcess as _DaemonProcess
+from ishowtts_edge.bench.daemon_process import child_env
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def daemon_paths(tmp: Path, cache: Path) -> dict[str, str]:
+    """A test daemon's directories: runtime and state under ``tmp``, the session's demo cache, the CPU."""
+    return {
+        "ISHOWTTS_EDGE_PATHS__RUNTIME_DIR": str(tmp / "run"),
+        "ISHOWTTS_EDGE_PATHS__STATE_DIR": str(tmp / "state"),
+        "ISHOWTTS_EDGE_PATHS__CACHE_DIR": str(cache),
+        "ISHOWTTS_EDGE_ENGINE__DEVICE": "cpu",
+        # Never the host's node_exporter directory; a test that wants the textfile creates this.
+        "ISHOWTTS_EDGE_METRICS__TEXTFILE_DIR": str(tmp / "metrics"),
+    }
+
+
+def daemon_env(tmp: Path, cache: Path, **extra: str) -> dict[str, str]:
+    """The environment of a process that must find the test daemon of ``tmp`` (the Wyoming bridge)."""
+    return child_env({**daemon_paths(tmp, cache), **extra})
 
 
 class DaemonProcess(_DaemonProcess):
@@ -19,16 +37,8 @@ class DaemonProcess(_DaemonProcess):
 
     def __init__(self, tmp: Path, cache: Path, config: Path | None = None, preexec_fn=None, **env: str) -> None:
         self.tmp = tmp
-        paths = {
-            "ISHOWTTS_EDGE_PATHS__RUNTIME_DIR": str(tmp / "run"),
-            "ISHOWTTS_EDGE_PATHS__STATE_DIR": str(tmp / "state"),
-            "ISHOWTTS_EDGE_PATHS__CACHE_DIR": str(cache),
-            "ISHOWTTS_EDGE_ENGINE__DEVICE": "cpu",
-            # Never the host's node_exporter directory; a test that wants the textfile creates this.
-            "ISHOWTTS_EDGE_METRICS__TEXTFILE_DIR": str(tmp / "metrics"),
-        }
         super().__init__(f"ipc://{tmp / 'run' / 'tts.sock'}", tmp / "daemon.log", config=config,
-                         env={**paths, **env}, cwd=tmp, preexec_fn=preexec_fn)
+                         env={**daemon_paths(tmp, cache), **env}, cwd=tmp, preexec_fn=preexec_fn)
 
 
 @pytest.fixture
