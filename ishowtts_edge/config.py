@@ -29,6 +29,21 @@ ENV_PREFIX = "ISHOWTTS_EDGE_"
 #: Where the installed package keeps its conffile.
 SYSTEM_CONFIG = Path("/etc/ishowtts-edge/ishowtts-edge.toml")
 
+# Where the board's tools and files are, for the daemon; the keys below default to these.
+# hwctl, the root program, keeps its own in hwctl.py and its root-owned hwctl.toml.
+#: Looked for, never run, by the daemon: without both, the machine is not a Jetson.
+NVPMODEL = Path("/usr/sbin/nvpmodel")
+JETSON_CLOCKS = Path("/usr/bin/jetson_clocks")
+#: hwctl's socket (ishowtts-edge-hwctl.socket).
+HWCTL_SOCKET = Path("/run/ishowtts-edge-hwctl.sock")
+#: Where jtop.service listens: jetson-stats' JTOP_PIPE, fixed in its client, so not a key.
+JTOP_SOCKET = Path("/run/jtop.sock")
+#: The tree the sysfs source reads: its sys/ and nvpmodel's files below (tests use a fake board's).
+SYSFS_ROOT = Path("/")
+#: nvpmodel's current mode and its mode table, relative to the sysfs root.
+NVPMODEL_STATUS = Path("var/lib/nvpmodel/status")
+NVPMODEL_CONF = Path("etc/nvpmodel.conf")
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -251,10 +266,6 @@ class HardwareConfig(_Section):
     /etc/ishowtts-edge/hwctl.toml; nothing here can make it run anything else.
     """
 
-    #: Old key -> new key: still accepted in a file or the environment, with a warning at
-    #: start (Settings.deprecated_keys).
-    RENAMED_KEYS: ClassVar[dict[str, str]] = {"helper_socket": "hwctl_socket", "helper_timeout_s": "hwctl_timeout_s"}
-
     enabled: bool = True
     #: Power mode by name (preferred: ids differ between boards) or id.  hwctl only
     #: accepts modes listed in hwctl.toml's power_modes.
@@ -264,7 +275,7 @@ class HardwareConfig(_Section):
     #: At stop, ask hwctl to restore the clocks stored before the first apply.
     restore_at_stop: bool = False
     #: Unix socket of hwctl (ishowtts-edge-hwctl.socket).
-    hwctl_socket: Path = Path("/run/ishowtts-edge-hwctl.sock")
+    hwctl_socket: Path = HWCTL_SOCKET
 
     @field_validator("hwctl_socket")
     @classmethod
@@ -274,9 +285,9 @@ class HardwareConfig(_Section):
             raise ValueError(problem.replace("ipc path", "socket path"))
         return value
     #: Only checked for existence, to tell "not a Jetson" (disabled) from "hwctl not installed" (degraded).
-    nvpmodel: Path = Path("/usr/sbin/nvpmodel")
+    nvpmodel: Path = NVPMODEL
     #: Kept for symmetry with nvpmodel: its absence also means "not a Jetson".
-    jetson_clocks: Path = Path("/usr/bin/jetson_clocks")
+    jetson_clocks: Path = JETSON_CLOCKS
     #: How long to wait for one hwctl reply; an apply runs up to seven tool calls.
     hwctl_timeout_s: float = Field(default=120.0, gt=0, le=900)
 
@@ -288,16 +299,22 @@ class TelemetryConfig(_Section):
     #: Tried in order; the first that works is used, the next on failure.
     sources: list[Literal["jtop", "sysfs", "nvml"]] = ["jtop", "sysfs", "nvml"]
     #: Root of the sysfs tree (tests point this at a fake board).
-    sysfs_root: Path = Path("/")
+    sysfs_root: Path = SYSFS_ROOT
     #: Seconds of samples kept for nearest(); covers a long synthesis plus slack.
     buffer_s: float = Field(default=300.0, ge=5, le=3600)
+    #: A synthesis is paired with the sample nearest its middle only when that sample lies within
+    #: this many seconds of it; a farther one does not describe that moment, and the synthesis is
+    #: monitored without telemetry.  Keep it at least interval_s / 2, or some always are.
+    nearest_within_s: float = Field(default=5.0, gt=0, le=3600)
     #: latest() returns None once the newest sample is this old: stale data is not shown as live.
     stale_after_s: float = Field(default=10.0, gt=0)
     #: A failed source is retried after this many seconds, doubling up to reconnect_max_s.
     reconnect_min_s: float = Field(default=2.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
-    #: tj at or above this (deg C) while the GPU runs below its minimum counts as thermal throttling.
-    #: Orin's software throttling starts in the mid 90s; this flags the approach.
+    #: Hot, in deg C, for every judgement of heat (docs/monitoring.md, "Defaults"): the sampler
+    #: tags "thermal" when tj is at or above it while the GPU runs below its minimum, and the
+    #: monitor counts the hottest zone at or above it, with a lowered GPU clock, as thermal
+    #: throttling.  Orin's software throttling starts in the mid 90s; this flags the approach.
     hot_tj_c: float = Field(default=90.0, gt=0, le=150)
 
 
@@ -335,8 +352,6 @@ class MonitorConfig(_Section):
     clear_after: int = Field(default=5, ge=1)
     #: GPU clock below its locked maximum by more than this fraction counts as drift.
     clock_drop_threshold: float = Field(default=0.05, gt=0, lt=1)
-    #: Hottest thermal zone at or above this (deg C) with a lowered GPU clock counts as thermal throttling.
-    hot_c: float = Field(default=90.0, gt=0, le=150)
     #: Consecutive telemetry samples that confirm (or clear) clocks_off / power_mode_changed seen directly.
     telemetry_confirm: int = Field(default=5, ge=1)
     #: Raised/cleared alerts kept for ``ishowtts-edge status``.
@@ -422,6 +437,15 @@ class Settings(BaseSettings):
     #: The file this was read from (None: defaults and environment only).
     source_file: Path | None = Field(default=None, exclude=True)
 
+    #: Old key -> new key ("section.key"): still accepted in a file or the environment, with a
+    #: warning at start (deprecated_keys); giving both is refused.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "hardware.helper_socket": "hardware.hwctl_socket",
+        "hardware.helper_timeout_s": "hardware.hwctl_timeout_s",
+        # One owner for "hot": the sampler's throttle tags and the monitor's causes use one figure.
+        "monitor.hot_c": "telemetry.hot_tj_c",
+    }
+
     _toml_path: ClassVar[Path | None] = None
     #: (old, new) names of the keys this configuration gave under an old name.  Kept off the
     #: sections, so that a SIGHUP reload compares what the settings are, not how they were spelt.
@@ -431,16 +455,23 @@ class Settings(BaseSettings):
     @classmethod
     def _accept_renamed_keys(cls, data: Any, handler: Any) -> "Settings":
         renamed: list[tuple[str, str]] = []
-        section = data.get("hardware") if isinstance(data, dict) else None
-        if isinstance(section, dict):
-            section = dict(section)
-            for old, new in HardwareConfig.RENAMED_KEYS.items():
-                if old in section:
-                    if new in section:
-                        raise ValueError(f"hardware.{old} is the old name of hardware.{new}: give only {new}")
-                    section[new] = section.pop(old)
-                    renamed.append((f"hardware.{old}", f"hardware.{new}"))
-            data = {**data, "hardware": section}
+        if isinstance(data, dict):
+            data = dict(data)
+            for old, new in cls.RENAMED_KEYS.items():
+                (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+                source = data.get(old_section)
+                if not isinstance(source, dict) or old_key not in source:
+                    continue
+                source = dict(source)
+                value = source.pop(old_key)
+                data[old_section] = source
+                target = data.get(new_section)  # after the line above: a key renamed in place stays in one section
+                target = dict(target.model_dump(exclude_unset=True) if isinstance(target, BaseModel) else target or {})
+                if new_key in target:
+                    raise ValueError(f"{old} is the old name of {new}: give only {new_key}")
+                target[new_key] = value
+                data[new_section] = target
+                renamed.append((old, new))
         settings = handler(data)
         if renamed:  # not on assignment (validate_assignment runs this again, without the old names)
             settings._deprecated_keys = renamed

@@ -468,12 +468,15 @@ class Daemon:
         """Events socket, RTF monitor and telemetry: all optional, all degrade rather than stop us."""
         from .events import EventPublisher, EventPublisherError
         from .monitor import MonitorHub
+        from .telemetry import TelemetrySampler
 
         s = self.settings
         try:
             self.publisher = EventPublisher(s.events_endpoint)
         except EventPublisherError as exc:
             self._degrade("events", str(exc))
+        # Made first: the hub reads the sampler's buffer; the sampler starts after the warm-up.
+        self.sampler = TelemetrySampler(s.telemetry, on_sample=[self._on_telemetry])
         hw = s.hardware
         self.hub = MonitorHub(
             s.monitor,
@@ -483,8 +486,9 @@ class Daemon:
             # fresh from boot has them unlocked; expecting them now raised a spurious
             # clocks_off alert (and a remediation racing preflight).  _run_preflight turns it on.
             expect_clocks_locked=False,
+            telemetry=self.sampler.buffer,
+            hot_c=s.telemetry.hot_tj_c,
         )
-        self._make_telemetry()
         self._start_metrics()
 
     def _start_metrics(self) -> None:
@@ -505,13 +509,6 @@ class Daemon:
 
             self.hwctl = HwctlClient(self.settings.hardware)
         return self.hwctl.apply()
-
-    def _make_telemetry(self) -> None:
-        from .telemetry import TelemetrySampler
-
-        self.sampler = TelemetrySampler(self.settings.telemetry)
-        if self.hub is not None:
-            self.sampler.on_sample.append(self._on_telemetry)
 
     def _start_sampling(self) -> None:
         """Telemetry samples from the end of the warm-up on, not during it.

@@ -84,6 +84,20 @@ def test_an_old_and_a_new_name_for_one_key_is_refused(tmp_path):
         load_settings(f)
 
 
+def test_the_monitors_old_hot_key_moves_to_the_telemetry_section_with_a_warning(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text("[monitor]\nhot_c = 85.0\n")
+    s = load_settings(f)
+    assert s.telemetry.hot_tj_c == 85.0 and not hasattr(s.monitor, "hot_c")
+    assert s.deprecated_keys() == [("monitor.hot_c", "telemetry.hot_tj_c")]
+    f.write_text("[telemetry]\nhot_tj_c = 80.0\n")
+    monkeypatch.setenv("ISHOWTTS_EDGE_MONITOR__HOT_C", "75")
+    with pytest.raises(ConfigError, match="monitor.hot_c is the old name of telemetry.hot_tj_c: give only hot_tj_c"):
+        load_settings(f)
+    monkeypatch.delenv("ISHOWTTS_EDGE_MONITOR__HOT_C")
+    assert load_settings(f).telemetry.hot_tj_c == 80.0 and load_settings(f).deprecated_keys() == []
+
+
 def test_voice_forms(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[voices.a]\ndir = "/v/a"\n[voices.b]\nref_audio = "/v/b.wav"\nref_text = "hi"\n')

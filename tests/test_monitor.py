@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from ishowtts_edge.config import MonitorConfig
+from ishowtts_edge.config import MonitorConfig, Settings
 from ishowtts_edge.monitor.baseline import Baseline
 from ishowtts_edge.monitor.detector import RtfMonitor
 from ishowtts_edge.monitor.records import SynthesisRecord
@@ -129,6 +129,18 @@ def test_thermal_throttle_is_attributed(seed):
     assert alert.cause == "thermal_throttle"
     assert alert.figures["temp_c"] == 97.0 and alert.figures["hottest_zone"] == "tj"
     assert "tj 97 C" in alert.summary()
+
+
+def test_heat_is_judged_by_the_telemetry_sections_hot_threshold():
+    """One figure says "hot" for the sampler's throttle tags and the monitor's causes."""
+    settings = Settings(telemetry={"hot_tj_c": 70.0})
+    warm = BoardState(gpu_cur_mhz=950.0, temp_c=75.0)
+    for hot_c, cause in ((None, "clock_drift"), (settings.telemetry.hot_tj_c, "thermal_throttle")):
+        clock = FakeClock()
+        sim = Simulator(3, clock)
+        monitor = RtfMonitor(MonitorConfig(), clock=clock, wall_clock=sim.wall, hot_c=hot_c)
+        events = rtf_events(replay(monitor, sim, [Phase(80), Phase(40, warm)]))
+        assert events[0][2].alert.cause == cause
 
 
 def test_throttle_flag_without_heat_is_thermal_throttle_too():

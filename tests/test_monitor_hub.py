@@ -9,10 +9,11 @@ import logging
 import numpy as np
 import pytest
 
-from ishowtts_edge.config import MonitorConfig, load_settings
+from ishowtts_edge.config import MonitorConfig, TelemetryConfig, load_settings
 from ishowtts_edge.engine import SynthesisResult
 from ishowtts_edge.logs import SyslogPrefixFormatter
 from ishowtts_edge.monitor.hub import MonitorHub, format_status
+from ishowtts_edge.telemetry import TelemetryBuffer
 from monitor_sim import BoardState, FakeClock, Simulator
 
 
@@ -161,18 +162,21 @@ def test_error_thresholds_below_warning_thresholds_are_rejected():
 
 
 def test_hub_pairs_each_synthesis_with_the_telemetry_sample_nearest_its_middle():
-    hub, sim = make_hub()
+    buffer = TelemetryBuffer.for_config(TelemetryConfig())  # as the sampler keeps it
+    hub, sim = make_hub(telemetry=buffer)
     clock = sim.clock
     for mhz in (1300.0, 1200.0, 1100.0, 1000.0, 900.0):  # one sample a second
         clock.advance(1.0)
-        hub.on_telemetry(sim.telemetry(BoardState(gpu_cur_mhz=mhz), mhz))
+        sample = sim.telemetry(BoardState(gpu_cur_mhz=mhz), mhz)
+        buffer.append(sample)
+        hub.on_telemetry(sample)
     rec = sim.one(BoardState())  # advances the clock by 4 s
     result = result_for(rec)
     result.synthesis_seconds = 12.0  # its middle was 6 s ago: the 1100 MHz sample
     hub.on_synthesis(result, request_id="r")
     assert hub.monitor.status()["window"]["n"] == 1
-    assert hub.nearest_telemetry(clock() - 6.0).gpu_cur_mhz == 1100.0
-    assert hub.nearest_telemetry(clock() - 60.0) is None  # too old to describe that moment
+    assert buffer.nearest(clock() - 6.0).gpu_cur_mhz == 1100.0
+    assert buffer.nearest(clock() - 60.0) is None  # too old to describe that moment
     last = hub.status()["last_record"]
     assert (last["request_id"], last["gpu_cur_mhz"], last["jetson_clocks"]) == ("r", 1100.0, True)
 

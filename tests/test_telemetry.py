@@ -12,7 +12,14 @@ from fakes.board import FakeBoard
 from fakes.jtop_fake import FakeJtopService
 
 from ishowtts_edge.config import TelemetryConfig
-from ishowtts_edge.telemetry import JtopSource, SourceUnavailable, SysfsSource, TelemetrySampler
+from ishowtts_edge.telemetry import (
+    JtopSource,
+    SourceUnavailable,
+    SysfsSource,
+    TelemetryBuffer,
+    TelemetrySample,
+    TelemetrySampler,
+)
 
 
 def wait_for(condition, timeout=10.0, what="condition"):
@@ -135,16 +142,26 @@ def test_sampler_sees_a_lowered_gpu_clock(tmp_path, sampler_factory):
     assert status["summary"].startswith("sysfs, last sample")
 
 
+def test_nearest_finds_no_sample_farther_than_the_configured_limit():
+    """The one age limit on pairing a synthesis with a sample is telemetry.nearest_within_s."""
+    samples = [TelemetrySample(monotonic=t, wall=t, source="sysfs") for t in (10.0, 20.0)]
+    for within, expected in ((5.0, None), (8.0, samples[1])):
+        buffer = TelemetryBuffer.for_config(TelemetryConfig(nearest_within_s=within))
+        for sample in samples:
+            buffer.append(sample)
+        assert buffer.nearest(27.0) is expected
+
+
 def test_nearest_picks_the_closest_buffered_sample(tmp_path, sampler_factory):
     board = FakeBoard(tmp_path)
     sampler = sampler_factory(cfg_for(board.sysfs_root, sources=["sysfs"]))
     wait_for(lambda: sampler.status()["samples"] >= 6, what="six samples")
     sampler.stop()
-    samples = list(sampler._buffer)
+    samples = sampler.buffer.samples()
     middle = samples[3]
-    assert sampler.nearest(middle.monotonic + 0.001) is middle
-    assert sampler.nearest(samples[-1].monotonic + 100) is None  # too far from anything
-    assert sampler.nearest(samples[-1].monotonic + 100, max_gap_s=1000) is samples[-1]
+    assert sampler.buffer.nearest(middle.monotonic + 0.001) is middle
+    assert sampler.buffer.nearest(samples[-1].monotonic + 100) is None  # too far from anything
+    assert sampler.buffer.nearest(samples[-1].monotonic + 100, max_gap_s=1000) is samples[-1]
     assert sampler.latest() is None  # stopped: nothing live to show
 
 
@@ -299,7 +316,7 @@ def test_real_jtop_factory_builds_no_client_without_the_service_socket(tmp_path,
     import socket
     import threading
 
-    from ishowtts_edge import telemetry
+    from ishowtts_edge.telemetry import jtop as telemetry
 
     path = tmp_path / "jtop.sock"
     monkeypatch.setattr(telemetry, "JTOP_SOCKET", path)

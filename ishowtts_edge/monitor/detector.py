@@ -51,11 +51,12 @@ class RtfMonitor:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         expect_clocks_locked: bool = True,
+        hot_c: float | None = None,
     ) -> None:
         self.cfg = cfg
         self._clock = clock
         self._wall = wall_clock
-        self._hw = HardwareExpectations(cfg, expect_clocks_locked=expect_clocks_locked)
+        self._hw = HardwareExpectations(cfg, expect_clocks_locked=expect_clocks_locked, hot_c=hot_c)
         self._lock = threading.RLock()
         self._window: deque[SynthesisRecord] = deque(maxlen=cfg.window_count)
         self._learner = BaselineLearner(cfg.baseline_samples)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ..config import MonitorConfig
+from ..config import MonitorConfig, TelemetryConfig
 from ..telemetry import TelemetrySample
 
 #: Causes in the order they are preferred when several apply: a changed power mode
@@ -27,8 +27,10 @@ class HardwareExpectations:
     Not thread-safe on its own: the detector calls it under its lock.
     """
 
-    def __init__(self, cfg: MonitorConfig, *, expect_clocks_locked: bool = True) -> None:
+    def __init__(self, cfg: MonitorConfig, *, expect_clocks_locked: bool = True, hot_c: float | None = None) -> None:
         self.cfg = cfg
+        #: Hot, deg C: ``telemetry.hot_tj_c``, the figure the sampler's "thermal" tag uses too.
+        self.hot_c = hot_c if hot_c is not None else TelemetryConfig.model_fields["hot_tj_c"].default
         #: False when the daemon leaves clocks to the governor: then clocks off and a low
         #: clock are normal, not faults.
         self.expect_clocks_locked = expect_clocks_locked
@@ -71,7 +73,7 @@ class HardwareExpectations:
         fell below its locked minimum is what clock_drift means."""
         hottest = tele.hottest
         flags = [f for f in tele.throttle if f != "gpu_below_min"]
-        return bool(flags) or (hottest is not None and hottest[1] >= self.cfg.hot_c)
+        return bool(flags) or (hottest is not None and hottest[1] >= self.hot_c)
 
     def healthy(self, tele: TelemetrySample) -> bool | None:
         """Clocks locked at their maximum in the expected power mode?  None when it cannot tell."""

@@ -8,14 +8,12 @@ It never raises into the daemon: a monitor fault must not fail a synthesis.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 from ..config import MonitorConfig
 from ..logs import kv
-from ..telemetry import TelemetrySample
+from ..telemetry import TelemetryBuffer, TelemetrySample
 from .alerts import Alert, AlertEvent, log_event
 from .baseline import Baseline
 from .detector import RtfMonitor
@@ -50,16 +48,17 @@ class MonitorHub:
         wall_clock: Callable[[], float] = time.time,
         expect_clocks_locked: bool = True,
         background_remediation: bool = True,
-        telemetry_max_age_s: float = 5.0,
+        telemetry: TelemetryBuffer | None = None,
+        hot_c: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.publisher = publisher
         self._clock = clock
         self._wall = wall_clock
-        self._telemetry_max_age_s = telemetry_max_age_s
-        self._recent_telemetry: deque[TelemetrySample] = deque(maxlen=256)
-        self._telemetry_lock = threading.Lock()
-        self.monitor = RtfMonitor(cfg, clock=clock, wall_clock=wall_clock, expect_clocks_locked=expect_clocks_locked)
+        #: The sampler's buffer, where a synthesis finds the sample taken while it ran.
+        self.telemetry = telemetry
+        self.monitor = RtfMonitor(cfg, clock=clock, wall_clock=wall_clock, expect_clocks_locked=expect_clocks_locked,
+                                  hot_c=hot_c)
         self.remediator: Remediator | None = None
         if apply_fn is not None:
             self.remediator = Remediator(
@@ -87,15 +86,14 @@ class MonitorHub:
     ) -> list[AlertEvent]:
         """Record a finished synthesis with the telemetry sample nearest in time.
 
-        Without ``telemetry`` the hub picks, from the samples given to :meth:`on_telemetry`,
-        the one nearest the middle of the synthesis (none if all are older than
-        ``telemetry_max_age_s`` from it).
+        Without ``telemetry`` the hub asks the sampler's buffer for the sample nearest the
+        middle of the synthesis (none if none lies within ``telemetry.nearest_within_s`` of it).
         """
         if not self.cfg.enabled:
             return []
         try:
-            if telemetry is None:
-                telemetry = self.nearest_telemetry(self._clock() - float(result.synthesis_seconds) / 2.0)
+            if telemetry is None and self.telemetry is not None:
+                telemetry = self.telemetry.nearest(self._clock() - float(result.synthesis_seconds) / 2.0)
             rec = SynthesisRecord.from_result(
                 result, request_id=request_id, telemetry=telemetry, monotonic=self._clock(), wall=self._wall()
             )
@@ -127,8 +125,6 @@ class MonitorHub:
         """Feed every telemetry sample (the sampler thread calls this at its interval)."""
         if not self.cfg.enabled:
             return []
-        with self._telemetry_lock:
-            self._recent_telemetry.append(sample)
         try:
             events = self.monitor.observe_telemetry(sample)
             healthy = self.monitor.telemetry_healthy(sample)
@@ -139,14 +135,6 @@ class MonitorHub:
             self.remediator.on_telemetry(healthy)
         self._dispatch(events)
         return events
-
-    def nearest_telemetry(self, monotonic: float) -> TelemetrySample | None:
-        with self._telemetry_lock:
-            samples = list(self._recent_telemetry)
-        if not samples:
-            return None
-        best = min(samples, key=lambda t: abs(t.monotonic - monotonic))
-        return best if abs(best.monotonic - monotonic) <= self._telemetry_max_age_s else None
 
     def active_alerts(self) -> list[Alert]:
         return self.monitor.active_alerts()
