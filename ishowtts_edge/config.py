@@ -311,7 +311,7 @@ class TelemetryConfig(_Section):
     #: A failed source is retried after this many seconds, doubling up to reconnect_max_s.
     reconnect_min_s: float = Field(default=2.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
-    #: Hot, in deg C, for every judgement of heat (docs/monitoring.md, "Defaults"): the sampler
+    #: Hot, in deg C, for every judgement of heat (docs/monitoring.md, "From [telemetry]"): the sampler
     #: tags "thermal" when tj is at or above it while the GPU runs below its minimum, and the
     #: monitor counts the hottest zone at or above it, with a lowered GPU clock, as thermal
     #: throttling.  Orin's software throttling starts in the mid 90s; this flags the approach.
