@@ -49,7 +49,6 @@ class TelemetrySample:
         return data
 
 
-
 class TelemetryBuffer:
     """The recent samples, oldest first: the one record of what the board was.
 
