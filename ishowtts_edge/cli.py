@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 
@@ -109,7 +108,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
-        print(format_status(status))
+        from .status import render
+
+        print(render(status))
     return 0 if status.get("state") in ("ready", "degraded") else 1
 
 
@@ -118,49 +119,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     with _client(args) as client:
         sys.stdout.write(client.metrics())
     return 0
-
-
-def format_status(s: dict[str, Any]) -> str:
-    lines = [f"ishowtts-edge {s.get('version', '?')}  state: {s.get('state')}  pid {s.get('pid')}  up {s.get('uptime_s', 0):.0f} s"]
-    if s.get("detail"):
-        lines.append(f"  detail:    {s['detail']}")
-    for key, reason in (s.get("degraded") or {}).items():
-        lines.append(f"  degraded:  {key}: {reason}")
-    e = s.get("engine") or {}
-    if e:
-        lines.append(
-            f"  engine:    {e.get('model')} on {e.get('device')} {e.get('dtype')}"
-            f"{' compiled' if e.get('compiled') else ' eager'}{' (DEMO: untrained voice)' if e.get('demo') else ''}"
-        )
-    w = s.get("warmup") or {}
-    if w:
-        lines.append(f"  warm-up:   {w.get('seconds')} s, {len(w.get('shapes') or [])} shape(s)")
-    st = s.get("self_test") or {}
-    if st:
-        outcome = {True: f"passed in {st.get('seconds')} s", False: f"FAILED: {st.get('detail')}"}.get(
-            st.get("ok"), st.get("detail") or "skipped"
-        )
-        lines.append(f"  self-test: {outcome}")
-    lines.append(f"  voices:    {s.get('voices', 0)}    endpoint: {s.get('endpoint')}")
-    hw = s.get("hardware") or {}
-    if hw:
-        lines.append(f"  hardware:  {hw.get('summary', hw.get('state'))}")
-    t = s.get("telemetry") or {}
-    if t:
-        lines.append(f"  telemetry: {t.get('summary') or t.get('source') or t}")
-    m = s.get("metrics") or {}
-    if m:
-        state = "written" if m.get("written") else f"not written: {m.get('problem') or 'not yet'}"
-        lines.append(f"  metrics:   {m.get('textfile')} ({state})")
-    monitor = s.get("monitor")
-    if monitor:
-        from .monitor import format_status as monitor_lines
-
-        lines.extend("  " + line for line in monitor_lines(monitor))
-    req = (s.get("requests") or {}).get("requests") or {}
-    if req:
-        lines.append("  requests:  " + ", ".join(f"{k} {v}" for k, v in sorted(req.items())))
-    return "\n".join(lines)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ from typing import Any, Callable, Protocol
 
 import zmq
 
+from .engine import SynthesisResult
 from .endpoints import EndpointInUse, claim, connect_endpoint, ipc_path, release, restrict_ipc
 from .logs import kv
 from .protocol import (
@@ -67,15 +68,16 @@ log = logging.getLogger(__name__)
 class SynthesisBackend(Protocol):
     """What the server needs from the daemon for ``synthesize`` and the control ops."""
 
-    def synthesize(self, request: Request) -> tuple[dict[str, Any], list[bytes]]: ...
-
-    def after_reply(self, request: Request) -> None:
-        """Bookkeeping that should not delay the reply (the RTF monitor); runs on the worker."""
-
-    def control(self, request: Request) -> dict[str, Any]: ...
-
     def accepting(self, request: Request) -> ServiceError | None:
         """None when this synthesis request may be queued, else the error to answer."""
+
+    def synthesize(self, request: Request) -> SynthesisResult:
+        """The engine's result; a ServiceError becomes the error reply."""
+
+    def completed(self, request: Request, result: SynthesisResult) -> None:
+        """After the reply left: bookkeeping that must not delay it (log, metrics, RTF monitor)."""
+
+    def control(self, request: Request) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -697,7 +699,7 @@ class Server:
     def _execute(self, job: _Job) -> None:
         started = self.job_started
         try:
-            reply = self._run(job)
+            reply, result = self._run(job)
         finally:
             self.job_started = None
         with self._lock:
@@ -711,37 +713,39 @@ class Server:
                     self._poke_reader()
         self._replied(job.request.op, job.outcome, job.received_at,
                       started - job.queued_at if started is not None else None)
-        after = getattr(self.backend, "after_reply", None)
-        if after is not None:
+        if result is not None:
             try:
-                after(job.request)
+                self.backend.completed(job.request, result)
             except Exception:
-                log.error("after-reply hook failed\n%s", traceback.format_exc())
+                log.error("completion hook failed\n%s", traceback.format_exc())
 
-    def _run(self, job: _Job) -> list[bytes]:
+    def _run(self, job: _Job) -> tuple[list[bytes], SynthesisResult | None]:
+        """The reply to send and, for a synthesis that succeeded, the engine's result."""
         request = job.request
+        params = request.params
+        assert params is not None
         try:
             request.cancel.check()  # cancelled while it waited
-            header, attachments = self.backend.synthesize(request)
+            result = self.backend.synthesize(request)
+            header, attachments = synthesis_payload(result, params.format, params.echo_text)
             header["queue_seconds"] = round(self.job_started - job.queued_at, 6) if self.job_started else 0.0
             # Receipt to reply built: what the daemon adds to a request, for clients measuring transport.
             header["server_seconds"] = round(time.perf_counter() - job.received_at, 6)
-            return ok_reply(request.wire_id, request.op, header, attachments)
+            return ok_reply(request.wire_id, request.op, header, attachments), result
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
             job.outcome = exc.code.value
             log.warning("synthesis failed %s", kv(id=request.id, code=exc.code.value, reason=exc.message))
-            return error_reply(request.wire_id, exc.code, exc.message, request.op)
+            return error_reply(request.wire_id, exc.code, exc.message, request.op), None
         except Exception as exc:
             self.stats.errors[ErrorCode.INTERNAL.value] += 1
             job.outcome = ErrorCode.INTERNAL.value
             log.error("synthesis crashed %s\n%s", kv(id=request.id, error=type(exc).__name__), traceback.format_exc())
-            return error_reply(request.wire_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request.op)
+            return error_reply(request.wire_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
+                               request.op), None
 
 
-def synthesis_payload(
-    result: Any, fmt: str, voice: str | None, echo_text: bool = False
-) -> tuple[dict[str, Any], list[bytes]]:
+def synthesis_payload(result: SynthesisResult, fmt: str, echo_text: bool = False) -> tuple[dict[str, Any], list[bytes]]:
     """Reply header fields and audio frame for an engine SynthesisResult (``text``: what was spoken, on request)."""
     audio = encode_audio(result.audio, result.sample_rate, fmt)
     header = {
@@ -755,7 +759,7 @@ def synthesis_payload(
         "mel_frames": result.mel_frames,
         "nfe_step": result.nfe_step,
         "chunks": result.chunks,
-        "voice": voice,
+        "voice": result.voice,
     }
     if echo_text:
         header["text"] = result.text

@@ -38,6 +38,8 @@ class SynthesisResult:
     model_frames: int | None = None
     #: The text as spoken: the request's text after the text front end (ishowtts_edge.text).
     text: str = ""
+    #: The configured voice spoken with; None for an ad-hoc reference sent with the request.
+    voice: str | None = None
 
     @property
     def audio_seconds(self) -> float:

@@ -501,6 +501,7 @@ class Engine:
             seed=opts["seed"],
             voice_seconds=voice_seconds,
             text=text,
+            voice=None if ref is not None else (params.voice or self.settings.default_voice),
         )
 
     # -- warm-up ------------------------------------------------------------------------------------
