@@ -36,7 +36,7 @@ from . import __version__
 from . import status as status_report
 from .config import ConfigError, Settings, load_settings
 from .endpoints import EndpointError, claim
-from .engine import SynthesisResult
+from .engine import AudioSink, SynthesisResult
 from .logs import kv
 from .notify import Notifier
 from .protocol import ErrorCode, Limits, Request, ServiceError
@@ -145,12 +145,12 @@ class Daemon:
             return ServiceError(ErrorCode.NOT_READY, detail)
         return None
 
-    def synthesize(self, request: Request) -> SynthesisResult:
+    def synthesize(self, request: Request, sink: AudioSink | None = None) -> SynthesisResult:
         params = request.params
         assert params is not None
         reference = request.attachments[0] if request.attachments else None
         try:
-            result = self.engine.synthesize(params, reference, cancel=request.cancel)
+            result = self.engine.synthesize(params, reference, cancel=request.cancel, sink=sink)
         except ServiceError as exc:
             if exc.code == ErrorCode.OUT_OF_MEMORY:
                 self.service.degrade("out_of_memory", f"CUDA out of memory at {time.strftime('%H:%M:%S')}: {exc.message}")
@@ -339,7 +339,8 @@ class Daemon:
         limits = Limits(s.server.max_message_bytes, s.server.max_text_chars, s.server.max_reference_bytes)
         self._loading.set()
         self.server = Server(s.endpoint, self, limits, s.server.max_queue, startup=self._load,
-                             max_queue_per_client=s.server.max_queue_per_client, max_connections=s.server.max_connections)
+                             max_queue_per_client=s.server.max_queue_per_client, max_connections=s.server.max_connections,
+                             stream_window_s=s.server.stream_window_s)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
