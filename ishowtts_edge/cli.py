@@ -58,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_say(args: argparse.Namespace) -> int:
     sampling = {"nfe_step": args.nfe, "speed": args.speed, "seed": args.seed}
     ref_audio = Path(args.ref_audio).read_bytes() if args.ref_audio else None
+    if args.stream:
+        return _say_stream(args, ref_audio, sampling)
     fmt = "wav" if args.output.endswith(".wav") or args.output == "-" else args.format
     with _client(args) as client:
         result = client.synthesize(
@@ -71,6 +73,29 @@ def cmd_say(args: argparse.Namespace) -> int:
     print(
         f"{args.output}: {h['audio_seconds']:.2f} s of audio at {h['sample_rate']} Hz, "
         f"synthesized in {h['synthesis_seconds']:.3f} s (RTF {h['rtf']:.3f})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _say_stream(args: argparse.Namespace, ref_audio: bytes | None, sampling: dict) -> int:
+    """Raw samples to stdout as they arrive: ``say --stream "..." | aplay -r 24000 -f S16_LE -c 1``."""
+    fmt = args.format if args.format != "wav" else "pcm_s16le"
+    out = sys.stdout.buffer
+    with _client(args) as client:
+        stream = client.stream(args.text, args.voice, format=fmt, ref_audio=ref_audio, ref_text=args.ref_text,
+                               **sampling)
+        try:
+            for chunk in stream:
+                out.write(chunk.audio)
+                out.flush()
+        except BrokenPipeError:  # the player went away: leaving closes the stream, the daemon cancels it
+            stream.close()
+            return 1
+    end = stream.end or {}
+    print(
+        f"streamed {end.get('audio_seconds', 0):.2f} s of {fmt} at {stream.sample_rate} Hz; first audio after "
+        f"{end.get('first_audio_seconds', 0):.3f} s, synthesized in {end.get('synthesis_seconds', 0):.3f} s",
         file=sys.stderr,
     )
     return 0
@@ -163,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text")
     say.add_argument("--voice", "-v")
     say.add_argument("--output", "-o", default="out.wav", help="file to write, or - for stdout (WAV)")
-    say.add_argument("--format", choices=("wav", "pcm_s16le", "f32le"), default="wav")
+    say.add_argument("--format", "-f", choices=("wav", "pcm_s16le", "f32le"), default="wav",
+                     help="audio format (with --stream: pcm_s16le unless f32le is given)")
+    say.add_argument("--stream", action="store_true",
+                     help="write raw samples to stdout as they are made (pipe into aplay -r 24000 -f S16_LE -c 1)")
     say.add_argument("--ref-audio", help="clone this reference audio instead of a configured voice")
     say.add_argument("--ref-text", help="transcript of --ref-audio")
     say.add_argument("--nfe", type=int, help="sampling steps (default from the config)")

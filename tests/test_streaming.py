@@ -9,6 +9,7 @@ each step, read from two files the test writes.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -173,6 +174,7 @@ def test_cancel_stops_a_running_stream_and_frees_the_worker(served, endpoint):
 
 def test_a_stream_client_that_disconnects_is_cancelled_and_frees_the_worker(served, endpoint, caplog):
     """The connection's end is seen at once (the connection gate's socket monitor), not at the next send."""
+    caplog.set_level(logging.INFO, logger="ishowtts_edge.server")
     server, daemon, slow = served
     before = server.stats.cancelled["disconnect"]
     records = daemon.hub  # no monitor here: nothing may be recorded from a cancelled request anyway
@@ -322,3 +324,23 @@ def test_a_gap_longer_than_the_timeout_is_an_error_not_a_retry(served, endpoint)
     slow.set(1)
     wait_free(server, 30)  # the closed socket cancelled it
     assert server.stats.requests["synthesize"] >= 1
+
+
+def test_say_stream_writes_the_streamed_pcm_to_stdout_through_a_real_daemon(daemon):
+    """``ishowtts-edge say --stream`` (what `| aplay -r 24000 -f S16_LE -c 1` plays) against the daemon process."""
+    import subprocess
+    import sys
+
+    from ishowtts_edge.bench.daemon_process import child_env
+
+    run = subprocess.run(
+        [sys.executable, "-m", "ishowtts_edge.cli", "say", "--endpoint", daemon.endpoint, "--stream",
+         "-f", "pcm_s16le", "--seed", "5", TEXT],
+        capture_output=True, env=child_env({}), timeout=300, check=False)
+    assert run.returncode == 0, run.stderr.decode()
+    assert b"first audio after" in run.stderr
+    with Client(daemon.endpoint, timeout_s=120) as client:
+        whole = client.synthesize(TEXT, format="pcm_s16le", seed=5, chunk_plan="short_first")
+        status = client.status()
+    assert run.stdout == whole.audio and len(run.stdout) > 0
+    assert status["requests"]["cancelled"] == {}
