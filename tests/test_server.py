@@ -41,7 +41,7 @@ class ControlledBackend:
             raise ValueError("status provider broke")
         return {"state": "ready"}
 
-    def synthesize(self, request):
+    def synthesize(self, request, sink=None):
         text = request.params.text
         if text == "raise":
             raise RuntimeError("engine fell over")
@@ -105,11 +105,11 @@ def test_worker_survives_an_error_outside_any_request(served):
     real_handle = server._handle
     calls = {"n": 0}
 
-    def handle_breaking_once(frames):
+    def handle_breaking_once(frames, fd=-1):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("bug in the reader")
-        return real_handle(frames)
+        return real_handle(frames, fd)
 
     server._handle = handle_breaking_once
     lost = req(server.endpoint, {"op": "ping", "id": "lost"})
@@ -278,7 +278,7 @@ class RecordingBackend:
     def control(self, request):
         return {"state": "ready"}
 
-    def synthesize(self, request):
+    def synthesize(self, request, sink=None):
         self.order.append(request.params.text)
         assert self.gate.acquire(timeout=30), "never released"
         return spoken(request.params.text)
@@ -469,7 +469,7 @@ def test_drain_cancels_a_running_synthesis_that_outlasts_it(tmp_path):
     (the engine checks between steps) ends, and its client gets shutting_down."""
 
     class Cancellable(ControlledBackend):
-        def synthesize(self, request):
+        def synthesize(self, request, sink=None):
             self.started.set()
             while not request.cancel.cancelled:
                 time.sleep(0.01)
