@@ -344,3 +344,25 @@ def test_say_stream_writes_the_streamed_pcm_to_stdout_through_a_real_daemon(daem
         status = client.status()
     assert run.stdout == whole.audio and len(run.stdout) > 0
     assert status["requests"]["cancelled"] == {}
+
+
+def test_time_to_first_audio_metric_observes_a_streams_first_audio_not_its_end(served, endpoint):
+    from ishowtts_edge.metrics import Metrics
+
+    server, daemon, slow = served
+    metrics = Metrics(daemon)
+    server.on_reply = metrics.on_reply
+    try:
+        slow.set(5)
+        with Client(endpoint, timeout_s=60) as client:
+            stream = client.stream(TEXT, "v", seed=1)
+            list(stream)
+        value = metrics.registry.get_sample_value
+        deadline = time.monotonic() + 10  # the hook runs just after the end message left
+        while not value("ishowtts_time_to_first_audio_seconds_count") and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        server.on_reply = None
+    assert value("ishowtts_time_to_first_audio_seconds_count") == 1
+    first, whole = value("ishowtts_time_to_first_audio_seconds_sum"), value("ishowtts_request_duration_seconds_sum")
+    assert first == pytest.approx(stream.end["first_audio_seconds"], abs=0.01) and first < whole
