@@ -366,3 +366,52 @@ def test_time_to_first_audio_metric_observes_a_streams_first_audio_not_its_end(s
     assert value("ishowtts_time_to_first_audio_seconds_count") == 1
     first, whole = value("ishowtts_time_to_first_audio_seconds_sum"), value("ishowtts_request_duration_seconds_sum")
     assert first == pytest.approx(stream.end["first_audio_seconds"], abs=0.01) and first < whole
+
+
+def test_cross_fading_chunk_by_chunk_gives_upstreams_cross_fade_exactly():
+    from ishowtts_edge.engine.text import CrossFader, cross_fade
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        waves = [rng.standard_normal(int(rng.integers(1 if i == 0 else 0, 9000))).astype(np.float32)
+                 for i in range(int(rng.integers(1, 6)))]
+        seconds = float(rng.choice([0.0, 0.01, 0.15, 0.3]))
+        fader = CrossFader(seconds, 24000)
+        pieces = [fader.push(w) for w in waves] + [fader.finish()]
+        # Only the fade is held back: everything before the last chunk's tail was handed out.
+        assert len(pieces[-1]) <= int(seconds * 24000)
+        assert np.array_equal(np.concatenate(pieces), cross_fade(waves, seconds, 24000)), trial
+
+
+def test_a_short_first_plan_cuts_only_the_first_chunk_and_keeps_every_word():
+    from ishowtts_edge.engine.text import chunk_text, short_first
+
+    chunks = chunk_text(TEXT * 3, 200)
+    plan = short_first(chunks, 200)
+    assert len(plan[0].encode()) <= 50 and plan[-len(chunks) + 1:] == chunks[1:]
+    assert " ".join(plan).split() == " ".join(chunks).split()
+    run_on = "word " * 80  # no sentence mark at all: cut at spaces
+    assert len(short_first([run_on.strip()], 200)[0].encode()) <= 50
+
+
+def test_version_2_fields_and_ops_are_refused_in_version_1_and_checked_in_version_2():
+    from ishowtts_edge.protocol import ErrorCode, ServiceError, parse_request
+
+    limits = Limits(1 << 20, 2000, 1 << 20)
+
+    def code(header: dict) -> str | None:
+        try:
+            parse_request([json.dumps(header).encode()], limits)
+        except ServiceError as exc:
+            return exc.code.value
+        return None
+
+    assert code({"op": "cancel", "request": "x"}) == ErrorCode.UNKNOWN_OP.value
+    assert code({"v": 2, "op": "cancel", "request": "x"}) is None
+    assert code({"v": 2, "op": "cancel"}) == "bad_request"
+    assert code({"v": 2, "op": "ack", "request": "x", "seq": -1}) == "bad_request"
+    assert code({"v": 2, "op": "ack", "request": "x", "seq": 3, "extra": 1}) == "bad_request"
+    assert code({"v": 2, "op": "synthesize", "text": "Hi.", "stream": True, "format": "wav"}) == "bad_request"
+    assert code({"v": 3, "op": "ping"}) == "unsupported_version"
+    request = parse_request([b'{"v": 2, "op": "synthesize", "text": "Hi.", "stream": true}'], limits)
+    assert request.params.format == "pcm_s16le" and request.version == 2
