@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 
@@ -59,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_say(args: argparse.Namespace) -> int:
     sampling = {"nfe_step": args.nfe, "speed": args.speed, "seed": args.seed}
     ref_audio = Path(args.ref_audio).read_bytes() if args.ref_audio else None
+    if args.stream:
+        return _say_stream(args, ref_audio, sampling)
     fmt = "wav" if args.output.endswith(".wav") or args.output == "-" else args.format
     with _client(args) as client:
         result = client.synthesize(
@@ -72,6 +73,29 @@ def cmd_say(args: argparse.Namespace) -> int:
     print(
         f"{args.output}: {h['audio_seconds']:.2f} s of audio at {h['sample_rate']} Hz, "
         f"synthesized in {h['synthesis_seconds']:.3f} s (RTF {h['rtf']:.3f})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _say_stream(args: argparse.Namespace, ref_audio: bytes | None, sampling: dict) -> int:
+    """Raw samples to stdout as they arrive: ``say --stream "..." | aplay -r 24000 -f S16_LE -c 1``."""
+    fmt = args.format if args.format != "wav" else "pcm_s16le"
+    out = sys.stdout.buffer
+    with _client(args) as client:
+        stream = client.stream(args.text, args.voice, format=fmt, ref_audio=ref_audio, ref_text=args.ref_text,
+                               **sampling)
+        try:
+            for chunk in stream:
+                out.write(chunk.audio)
+                out.flush()
+        except BrokenPipeError:  # the player went away: leaving closes the stream, the daemon cancels it
+            stream.close()
+            return 1
+    end = stream.end or {}
+    print(
+        f"streamed {end.get('audio_seconds', 0):.2f} s of {fmt} at {stream.sample_rate} Hz; first audio after "
+        f"{end.get('first_audio_seconds', 0):.3f} s, synthesized in {end.get('synthesis_seconds', 0):.3f} s",
         file=sys.stderr,
     )
     return 0
@@ -109,7 +133,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
-        print(format_status(status))
+        from .status import render
+
+        print(render(status))
     return 0 if status.get("state") in ("ready", "degraded") else 1
 
 
@@ -118,49 +144,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     with _client(args) as client:
         sys.stdout.write(client.metrics())
     return 0
-
-
-def format_status(s: dict[str, Any]) -> str:
-    lines = [f"ishowtts-edge {s.get('version', '?')}  state: {s.get('state')}  pid {s.get('pid')}  up {s.get('uptime_s', 0):.0f} s"]
-    if s.get("detail"):
-        lines.append(f"  detail:    {s['detail']}")
-    for key, reason in (s.get("degraded") or {}).items():
-        lines.append(f"  degraded:  {key}: {reason}")
-    e = s.get("engine") or {}
-    if e:
-        lines.append(
-            f"  engine:    {e.get('model')} on {e.get('device')} {e.get('dtype')}"
-            f"{' compiled' if e.get('compiled') else ' eager'}{' (DEMO: untrained voice)' if e.get('demo') else ''}"
-        )
-    w = s.get("warmup") or {}
-    if w:
-        lines.append(f"  warm-up:   {w.get('seconds')} s, {len(w.get('shapes') or [])} shape(s)")
-    st = s.get("self_test") or {}
-    if st:
-        outcome = {True: f"passed in {st.get('seconds')} s", False: f"FAILED: {st.get('detail')}"}.get(
-            st.get("ok"), st.get("detail") or "skipped"
-        )
-        lines.append(f"  self-test: {outcome}")
-    lines.append(f"  voices:    {s.get('voices', 0)}    endpoint: {s.get('endpoint')}")
-    hw = s.get("hardware") or {}
-    if hw:
-        lines.append(f"  hardware:  {hw.get('summary', hw.get('state'))}")
-    t = s.get("telemetry") or {}
-    if t:
-        lines.append(f"  telemetry: {t.get('summary') or t.get('source') or t}")
-    m = s.get("metrics") or {}
-    if m:
-        state = "written" if m.get("written") else f"not written: {m.get('problem') or 'not yet'}"
-        lines.append(f"  metrics:   {m.get('textfile')} ({state})")
-    monitor = s.get("monitor")
-    if monitor:
-        from .monitor import format_status as monitor_lines
-
-        lines.extend("  " + line for line in monitor_lines(monitor))
-    req = (s.get("requests") or {}).get("requests") or {}
-    if req:
-        lines.append("  requests:  " + ", ".join(f"{k} {v}" for k, v in sorted(req.items())))
-    return "\n".join(lines)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -205,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text")
     say.add_argument("--voice", "-v")
     say.add_argument("--output", "-o", default="out.wav", help="file to write, or - for stdout (WAV)")
-    say.add_argument("--format", choices=("wav", "pcm_s16le", "f32le"), default="wav")
+    say.add_argument("--format", "-f", choices=("wav", "pcm_s16le", "f32le"), default="wav",
+                     help="audio format (with --stream: pcm_s16le unless f32le is given)")
+    say.add_argument("--stream", action="store_true",
+                     help="write raw samples to stdout as they are made (pipe into aplay -r 24000 -f S16_LE -c 1)")
     say.add_argument("--ref-audio", help="clone this reference audio instead of a configured voice")
     say.add_argument("--ref-text", help="transcript of --ref-audio")
     say.add_argument("--nfe", type=int, help="sampling steps (default from the config)")

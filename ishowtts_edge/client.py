@@ -5,6 +5,11 @@ in time is in a state where it can neither send nor receive, so it is closed
 (linger 0) and a fresh one is opened for the bounded retry.  Only idempotent ops are
 retried by default; a synthesize that timed out is retried only if asked, because the
 daemon may still be working on the first copy.
+
+:meth:`Client.stream` opens a DEALER socket of its own per stream (protocol version 2)
+and never retries: a gap longer than the timeout between two messages is an error.
+Closing the stream (or leaving the loop early) closes that socket, which the daemon
+takes as a cancellation.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ import os
 import socket
 import stat
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import zmq
 
-from .protocol import PROTOCOL_VERSION, decode_reply, encode_header
+from .protocol import decode_reply, encode_header
+
+#: What plain requests speak (their replies are unchanged since version 1); streams speak 2.
+REQUEST_VERSION = 1
+STREAM_VERSION = 2
 
 DEFAULT_ENDPOINT = "ipc:///run/ishowtts-edge/tts.sock"
 
@@ -166,7 +175,7 @@ class Client:
     ) -> tuple[dict[str, Any], list[bytes]]:
         """Send one request; return (header, attachments) of a successful reply or raise ClientError."""
         request_id = f"{self._prefix}-{next(self._ids)}"
-        header = {"v": PROTOCOL_VERSION, "op": op, "id": request_id, **(fields or {})}
+        header = {"v": REQUEST_VERSION, "op": op, "id": request_id, **(fields or {})}
         message = [encode_header(header), *(attachments or [])]
         timeout = self.timeout_s if timeout_s is None else timeout_s
         attempts = 1 + (self.retries if (retry if retry is not None else op != "synthesize") else 0)
@@ -232,17 +241,156 @@ class Client:
         ``priority`` is ``"interactive"`` (the daemon's default) or ``"bulk"`` for work nobody
         waits on: waiting interactive requests run first (docs/protocol.md).
         """
-        fields: dict[str, Any] = {"text": text, "format": format}
-        if priority is not None:
-            fields["priority"] = priority
-        if voice is not None:
-            fields["voice"] = voice
-        if ref_text is not None:
-            fields["ref_text"] = ref_text
-        fields.update({k: v for k, v in sampling.items() if v is not None})
+        fields = _synthesize_fields(text, voice, format, ref_text, priority, sampling)
         header, attachments = self.request(
             "synthesize", fields, [ref_audio] if ref_audio is not None else None, timeout_s=timeout_s, retry=retry
         )
         if not attachments:
             raise ClientError("bad_reply", "synthesize reply carried no audio frame", header)
         return Synthesis(audio=attachments[0], header=header)
+
+    def stream(
+        self,
+        text: str,
+        voice: str | None = None,
+        *,
+        format: str = "pcm_s16le",
+        ref_audio: bytes | None = None,
+        ref_text: str | None = None,
+        timeout_s: float | None = None,
+        priority: str | None = None,
+        **sampling: Any,
+    ) -> "SynthesisStream":
+        """Synthesize ``text`` as a stream: iterate the result for :class:`AudioChunk` as each arrives.
+
+        ``format`` is ``pcm_s16le`` or ``f32le`` (raw samples; a stream has no WAV header).
+        ``sampling`` takes what :meth:`synthesize` takes, and ``chunk_plan``.  ``timeout_s``
+        bounds the wait for each message (the first one included), not the whole stream.
+        """
+        if self.check:
+            check_endpoint(self.endpoint)
+        fields = _synthesize_fields(text, voice, format, ref_text, priority, sampling)
+        request_id = f"{self._prefix}-{next(self._ids)}"
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise EndpointUnavailable("bad_endpoint", f"{self.endpoint}: {exc}") from None
+        header = {"v": STREAM_VERSION, "op": "synthesize", "id": request_id, "stream": True, **fields}
+        sock.send_multipart([b"", encode_header(header), *([ref_audio] if ref_audio is not None else [])])
+        return SynthesisStream(sock, request_id, self.endpoint, self.timeout_s if timeout_s is None else timeout_s)
+
+
+def _synthesize_fields(text: str, voice: str | None, format: str, ref_text: str | None, priority: str | None,
+                       sampling: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {"text": text, "format": format}
+    if priority is not None:
+        fields["priority"] = priority
+    if voice is not None:
+        fields["voice"] = voice
+    if ref_text is not None:
+        fields["ref_text"] = ref_text
+    fields.update({k: v for k, v in sampling.items() if v is not None})
+    return fields
+
+
+@dataclass
+class AudioChunk:
+    """One audio message of a stream: raw samples in the stream's format, final as they are."""
+
+    audio: bytes
+    seq: int
+    chunk: int  # the chunk of the plan it came from
+    samples: int
+
+
+@dataclass
+class SynthesisStream:
+    """A streamed synthesis: iterate for AudioChunk; then ``end`` holds the timing header.
+
+    ``start`` (sample rate, format, chunk plan) is read with the first message.  A daemon
+    error ends the iteration with ClientError (its code), a gap longer than ``timeout_s``
+    with ClientTimeout; neither is retried.  Leaving early: :meth:`cancel` (the daemon answers
+    ``cancelled``) or :meth:`close` (the socket goes; the daemon cancels too).
+    """
+
+    _socket: zmq.Socket | None
+    request_id: str
+    endpoint: str
+    timeout_s: float
+    start: dict[str, Any] | None = None
+    end: dict[str, Any] | None = None
+    _cancels: int = field(default=0, repr=False)
+
+    @property
+    def sample_rate(self) -> int:
+        return int((self.start or {}).get("sample_rate", 0))
+
+    def __enter__(self) -> "SynthesisStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def cancel(self) -> None:
+        """Ask the daemon to stop; the iteration then ends with ClientError ``cancelled``."""
+        if self._socket is not None:
+            self._cancels += 1
+            header = {"v": STREAM_VERSION, "op": "cancel", "id": f"{self.request_id}-cancel-{self._cancels}",
+                      "request": self.request_id}
+            self._socket.send_multipart([b"", encode_header(header)])
+
+    def __iter__(self) -> Iterator[AudioChunk]:
+        try:
+            while self.end is None:
+                header, frames = self._next()
+                kind = header.get("stream")
+                if kind == "start":
+                    self.start = header
+                elif kind == "audio":
+                    if not frames:
+                        raise ClientError("bad_reply", "an audio message carried no audio frame", header)
+                    self._ack(header)
+                    yield AudioChunk(frames[0], int(header["seq"]), int(header.get("chunk", 0)), int(header["samples"]))
+                elif kind == "end":
+                    self.end = header
+        finally:
+            self.close()
+
+    def _ack(self, header: dict[str, Any]) -> None:
+        """Tell the daemon what left ZeroMQ's queues: it keeps a stream at most a window ahead."""
+        if self._socket is not None:
+            ack = {"v": STREAM_VERSION, "op": "ack", "id": f"{self.request_id}-ack", "request": self.request_id,
+                   "seq": header["seq"]}
+            self._socket.send_multipart([b"", encode_header(ack)])
+
+    def _next(self) -> tuple[dict[str, Any], list[bytes]]:
+        sock = self._socket
+        if sock is None:
+            raise ClientError("closed", "the stream was closed")
+        while True:
+            if not sock.poll(int(self.timeout_s * 1000), zmq.POLLIN):
+                raise ClientTimeout(f"no stream message from {self.endpoint} within {self.timeout_s:.1f}s")
+            frames = sock.recv_multipart()
+            if frames and frames[0] == b"":
+                frames = frames[1:]
+            try:
+                header, attachments = decode_reply(frames)
+            except (ValueError, RecursionError) as exc:
+                raise ClientError("bad_reply", f"{self.endpoint} answered outside the protocol: {exc}") from None
+            if header.get("op") == "cancel":
+                continue  # the answer to cancel(): the stream's own error message follows
+            if header.get("id") != self.request_id:
+                continue
+            if not header.get("ok"):
+                error = header.get("error")
+                error = error if isinstance(error, dict) else {}
+                raise ClientError(str(error.get("code", "unknown")), str(error.get("message", "")), header)
+            return header, attachments

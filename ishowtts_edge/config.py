@@ -85,6 +85,9 @@ class ServerConfig(_Section):
     #: At stop, how long the running synthesis may take to finish before it is cancelled.
     #: The unit's TimeoutStopSec must exceed it by at least 10 s (docs/operations.md).
     drain_timeout_s: float = Field(default=15.0, ge=0, le=3600)
+    #: Seconds of audio a stream may run ahead of what its client acknowledged; beyond it the
+    #: stream ends with slow_reader.  At least one chunk's audio (up to ~90 s at low speed).
+    stream_window_s: float = Field(default=120.0, ge=10.0, le=3600)
 
     @field_validator("endpoint", "events_endpoint")
     @classmethod

@@ -7,10 +7,10 @@ Everything systemd hears comes from the loop: EXTEND_TIMEOUT_USEC only while
 the loader reports progress, READY=1 after warm-up, WATCHDOG=1 only when the loop
 itself is turning and the synthesis worker is not wedged, STOPPING=1 on SIGTERM.
 
-States: starting -> loading -> warming -> ready | degraded, and stopping at the end.
-``degraded`` still serves when the engine is up (compile failed, hwctl missing,
-telemetry unavailable, an active alert); it refuses synthesis only when no model
-could be loaded, and says why.
+A synthesize request comes from the server, goes to the engine and its result back to
+the server, which replies and then hands the result to :meth:`Daemon.completed` (log,
+metrics, RTF monitor).  The states live in service_state.py, the ``status`` reply in
+status.py.
 """
 
 from __future__ import annotations
@@ -33,12 +33,15 @@ import zmq
 from pydantic import BaseModel
 
 from . import __version__
+from . import status as status_report
 from .config import ConfigError, Settings, load_settings
 from .endpoints import EndpointError, claim
+from .engine import AudioSink, SynthesisResult
 from .logs import kv
 from .notify import Notifier
 from .protocol import ErrorCode, Limits, Request, ServiceError
-from .server import Server, connect_endpoint, synthesis_payload
+from .server import Server, connect_endpoint
+from .service_state import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +109,15 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.notifier = Notifier()
-        self.state = "starting"
-        self.state_reason = ""
+        self.service = ServiceState(publish=self._publish, refresh=self._refresh_status)
         self.started = time.time()
         self.engine: Any = None
         self.engine_error: str | None = None
         self.warmup: dict[str, Any] | None = None
-        self.degraded_reasons: dict[str, str] = {}
         self._progress_at = time.monotonic()
-        self._progress_msg = ""
+        #: What start-up is doing now (status ``detail`` while starting).
+        self.progress_message = ""
         self._loading = threading.Event()
-        self._last_result: tuple[str, Any] | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._ready_sent = False
@@ -137,46 +138,40 @@ class Daemon:
     # -- SynthesisBackend ------------------------------------------------------------
 
     def accepting(self, request: Request) -> ServiceError | None:
-        if self.engine is not None and self.state == "warming" and self._is_self_test(request):
+        state = self.service.state
+        if self.engine is not None and state == "warming" and self._is_self_test(request):
             return None  # the last step of warming up: see _self_test
-        if self.engine is None or self.state in ("starting", "loading", "warming"):
-            detail = self.engine_error or f"engine is {self.state}"
+        if self.engine is None or self.service.starting:
+            detail = self.engine_error or f"engine is {state}"
             return ServiceError(ErrorCode.NOT_READY, detail)
         return None
 
-    def synthesize(self, request: Request) -> tuple[dict[str, Any], list[bytes]]:
+    def synthesize(self, request: Request, sink: AudioSink | None = None) -> SynthesisResult:
         params = request.params
         assert params is not None
         reference = request.attachments[0] if request.attachments else None
         try:
-            result = self.engine.synthesize(params, reference, cancel=request.cancel)
+            result = self.engine.synthesize(params, reference, cancel=request.cancel, sink=sink)
         except ServiceError as exc:
             if exc.code == ErrorCode.OUT_OF_MEMORY:
-                self._degrade("out_of_memory", f"CUDA out of memory at {time.strftime('%H:%M:%S')}: {exc.message}")
+                self.service.degrade("out_of_memory", f"CUDA out of memory at {time.strftime('%H:%M:%S')}: {exc.message}")
             raise
-        voice = params.voice or (None if reference is not None else self.settings.default_voice)
-        header, frames = synthesis_payload(result, params.format, voice, params.echo_text)
         for cause in PASSING_CAUSES:
-            self._recover(cause)
-        self._last_result = (request.id, result)
-        return header, frames
+            self.service.recover(cause)
+        return result
 
-    def after_reply(self, request: Request) -> None:
-        """The log line and the RTF monitor come after the reply left, so they add nothing to latency."""
-        last, self._last_result = self._last_result, None
-        if last is None or last[0] != request.id:
-            return
-        result, params = last[1], request.params
+    def completed(self, request: Request, result: SynthesisResult) -> None:
+        """The log line, metrics and the RTF monitor come after the reply left, so they add nothing to latency."""
+        params = request.params
         if self.metrics is not None:  # the self-test is a request like any other here
-            self.metrics.on_synthesis(result, params.voice if params is not None and params.voice else (
-                None if request.attachments else self.settings.default_voice))
+            self.metrics.on_synthesis(result, result.voice)
         if self._is_self_test(request):
             return  # a short warm-up text: not a sample of what users get, so not monitored
         log.info(
             "synthesized %s",
             kv(
                 id=request.id,
-                voice=(params.voice if params is not None else None) or ("adhoc" if request.attachments else self.settings.default_voice),
+                voice=result.voice or "adhoc",
                 chars=len(params.text) if params is not None else 0,
                 audio_s=result.audio_seconds,
                 synth_s=result.synthesis_seconds,
@@ -185,15 +180,15 @@ class Daemon:
             ),
         )
         if self.hub is not None and self.hub.on_synthesis(result, request_id=request.id):
-            self.notifier.status(self.status_line())  # an alert changed: show it at once
+            self._refresh_status()  # an alert changed: show it at once
 
     def _on_telemetry(self, sample: Any) -> None:
         if self.hub is not None and self.hub.on_telemetry(sample):
-            self.notifier.status(self.status_line())
+            self._refresh_status()
 
     def control(self, request: Request) -> dict[str, Any]:
         if request.op == "ping":
-            return {"pong": True, "state": self.state, "time": time.time()}
+            return {"pong": True, "state": self.service.state, "time": time.time()}
         if request.op == "health":
             return self.health()
         if request.op == "voices":
@@ -204,109 +199,27 @@ class Daemon:
 
     # -- status ------------------------------------------------------------------------
 
-    def _detail(self) -> str:
-        if self.state_reason:
-            return self.state_reason
-        return self._progress_msg if self.state in ("starting", "loading", "warming") else ""
-
     def health(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "ready": self.state in ("ready", "degraded") and self.engine is not None,
-            "reasons": dict(self.degraded_reasons),
-            "detail": self._detail(),
-        }
+        return self.service.health(self.engine is not None, self.progress_message)
 
     def status(self) -> dict[str, Any]:
-        engine = None
-        if self.engine is not None:
-            try:
-                engine = self.engine.describe()
-            except Exception as exc:  # status must answer even if describe() breaks
-                engine = {"error": f"{type(exc).__name__}: {exc}"}
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "state": self.state,
-            "detail": self._detail(),
-            "degraded": dict(self.degraded_reasons),
-            "uptime_s": round(time.time() - self.started, 1),
-            "endpoint": self.settings.endpoint,
-            "events_endpoint": self.settings.events_endpoint,
-            "config": str(self.settings.source_file) if self.settings.source_file else None,
-            "engine": engine,
-            "engine_error": self.engine_error,
-            "warmup": self.warmup,
-            "self_test": self.self_test,
-            "voices": len(self.engine.voices()) if self.engine is not None else 0,
-            "queue": {"pending": self.server.pending if self.server else 0},
-            "requests": self.server.stats.to_dict() if self.server else {},
-            "monitor": self.hub.status() if self.hub is not None else None,
-            "hardware": self._hardware_status(),
-            "telemetry": self._telemetry_status(),
-            "metrics": self.textfile.status() if self.textfile is not None else None,
-        }
-
-    def _telemetry_status(self) -> dict[str, Any] | None:
-        if self.sampler is None:
-            return None
-        if not self.sampler.started:
-            return {"available": False, "source": None, "summary": "starts when the warm-up ends", "samples": 0}
-        return self.sampler.status()
-
-    def _hardware_status(self) -> dict[str, Any]:
-        if not self.settings.hardware.enabled:
-            return {"state": "disabled", "summary": "disabled in the config"}
-        if self.preflight is None:
-            return {"state": "pending", "summary": "preflight not run yet"}
-        return self.preflight.to_dict()
+        return status_report.build(self)
 
     def status_line(self) -> str:
-        parts = [self.state]
-        if self.state in ("loading", "warming") and self._progress_msg:
-            parts.append(self._progress_msg)
-        if self.engine is not None:
-            parts.append(f"voices {len(self.engine.voices())}")
-        if self.hub is not None and self.engine is not None:
-            parts.append(self.hub.status_line())
-        latest = self.sampler.latest() if self.sampler is not None else None
-        if latest is not None and latest.gpu_cur_mhz is not None:
-            parts.append(f"GPU {latest.gpu_cur_mhz:.0f}/{latest.gpu_max_mhz or 0:.0f} MHz")
-        if self.degraded_reasons:
-            parts.append("degraded: " + ", ".join(sorted(self.degraded_reasons)))
-        return " | ".join(parts)
+        return status_report.line(self)
+
+    def _refresh_status(self) -> None:
+        self.notifier.status(self.status_line())
+
+    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(topic, payload)
 
     # -- life cycle ----------------------------------------------------------------
 
-    def _set_state(self, state: str, reason: str = "") -> None:
-        changed = state != self.state
-        self.state, self.state_reason = state, reason
-        if changed:
-            log.info("state %s", kv(state=state, reason=reason))
-            if self.publisher is not None:
-                # Its own topic: "state" is the monitor's picture (status line, alerts, window).
-                self.publisher.publish("service", {"state": state, "reason": reason, "degraded": dict(self.degraded_reasons)})
-
-    def _degrade(self, key: str, reason: str) -> None:
-        if self.degraded_reasons.get(key) != reason:
-            log.warning("degraded %s", kv(component=key, reason=reason))
-        self.degraded_reasons[key] = reason
-        if self.state == "ready":
-            self._set_state("degraded")
-            self.notifier.status(self.status_line())
-
-    def _recover(self, key: str) -> None:
-        """A passing cause went away (a synthesis succeeded after an OOM): ready again once no cause is left."""
-        if self.degraded_reasons.pop(key, None) is None:
-            return
-        log.info("recovered %s", kv(component=key))
-        if self.state == "degraded" and not self.degraded_reasons:
-            self._set_state("ready")
-            self.notifier.status(self.status_line())
-
     def _progress(self, message: str) -> None:
         self._progress_at = time.monotonic()
-        self._progress_msg = message
+        self.progress_message = message
         log.debug("progress %s", kv(step=message))
 
     def _load(self) -> None:
@@ -326,8 +239,8 @@ class Daemon:
             except Exception as exc:  # a broken install (torch, f5-tts): say so and serve status
                 self.engine_error = f"engine not importable: {type(exc).__name__}: {exc}"
                 log.error("engine failed to import %s", kv(error=type(exc).__name__, reason=str(exc)))
-                self.degraded_reasons["engine"] = self.engine_error
-                self._set_state("degraded", self.engine_error)
+                self.service.degraded["engine"] = self.engine_error
+                self.service.set("degraded", self.engine_error)
             else:
                 self._load_engine(load_engine)
         finally:
@@ -337,9 +250,9 @@ class Daemon:
     def _load_engine(self, load_engine: Any) -> None:
         self._run_preflight()
         try:
-            self._set_state("loading")
+            self.service.set("loading")
             engine = load_engine(self.settings, self._progress)
-            self._set_state("warming")
+            self.service.set("warming")
             report = engine.warmup(self._progress)
             self.warmup = {
                 "seconds": round(report.seconds, 3),
@@ -349,7 +262,7 @@ class Daemon:
             }
             log.info("warm-up done %s", kv(seconds=report.seconds, shapes=len(report.shapes), compiled=report.compiled))
             if report.error:
-                self._degrade("compile", report.error)
+                self.service.degrade("compile", report.error)
             # No warm-up RTF baseline: warm-up runs are compiles and graph captures, not requests
             # (docs/monitoring.md); the monitor learns from the first healthy requests instead.
             # What exists now (torch, the model, compiled code) lives as long as the process; out of
@@ -361,8 +274,8 @@ class Daemon:
             self.engine_error = f"model not loaded: {exc}"
             log.error("engine failed to load %s", kv(error=type(exc).__name__, reason=str(exc)))
             log.debug("engine load traceback", exc_info=True)
-            self.degraded_reasons["engine"] = self.engine_error
-            self._set_state("degraded", self.engine_error)
+            self.service.degraded["engine"] = self.engine_error
+            self.service.set("degraded", self.engine_error)
 
     def _run_preflight(self) -> None:
         """Bring the board to its performance state before warm-up, so kernels are tuned and timed at locked clocks."""
@@ -376,11 +289,11 @@ class Daemon:
         self.hwctl = HwctlClient(cfg)
         self.preflight = preflight(self.hwctl, cfg)
         if self.preflight.state == "degraded":
-            self._degrade("hardware", self.preflight.message)
+            self.service.degrade("hardware", self.preflight.message)
         if self.hub is not None and self.preflight.power_mode:
-            self.hub.monitor.expect_power_mode(self.preflight.power_mode.get("id"), self.preflight.power_mode.get("name"))
+            self.hub.expect_power_mode(self.preflight.power_mode.get("id"), self.preflight.power_mode.get("name"))
         if self.hub is not None and cfg.apply_at_start and self.preflight.clocks_locked:
-            self.hub.monitor.expect_clocks_locked = True
+            self.hub.expect_locked_clocks()
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -427,7 +340,8 @@ class Daemon:
         limits = Limits(s.server.max_message_bytes, s.server.max_text_chars, s.server.max_reference_bytes)
         self._loading.set()
         self.server = Server(s.endpoint, self, limits, s.server.max_queue, startup=self._load,
-                             max_queue_per_client=s.server.max_queue_per_client, max_connections=s.server.max_connections)
+                             max_queue_per_client=s.server.max_queue_per_client, max_connections=s.server.max_connections,
+                             stream_window_s=s.server.stream_window_s)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
@@ -474,7 +388,7 @@ class Daemon:
         try:
             self.publisher = EventPublisher(s.events_endpoint)
         except EventPublisherError as exc:
-            self._degrade("events", str(exc))
+            self.service.degrade("events", str(exc))
         # Made first: the hub reads the sampler's buffer; the sampler starts after the warm-up.
         self.sampler = TelemetrySampler(s.telemetry, on_sample=[self._on_telemetry])
         hw = s.hardware
@@ -548,7 +462,7 @@ class Daemon:
                 self._ready_sent = True
                 self.notifier.ready(self.status_line())
                 last_status = now
-                log.info("READY %s", kv(state=self.state, endpoint=self.settings.endpoint))
+                log.info("READY %s", kv(state=self.service.state, endpoint=self.settings.endpoint))
             if now - last_status > STATUS_EVERY_SECONDS:
                 self.notifier.status(self.status_line())
                 last_status = now
@@ -570,8 +484,7 @@ class Daemon:
             self._self_test_thread.start()
         if self._self_test_thread.is_alive():
             return False
-        if self.state == "warming":
-            self._set_state("degraded" if self.degraded_reasons else "ready")
+        self.service.finish_starting()
         return True
 
     def _is_self_test(self, request: Request) -> bool:
@@ -603,11 +516,11 @@ class Daemon:
             log.info("self-test passed %s", kv(voice=voice, seconds=self.self_test["seconds"]))
         except (ClientError, zmq.ZMQError) as exc:
             self.self_test = {"ok": False, "voice": voice, "detail": str(exc)}
-            self._degrade("self_test", f"a synthesize request to ourselves failed: {exc}")
+            self.service.degrade("self_test", f"a synthesize request to ourselves failed: {exc}")
 
     def _announce_stop(self) -> None:
         self.notifier.stopping()
-        self._set_state("stopping")
+        self.service.set("stopping")
         log.info("stopping: finishing the running request")
 
     def _shutdown(self) -> bool:

@@ -84,7 +84,8 @@ class Metrics:
             "Engine time of successful syntheses (text and reference to samples).", buckets=DURATION_BUCKETS, registry=r)
         self.first_audio_seconds = Histogram(
             "ishowtts_time_to_first_audio_seconds",
-            "Synthesize requests: receipt to the first audio sent (the reply carries all of it).",
+            "Synthesize requests: receipt to the first audio sent (a stream's first audio message; "
+            "otherwise the reply, which carries all of it).",
             buckets=DURATION_BUCKETS, registry=r)
         self.rtf = Histogram(
             "ishowtts_rtf", "Real-time factor of successful syntheses: synthesis seconds per audio second.",
@@ -98,15 +99,17 @@ class Metrics:
 
     # -- hooks -------------------------------------------------------------------------
 
-    def on_reply(self, op: str | None, code: str, seconds: float, queue_seconds: float | None = None) -> None:
-        """A reply left: ``seconds`` from receipt; ``queue_seconds`` for a synthesis that ran."""
+    def on_reply(self, op: str | None, code: str, seconds: float, queue_seconds: float | None = None,
+                 first_audio_seconds: float | None = None) -> None:
+        """A reply left: ``seconds`` from receipt; ``queue_seconds`` for a synthesis that ran;
+        ``first_audio_seconds`` from receipt to a stream's first audio message."""
         op = _op_label(op)
         self.requests.labels(op=op, code=code).inc()
         if queue_seconds is not None:
             self.queue_seconds.observe(max(0.0, queue_seconds))
         if op == "synthesize" and code == "ok":
             self.request_seconds.observe(seconds)
-            self.first_audio_seconds.observe(seconds)
+            self.first_audio_seconds.observe(seconds if first_audio_seconds is None else first_audio_seconds)
 
     def on_synthesis(self, result: Any, voice: str | None) -> None:
         """A synthesis succeeded (engine SynthesisResult); ``voice`` is a configured id or None for adhoc."""

@@ -3,7 +3,10 @@
 A request is a multipart ZeroMQ message: frame 0 is a UTF-8 JSON header
 ``{"v": 1, "op": ..., "id": ..., ...fields}``; further frames are binary
 attachments (reference audio for ``synthesize``).  A reply mirrors that: frame 0 a
-JSON header with ``ok``, frame 1 the audio of a successful ``synthesize``.
+JSON header with ``ok``, frame 1 the audio of a successful ``synthesize``.  Replies
+speak the request's version; version 2 adds streamed synthesis (a start, audio
+messages and an end for one request), ``cancel`` and ``ack``, none of which a
+version 1 request ever receives.
 
 Parsing never raises anything but :class:`ServiceError`, so the server can turn any
 bad input into exactly one error reply.
@@ -24,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 if TYPE_CHECKING:
     import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: Versions a request may speak; a reply speaks its request's.
+VERSIONS = (1, 2)
 
 
 class ErrorCode(str, enum.Enum):
@@ -41,6 +46,8 @@ class ErrorCode(str, enum.Enum):
     NOT_READY = "not_ready"
     OUT_OF_MEMORY = "out_of_memory"
     SHUTTING_DOWN = "shutting_down"
+    CANCELLED = "cancelled"
+    SLOW_READER = "slow_reader"
     INTERNAL = "internal"
 
 
@@ -57,9 +64,12 @@ class ServiceError(Exception):
         self.op = op
 
 
-OPS = ("synthesize", "voices", "status", "health", "ping", "metrics")
+OPS = ("synthesize", "voices", "status", "health", "ping", "metrics", "cancel", "ack")
 #: Ops answered by the front end at once, never queued behind a synthesis.
 CONTROL_OPS = frozenset({"voices", "status", "health", "ping", "metrics"})
+#: Ops of protocol version 2: both name another request of the same connection.  ``ack`` is
+#: never answered (it is the stream's flow control), ``cancel`` is.
+STREAM_OPS = frozenset({"cancel", "ack"})
 AUDIO_FORMATS = ("wav", "pcm_s16le", "f32le")
 #: Synthesis priorities, most urgent first: waiting ``interactive`` work runs before ``bulk``
 #: work, except that every few picks go to ``bulk`` so it is never starved (docs/protocol.md).
@@ -86,6 +96,12 @@ class SynthesizeParams(BaseModel):
     #: Return the text as spoken (after normalisation) in the reply header's ``text``.
     echo_text: bool = False
     priority: Literal["interactive", "bulk"] = "interactive"
+    #: Send the audio as it is made, in several messages (protocol version 2, a DEALER socket).
+    stream: bool = False
+    #: How the text is cut into chunks: ``upstream`` (f5-tts's infer_process) or ``short_first``
+    #: (the first chunk cut short, as f5-tts's socket server does).  Default: short_first for a
+    #: stream, upstream otherwise.  Same plan and seed, same samples, streamed or not.
+    chunk_plan: Literal["upstream", "short_first"] | None = None
 
     @field_validator("cfg_strength", "sway_sampling_coef", "speed", mode="before")
     @classmethod
@@ -146,6 +162,12 @@ class Request:
     #: The id exactly as the client sent it (a string or an integer), echoed in the reply.
     wire_id: str | int | None = None
     cancel: Cancellation = field(default_factory=Cancellation)
+    #: The protocol version the request spoke; its replies speak it too.
+    version: int = 1
+    #: ``cancel`` and ``ack``: the id of the request they name, as sent.
+    target: str | int | None = None
+    #: ``ack``: the sequence number of the last audio message read.
+    seq: int | None = None
 
     def __post_init__(self) -> None:
         if self.wire_id is None:
@@ -200,16 +222,21 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
         return ServiceError(code, message, request_id=wire_id, op=known_op)
 
     op = header.get("op")
-    version = header.get("v", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION or isinstance(version, bool):  # true == 1 in Python, not in the protocol
-        raise fail(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {peer_repr(version)}; this daemon speaks {PROTOCOL_VERSION}")
+    version = header.get("v", 1)
+    if isinstance(version, bool) or version not in VERSIONS:  # true == 1 in Python, not in the protocol
+        raise fail(ErrorCode.UNSUPPORTED_VERSION,
+                   f"protocol version {peer_repr(version)}; this daemon speaks {' and '.join(map(str, VERSIONS))}")
     if not isinstance(op, str):
         raise fail(ErrorCode.BAD_REQUEST, "op is missing or not a string")
     if op not in OPS:
         raise fail(ErrorCode.UNKNOWN_OP, f"unknown op {peer_repr(op)}; known: {', '.join(OPS)}")
 
     attachments = list(frames[1:])
-    request = Request(op=op, id=request_id, header=header, attachments=attachments, wire_id=wire_id)
+    request = Request(op=op, id=request_id, header=header, attachments=attachments, wire_id=wire_id, version=version)
+    if op in STREAM_OPS:
+        if version < 2:
+            raise fail(ErrorCode.UNKNOWN_OP, f"op {op} needs protocol version 2 (\"v\": 2)")
+        _parse_stream_op(request, fail)
     if op != "synthesize":
         if attachments:
             raise fail(ErrorCode.BAD_REQUEST, f"op {op} takes no binary frames, got {len(attachments)}")
@@ -238,8 +265,33 @@ def parse_request(frames: list[bytes], limits: Limits) -> Request:
             raise fail(ErrorCode.BAD_REQUEST, "give either voice or a reference audio frame, not both")
     elif params.ref_text is not None:
         raise fail(ErrorCode.BAD_REQUEST, "ref_text given without a reference audio frame")
+    if params.stream:
+        if version < 2:
+            raise fail(ErrorCode.BAD_REQUEST, 'stream needs protocol version 2 ("v": 2)')
+        if "format" not in params.model_fields_set:
+            params.format = "pcm_s16le"
+        elif params.format == "wav":
+            raise fail(ErrorCode.BAD_REQUEST, "a stream carries raw samples: format pcm_s16le or f32le")
     request.params = params
     return request
+
+
+def _parse_stream_op(request: Request, fail: Any) -> None:
+    """``cancel``: {"request": id}; ``ack``: {"request": id, "seq": n}.  Nothing else."""
+    fields = {k: v for k, v in request.header.items() if k not in ("v", "op", "id")}
+    allowed = {"request", "seq"} if request.op == "ack" else {"request"}
+    extra = sorted(set(fields) - allowed)
+    if extra:
+        raise fail(ErrorCode.BAD_REQUEST, f"{peer_repr(extra[0])}: unknown field")
+    target = fields.get("request")
+    if not isinstance(target, (str, int)) or isinstance(target, bool) or len(str(target)) > 128:
+        raise fail(ErrorCode.BAD_REQUEST, "request must be the id (string or integer) of a request of this connection")
+    request.target = target
+    if request.op == "ack":
+        seq = fields.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**53:
+            raise fail(ErrorCode.BAD_REQUEST, "seq must be the sequence number (integer >= 0) of an audio message")
+        request.seq = seq
 
 
 def _has_lone_surrogate(text: str, header: dict[str, Any]) -> bool:
@@ -289,20 +341,26 @@ def encode_header(header: dict[str, Any]) -> bytes:
         return json.dumps(header, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
-def ok_reply(request_id: str | int | None, op: str, payload: dict[str, Any], attachments: list[bytes] | None = None) -> list[bytes]:
-    header = {"v": PROTOCOL_VERSION, "ok": True, "id": request_id, "op": op, **payload}
+def ok_reply(request_id: str | int | None, op: str, payload: dict[str, Any], attachments: list[bytes] | None = None,
+             version: int = 1) -> list[bytes]:
+    header = {"v": version, "ok": True, "id": request_id, "op": op, **payload}
     return [encode_header(header), *(attachments or [])]
 
 
-def error_reply(request_id: str | int | None, code: ErrorCode, message: str, op: str | None = None) -> list[bytes]:
-    header = {
-        "v": PROTOCOL_VERSION,
-        "ok": False,
-        "id": request_id,
-        "op": op,
-        "error": {"code": code.value, "message": message},
-    }
+def error_reply(request_id: str | int | None, code: ErrorCode, message: str, op: str | None = None,
+                version: int = 1, stream: bool = False) -> list[bytes]:
+    """An error; ``stream``: the message that ends a stream (version 2), marked ``"stream": "error"``."""
+    header: dict[str, Any] = {"v": version, "ok": False, "id": request_id, "op": op}
+    if stream:
+        header["stream"] = "error"
+    header["error"] = {"code": code.value, "message": message}
     return [encode_header(header)]
+
+
+def stream_message(request_id: str | int | None, kind: str, payload: dict[str, Any],
+                   attachments: list[bytes] | None = None) -> list[bytes]:
+    """One message of a stream (version 2): ``kind`` is start, audio or end (errors: error_reply)."""
+    return ok_reply(request_id, "synthesize", {"stream": kind, **payload}, attachments, version=2)
 
 
 def decode_reply(frames: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:

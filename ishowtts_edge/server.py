@@ -41,16 +41,18 @@ import traceback
 import weakref
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import zmq
 
+from .engine import AudioSink, SynthesisResult
 from .endpoints import EndpointInUse, claim, connect_endpoint, ipc_path, release, restrict_ipc
 from .logs import kv
+from .protocol import peer_repr as peer_id
 from .protocol import (
     CONTROL_OPS,
     PRIORITIES,
+    STREAM_OPS,
     ErrorCode,
     Limits,
     Request,
@@ -59,6 +61,7 @@ from .protocol import (
     error_reply,
     ok_reply,
     parse_request,
+    stream_message,
 )
 
 log = logging.getLogger(__name__)
@@ -67,15 +70,17 @@ log = logging.getLogger(__name__)
 class SynthesisBackend(Protocol):
     """What the server needs from the daemon for ``synthesize`` and the control ops."""
 
-    def synthesize(self, request: Request) -> tuple[dict[str, Any], list[bytes]]: ...
-
-    def after_reply(self, request: Request) -> None:
-        """Bookkeeping that should not delay the reply (the RTF monitor); runs on the worker."""
-
-    def control(self, request: Request) -> dict[str, Any]: ...
-
     def accepting(self, request: Request) -> ServiceError | None:
         """None when this synthesis request may be queued, else the error to answer."""
+
+    def synthesize(self, request: Request, sink: AudioSink | None = None) -> SynthesisResult:
+        """The engine's result; a ServiceError becomes the error reply.  With ``sink`` (a
+        streamed request) the audio also goes to the sink as it becomes final."""
+
+    def completed(self, request: Request, result: SynthesisResult) -> None:
+        """After the reply left: bookkeeping that must not delay it (log, metrics, RTF monitor)."""
+
+    def control(self, request: Request) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -90,6 +95,19 @@ class _Job:
     #: Set (under the server's lock) once its client has had a reply: at stop, a synthesis that
     #: does not reach its next step in time is answered by the stopping thread instead.
     answered: bool = False
+    #: The connection it came on: (descriptor, the gate's count of connections accepted on it).
+    connection: tuple[int, int] | None = None
+    #: perf_counter when a stream's first audio message left.
+    first_audio_at: float | None = None
+    stream: "_Stream | None" = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.request.params is not None and self.request.params.stream
+
+    def error(self, code: ErrorCode, message: str) -> list[bytes]:
+        """The error message for this job, as its client expects it (a stream's ends the stream)."""
+        return error_reply(self.request.wire_id, code, message, "synthesize", self.request.version, self.streamed)
 
     @property
     def peer(self) -> bytes:
@@ -111,6 +129,9 @@ class ServerStats:
     connections: int = 0
     max_connections: int = 0
     connections_refused: int = 0
+    #: Synthesis requests cancelled, by how: ``op`` (a cancel request), ``disconnect`` (a streaming
+    #: client left), ``slow_reader`` (a stream's client stopped reading).
+    cancelled: Counter = field(default_factory=Counter)
     started_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +140,7 @@ class ServerStats:
             "errors": dict(self.errors),
             "replies_dropped": dict(self.replies_dropped),
             "connections": {"open": self.connections, "max": self.max_connections, "refused": self.connections_refused},
+            "cancelled": dict(self.cancelled),
             "started_at": self.started_at,
         }
 
@@ -142,7 +164,7 @@ class _RateLimitedLog:
         log.log(level, "%s %s", message, kv(**fields))
 
 
-__all__ = ["Server", "ServerStats", "connect_endpoint", "ipc_path", "synthesis_payload"]
+__all__ = ["Server", "ServerStats", "connect_endpoint", "ipc_path", "synthesis_header"]
 
 
 class _Wakeup:
@@ -178,7 +200,8 @@ def _sleep_on(fds: list[int], timeout_s: float) -> None:
 
 
 class _ConnectionGate:
-    """Counts the ROUTER's connections and shuts every new one above the cap at once.
+    """Counts the ROUTER's connections, shuts every new one above the cap at once, and reports
+    the ones that end (a streaming client that left is cancelled: see Server._disconnected).
 
     libzmq reports each accepted connection with its descriptor (the socket monitor's
     ACCEPTED event); shutting that descriptor down makes libzmq drop the connection
@@ -187,18 +210,31 @@ class _ConnectionGate:
     A refused client's ZeroMQ socket reconnects by itself and gets in once a connection
     closes.  Runs on its own thread so it keeps up with a burst of connections while
     the worker synthesizes; it never touches the ROUTER itself.
+
+    A message names its connection by descriptor (ZMQ_SRCFD), and descriptors are reused.
+    Each ACCEPTED on a descriptor starts a new generation of it; libzmq queues a
+    connection's ACCEPTED (and the previous one's DISCONNECTED) on the monitor before any of
+    its messages can be read, so :meth:`connection`, which reads the monitor first, names
+    the right one.
     """
 
     EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
-    def __init__(self, monitor: zmq.Socket, endpoint: str, cap: int, stats: ServerStats) -> None:
+    def __init__(self, monitor: zmq.Socket, endpoint: str, cap: int, stats: ServerStats,
+                 on_disconnect: Callable[[int, int], None] | None = None) -> None:
         self._monitor = monitor
+        self._monitor_fd = monitor.getsockopt(zmq.FD)
         self._endpoint = endpoint
         self._stats = stats
         stats.max_connections = cap
         self.cap = cap
         self._open: set[int] = set()
         self._refused: set[int] = set()
+        self._generation: dict[int, int] = {}
+        self._on_disconnect = on_disconnect
+        #: Guards the monitor socket: read by the gate's thread and by connection().
+        self._lock = threading.Lock()
+        self._closed = False
         self._stop = threading.Event()
         self._log_refused = _RateLimitedLog()
         self._thread = threading.Thread(target=self._run, name="connection-gate", daemon=True)
@@ -208,21 +244,41 @@ class _ConnectionGate:
         self._stop.set()
         self._thread.join(timeout=2.0)
 
-    def _run(self) -> None:
-        from zmq.utils.monitor import recv_monitor_message
+    def connection(self, fd: int) -> tuple[int, int]:
+        """(descriptor, generation) of the connection a message just read came from."""
+        self._drain()
+        return fd, self._generation.get(fd, 0)
 
+    def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if not self._monitor.poll(200):
-                    continue
-                event = recv_monitor_message(self._monitor)
-                if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                _sleep_on([self._monitor_fd], 0.2)
+                if not self._drain():
                     return
-                self._on_event(int(event["event"]), int(event["value"]))
-        except zmq.ZMQError as exc:  # the context is being torn down
-            log.debug("connection gate ended %s", kv(reason=exc.strerror))
         finally:
-            self._monitor.close(linger=0)
+            with self._lock:
+                self._closed = True
+                self._monitor.close(linger=0)
+
+    def _drain(self) -> bool:
+        """Handle every event queued now; False once the monitor has stopped."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        with self._lock:
+            if self._closed:
+                return False
+            try:
+                while True:
+                    try:
+                        event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                    except zmq.Again:
+                        return True
+                    if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                        return False
+                    self._on_event(int(event["event"]), int(event["value"]))
+            except zmq.ZMQError as exc:  # the context is being torn down
+                log.debug("connection gate ended %s", kv(reason=exc.strerror))
+                return False
 
     def _on_event(self, event: int, fd: int) -> None:
         if event == zmq.EVENT_DISCONNECTED:
@@ -230,7 +286,10 @@ class _ConnectionGate:
                 self._refused.discard(fd)
             else:
                 self._open.discard(fd)
+                if self._on_disconnect is not None:
+                    self._on_disconnect(fd, self._generation.get(fd, 0))
         elif event == zmq.EVENT_ACCEPTED:
+            self._generation[fd] = self._generation.get(fd, 0) + 1
             if len(self._open) < self.cap:
                 self._open.add(fd)
             elif self._shut(fd):
@@ -315,6 +374,7 @@ class Server:
         *,
         max_queue_per_client: int | None = None,
         max_connections: int = 512,
+        stream_window_s: float = 120.0,
     ) -> None:
         self.endpoint = endpoint
         self.backend = backend
@@ -326,6 +386,12 @@ class Server:
         #: Synthesis requests one peer may have waiting or running.
         self.max_queue_per_client = max(1, max_queue_per_client if max_queue_per_client is not None else max_queue + 1)
         self.max_connections = max_connections
+        #: Seconds of audio a stream may send beyond what its client acknowledged (docs/protocol.md).
+        self.stream_window_s = stream_window_s
+        #: Connections that ended, (descriptor, generation), from the gate's thread to the serving loop.
+        self._gone: deque[tuple[int, int]] = deque()
+        #: Why the last _send failed (peer_full, peer_gone, ...), for a stream to say so.
+        self._drop_reason = ""
         #: Guards the ROUTER and the fields below it; never held while sleeping.
         self._lock = threading.Lock()
         self._router: zmq.Socket | None = None
@@ -355,8 +421,9 @@ class Server:
         self.job_started: float | None = None
         self._closing = False
         #: Called after every reply: (op or None, "ok" or error code, seconds since receipt,
-        #: queue seconds of a synthesis that ran or None).  The daemon's metrics.
-        self.on_reply: Callable[[str | None, str, float, float | None], None] | None = None
+        #: queue seconds of a synthesis that ran or None, seconds from receipt to a stream's
+        #: first audio or None).  The daemon's metrics.
+        self.on_reply: Callable[[str | None, str, float, float | None, float | None], None] | None = None
         self._log_dropped = _RateLimitedLog()
         #: Runs first on the worker thread: the daemon loads and warms up the engine there, so
         #: per-thread CUDA state (cuBLAS/cuDNN handles) is created before READY, not by the
@@ -392,7 +459,8 @@ class Server:
             log.warning("fewer clients than configured: descriptor limit %s",
                         kv(max_connections=cap, configured=self.max_connections,
                            nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
-        self._gate = _ConnectionGate(router.get_monitor_socket(_ConnectionGate.EVENTS), self.endpoint, cap, self.stats)
+        self._gate = _ConnectionGate(router.get_monitor_socket(_ConnectionGate.EVENTS), self.endpoint, cap, self.stats,
+                                     on_disconnect=self._disconnected)
         self._router = router
         self._router_fd = router.getsockopt(zmq.FD)
         self._worker = threading.Thread(target=self._work, name="synthesis-worker", daemon=True)
@@ -418,6 +486,7 @@ class Server:
         starts a job), so the daemon's loop still runs at its pace.
         """
         with self._lock:
+            self._cancel_gone()
             reading = not self._worker_reads and self._router is not None
             if reading:
                 self._read_batch()
@@ -425,6 +494,7 @@ class Server:
         _sleep_on(watch, timeout_ms / 1000)
         self._wake_loop.drain()
         with self._lock:
+            self._cancel_gone()
             if not self._worker_reads and self._router is not None:
                 self._read_batch()
 
@@ -436,7 +506,7 @@ class Server:
         with self._lock:
             self._closing = True
             for job in self._take_all_waiting():
-                self._send(job.envelope + error_reply(job.request.wire_id, ErrorCode.SHUTTING_DOWN, "daemon is stopping", "synthesize"))
+                self._send(job.envelope + job.error(ErrorCode.SHUTTING_DOWN, "daemon is stopping"))
                 self._replied("synthesize", ErrorCode.SHUTTING_DOWN.value, job.received_at)
         if not self._wait_idle(timeout_s):
             running = self._running
@@ -450,9 +520,8 @@ class Server:
                     if running is not None and not running.answered:
                         running.answered = True
                         running.outcome = ErrorCode.SHUTTING_DOWN.value
-                        self._send(running.envelope + error_reply(
-                            running.request.wire_id, ErrorCode.SHUTTING_DOWN,
-                            "daemon is stopping; the synthesis was cancelled", running.request.op))
+                        self._send(running.envelope + running.error(
+                            ErrorCode.SHUTTING_DOWN, "daemon is stopping; the synthesis was cancelled"))
                 return False
         return True
 
@@ -498,19 +567,21 @@ class Server:
         assert self._router is not None
         for _ in range(self.BATCH):
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._handle(frames)
+            self._handle([part.bytes for part in parts], parts[-1].get(zmq.SRCFD))
         self._poke_reader()  # more left: make sure the reader comes back at once
 
     def _poke_reader(self) -> None:
         (self._wake_worker if self._worker_reads else self._wake_loop).poke()
 
-    def _replied(self, op: str | None, code: str, received_at: float, queue_seconds: float | None = None) -> None:
+    def _replied(self, op: str | None, code: str, received_at: float, queue_seconds: float | None = None,
+                 first_audio_at: float | None = None) -> None:
         if self.on_reply is not None:
             try:
-                self.on_reply(op, code, time.perf_counter() - received_at, queue_seconds)
+                first_audio = first_audio_at - received_at if first_audio_at is not None else None
+                self.on_reply(op, code, time.perf_counter() - received_at, queue_seconds, first_audio)
             except Exception:  # metrics must never cost a reply
                 log.error("reply hook failed\n%s", traceback.format_exc())
 
@@ -523,7 +594,7 @@ class Server:
             self._router.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             self._congested.pop(peer, None)
             return True
-        except zmq.Again:  # the peer's pipe is full: it stopped reading its replies
+        except zmq.Again:  # the peer's pipe is full (high-water mark): it stopped reading its replies
             reason = "peer_full"
             self._congested[peer] = None
             self._congested.move_to_end(peer)
@@ -532,11 +603,12 @@ class Server:
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer went away
             reason = "peer_gone" if exc.errno == zmq.EHOSTUNREACH else exc.strerror
             self._congested.pop(peer, None)
+        self._drop_reason = reason
         self.stats.replies_dropped[reason] += 1
         self._log_dropped(logging.INFO, "reply dropped", reason=reason, total=sum(self.stats.replies_dropped.values()))
         return False
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[bytes], fd: int = -1) -> None:
         received_at = time.perf_counter()
         # REQ puts [identity, b"", ...]; a DEALER may omit the empty delimiter.
         try:
@@ -547,6 +619,7 @@ class Server:
         peer = envelope[0]
         request_id: str | int | None = None
         op: str | None = None
+        request: Request | None = None
         try:
             request = parse_request(body, self.limits)
             request_id, op = request.wire_id, request.op
@@ -555,15 +628,21 @@ class Server:
                 raise ServiceError(ErrorCode.BUSY, "this client is not reading its replies; read them, then retry",
                                    request_id=request_id)
             if op in CONTROL_OPS:
-                self._send(envelope + ok_reply(request_id, op, self.backend.control(request)))
+                self._send(envelope + ok_reply(request_id, op, self.backend.control(request), version=request.version))
                 self._replied(op, "ok", received_at)
+                return
+            if op in STREAM_OPS:
+                self._stream_op(envelope, request, received_at)
                 return
             if self._closing:
                 raise ServiceError(ErrorCode.SHUTTING_DOWN, "daemon is stopping", request_id=request_id)
             blocked = self.backend.accepting(request)
             if blocked is not None:
                 raise ServiceError(blocked.code, blocked.message, request_id=request_id)
-            self._admit(_Job(envelope, request, received_at))
+            job = _Job(envelope, request, received_at)
+            if job.streamed and self._gate is not None:
+                job.connection = self._gate.connection(fd)
+            self._admit(job)
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
             rid = exc.request_id if exc.request_id is not None else request_id
@@ -572,7 +651,9 @@ class Server:
                 log.debug("request refused %s", kv(id=rid, op=op, code=exc.code.value, reason=exc.message))
             else:
                 log.info("request refused %s", kv(id=rid, op=op, code=exc.code.value, reason=exc.message))
-            self._send(envelope + error_reply(rid, exc.code, exc.message, op))
+            version = request.version if request is not None else 1
+            streamed = request is not None and request.params is not None and request.params.stream
+            self._send(envelope + error_reply(rid, exc.code, exc.message, op, version, streamed))
             self._replied(op, exc.code.value, received_at)
         except Exception as exc:  # a bug in a control op must not kill the loop
             self.stats.errors[ErrorCode.INTERNAL.value] += 1
@@ -623,9 +704,8 @@ class Server:
         self._waiting -= 1
         self._release_peer(peer)
         self.stats.errors[ErrorCode.BUSY.value] += 1
-        self._send(victim.envelope + error_reply(victim.request.wire_id, ErrorCode.BUSY,
-                                                 "the queue is full and this client holds the most of it; retry later",
-                                                 "synthesize"))
+        self._send(victim.envelope + victim.error(ErrorCode.BUSY,
+                                                  "the queue is full and this client holds the most of it; retry later"))
 
     def _release_peer(self, peer: bytes) -> None:
         self._per_peer[peer] -= 1
@@ -657,6 +737,72 @@ class Server:
             self._release_peer(job.peer)
             jobs.append(job)
         return jobs
+
+    # -- cancellation (lock held, except _disconnected) -------------------------------
+
+    def _disconnected(self, fd: int, generation: int) -> None:
+        """The gate's thread: a connection ended.  The serving loop cancels its streams."""
+        self._gone.append((fd, generation))
+        self._wake_loop.poke()
+
+    def _cancel_gone(self) -> None:
+        """Streams of connections that ended: a waiting one is dropped, the running one cancelled."""
+        while self._gone:
+            gone = self._gone.popleft()
+            for job in self._waiting_jobs():
+                if job.connection == gone:
+                    self._unqueue(job)
+                    self.stats.cancelled["disconnect"] += 1
+                    log.info("stream cancelled %s", kv(id=job.request.id, why="client gone", was="queued"))
+            running = self._running
+            if running is not None and running.connection == gone and not running.request.cancel.cancelled:
+                running.request.cancel.cancel(ErrorCode.CANCELLED, "the client disconnected")
+                self.stats.cancelled["disconnect"] += 1
+                log.info("stream cancelled %s", kv(id=running.request.id, why="client gone", was="running"))
+
+    def _waiting_jobs(self) -> list[_Job]:
+        return [job for queue in self._queues.values() for jobs in queue.values() for job in jobs]
+
+    def _unqueue(self, job: _Job) -> None:
+        queue = self._queues[job.priority]
+        jobs = queue[job.peer]
+        jobs.remove(job)
+        if not jobs:
+            del queue[job.peer]
+        self._waiting -= 1
+        self._release_peer(job.peer)
+
+    def _stream_op(self, envelope: list[bytes], request: Request, received_at: float) -> None:
+        """``cancel`` (answered) and ``ack`` (never answered) name a request of the same connection."""
+        peer = envelope[0]
+        running = self._running
+        target = running if running is not None and running.peer == peer and running.request.wire_id == request.target \
+            else None
+        if request.op == "ack":
+            if target is not None and target.stream is not None and request.seq is not None:
+                target.stream.ack(request.seq)
+            return
+        was = None
+        if target is not None:
+            if not target.request.cancel.cancelled:
+                target.request.cancel.cancel(ErrorCode.CANCELLED, "cancelled by the client")
+                self.stats.cancelled["op"] += 1
+                was = "running"
+        else:
+            for job in self._waiting_jobs():
+                if job.peer == peer and job.request.wire_id == request.target:
+                    self._unqueue(job)
+                    self.stats.cancelled["op"] += 1
+                    self.stats.errors[ErrorCode.CANCELLED.value] += 1
+                    self._send(job.envelope + job.error(ErrorCode.CANCELLED, "cancelled by the client before it ran"))
+                    self._replied("synthesize", ErrorCode.CANCELLED.value, job.received_at)
+                    was = "queued"
+                    break
+        if was is not None:
+            log.info("request cancelled %s", kv(id=peer_id(request.target), by="cancel", was=was))
+        self._send(envelope + ok_reply(request.wire_id, "cancel", {"cancelled": was is not None, "was": was},
+                                       version=request.version))
+        self._replied("cancel", "ok", received_at)
 
     # -- worker side ---------------------------------------------------------------
 
@@ -708,7 +854,7 @@ class Server:
     def _execute(self, job: _Job) -> None:
         started = self.job_started
         try:
-            reply = self._run(job)
+            reply, result = self._run(job)
         finally:
             self.job_started = None
         with self._lock:
@@ -722,40 +868,139 @@ class Server:
                 if self._router is not None and self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     self._poke_reader()
         self._replied(job.request.op, job.outcome, job.received_at,
-                      started - job.queued_at if started is not None else None)
-        after = getattr(self.backend, "after_reply", None)
-        if after is not None:
+                      started - job.queued_at if started is not None else None, job.first_audio_at)
+        if result is not None:
             try:
-                after(job.request)
+                self.backend.completed(job.request, result)
             except Exception:
-                log.error("after-reply hook failed\n%s", traceback.format_exc())
+                log.error("completion hook failed\n%s", traceback.format_exc())
 
-    def _run(self, job: _Job) -> list[bytes]:
+    def _run(self, job: _Job) -> tuple[list[bytes], SynthesisResult | None]:
+        """The reply to send (a stream's end) and, for a synthesis that succeeded, the engine's result."""
         request = job.request
+        params = request.params
+        assert params is not None
         try:
             request.cancel.check()  # cancelled while it waited
-            header, attachments = self.backend.synthesize(request)
+            if job.streamed:
+                job.stream = _Stream(self, job)
+            result = self.backend.synthesize(request, job.stream)
+            header = synthesis_header(result, params.format, params.echo_text)
             header["queue_seconds"] = round(self.job_started - job.queued_at, 6) if self.job_started else 0.0
             # Receipt to reply built: what the daemon adds to a request, for clients measuring transport.
             header["server_seconds"] = round(time.perf_counter() - job.received_at, 6)
-            return ok_reply(request.wire_id, request.op, header, attachments)
+            if job.stream is not None:
+                return job.stream.end(header), result
+            audio = encode_audio(result.audio, result.sample_rate, params.format)
+            return ok_reply(request.wire_id, request.op, header, [audio], version=request.version), result
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
             job.outcome = exc.code.value
             log.warning("synthesis failed %s", kv(id=request.id, code=exc.code.value, reason=exc.message))
-            return error_reply(request.wire_id, exc.code, exc.message, request.op)
+            return job.error(exc.code, exc.message), None
         except Exception as exc:
             self.stats.errors[ErrorCode.INTERNAL.value] += 1
             job.outcome = ErrorCode.INTERNAL.value
             log.error("synthesis crashed %s\n%s", kv(id=request.id, error=type(exc).__name__), traceback.format_exc())
-            return error_reply(request.wire_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request.op)
+            return job.error(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"), None
+
+    def _send_now(self, frames: list[Any]) -> str | None:
+        """Worker side, for a stream: send at once; None, or why it could not be sent."""
+        with self._lock:
+            if self._stopped:
+                return "daemon stopping"
+            sent = self._send(frames)
+            # Sending may have consumed the ZMQ_FD signal of a request that arrived meanwhile.
+            if self._router is not None and self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._poke_reader()
+            return None if sent else self._drop_reason
 
 
-def synthesis_payload(
-    result: Any, fmt: str, voice: str | None, echo_text: bool = False
-) -> tuple[dict[str, Any], list[bytes]]:
-    """Reply header fields and audio frame for an engine SynthesisResult (``text``: what was spoken, on request)."""
-    audio = encode_audio(result.audio, result.sample_rate, fmt)
+class _Stream:
+    """A streamed synthesis's messages (docs/protocol.md, "Streaming"): the engine's AudioSink.
+
+    Every message leaves at once or the stream ends: a client that left cancels it, and one
+    that stops reading ends it with ``slow_reader`` once more than ``stream_window_s`` of
+    audio is unacknowledged (or ZeroMQ's high-water mark refuses a message), so the daemon
+    never holds more than that window for it.
+    """
+
+    #: The most samples one audio message carries: bounds each message ZeroMQ queues.
+    MAX_MESSAGE_SAMPLES = 24000
+
+    def __init__(self, server: Server, job: _Job) -> None:
+        self.server = server
+        self.job = job
+        params = job.request.params
+        assert params is not None
+        self.format = params.format
+        self.seq = 0
+        self.samples = 0
+        self.sample_rate = 0
+        #: Samples sent by the end of each audio message, by sequence number.
+        self._sent_at: list[int] = []
+        self.acked = 0  # samples the client said it has read
+
+    def ack(self, seq: int) -> None:
+        if 0 <= seq < len(self._sent_at):
+            self.acked = max(self.acked, self._sent_at[seq])
+
+    def start(self, sample_rate: int, chunks: list[str]) -> None:
+        params = self.job.request.params
+        assert params is not None
+        self.sample_rate = sample_rate
+        payload: dict[str, Any] = {
+            "sample_rate": sample_rate, "channels": 1, "format": self.format,
+            "chunk_plan": params.chunk_plan or "short_first", "chunks": len(chunks),
+            "chunk_chars": [len(chunk) for chunk in chunks],
+            "queue_seconds": round(time.monotonic() - self.job.queued_at, 6),
+        }
+        self._send(stream_message(self.job.request.wire_id, "start", payload))
+
+    def audio(self, samples: Any, chunk: int) -> None:
+        for begin in range(0, len(samples), self.MAX_MESSAGE_SAMPLES):
+            piece = samples[begin:begin + self.MAX_MESSAGE_SAMPLES]
+            unread = (self.samples - self.acked) / self.sample_rate
+            if unread > self.server.stream_window_s:
+                self._slow(f"the client has not acknowledged {unread:.0f} s of audio (the limit is "
+                           f"{self.server.stream_window_s:g} s): read the stream and ack it")
+            frames = stream_message(self.job.request.wire_id, "audio",
+                                    {"seq": self.seq, "chunk": chunk, "samples": len(piece)},
+                                    [encode_audio(piece, self.sample_rate, self.format)])
+            self._send(frames)
+            if self.job.first_audio_at is None:
+                self.job.first_audio_at = time.perf_counter()
+            self.seq += 1
+            self.samples += len(piece)
+            self._sent_at.append(self.samples)
+
+    def end(self, header: dict[str, Any]) -> list[bytes]:
+        header["messages"] = self.seq
+        if self.job.first_audio_at is not None:
+            header["first_audio_seconds"] = round(self.job.first_audio_at - self.job.received_at, 6)
+        return stream_message(self.job.request.wire_id, "end", header)
+
+    def _send(self, frames: list[bytes]) -> None:
+        why = self.server._send_now(self.job.envelope + frames)
+        if why is None:
+            return
+        if why == "peer_gone":
+            cancel = self.job.request.cancel
+            if not cancel.cancelled:  # else the gate has seen it go (and counted it) already
+                self.server.stats.cancelled["disconnect"] += 1
+                cancel.cancel(ErrorCode.CANCELLED, "the client disconnected")
+            cancel.check()
+        if why == "peer_full":
+            self._slow("the client's ZeroMQ queue is full: it stopped reading the stream")
+        raise ServiceError(ErrorCode.SHUTTING_DOWN, "daemon is stopping")
+
+    def _slow(self, message: str) -> None:
+        self.server.stats.cancelled["slow_reader"] += 1
+        raise ServiceError(ErrorCode.SLOW_READER, message)
+
+
+def synthesis_header(result: SynthesisResult, fmt: str, echo_text: bool = False) -> dict[str, Any]:
+    """Reply header fields for an engine SynthesisResult (``text``: what was spoken, on request)."""
     header = {
         "sample_rate": result.sample_rate,
         "channels": 1,
@@ -767,9 +1012,8 @@ def synthesis_payload(
         "mel_frames": result.mel_frames,
         "nfe_step": result.nfe_step,
         "chunks": result.chunks,
-        "voice": voice,
+        "voice": result.voice,
     }
     if echo_text:
         header["text"] = result.text
-    return header, [audio]
-
+    return header

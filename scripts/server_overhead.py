@@ -7,7 +7,7 @@ wait keeps the engine's thread busy, not asleep):
 
 * ``floor``: a bare pyzmq REP socket: the transport alone.
 * ``server``: ishowtts_edge.server.Server, the daemon's own front end, with a stub backend
-  returning an audio frame of the given size.
+  returning audio that encodes (f32le) to a frame of the given size.
 
 Their difference is the daemon's code around the engine (parsing, queueing, thread
 hand-offs, encoding the header); the floor is what ZeroMQ costs on this machine.
@@ -38,18 +38,21 @@ sys.path.insert(0, sys.argv[4])
 from ishowtts_edge.protocol import Limits
 from ishowtts_edge.server import Server
 
+import numpy as np
+from ishowtts_edge.engine import SynthesisResult
+
 endpoint, wait, size = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-payload = b"\x01" * size
+audio = np.full(size // 4, 0.5, dtype=np.float32)  # the client asks for f32le: 4 bytes a sample
 
 
 class Stub:
-    def synthesize(self, request):
+    def synthesize(self, request, sink=None):
         end = time.perf_counter() + wait
         while time.perf_counter() < end:
             pass
-        return {"synthesis_seconds": wait, "audio_seconds": 1.0}, [payload]
+        return SynthesisResult(audio=audio, sample_rate=24000, synthesis_seconds=wait, mel_frames=1, nfe_step=1)
 
-    def after_reply(self, request):
+    def completed(self, request, result):
         pass
 
     def control(self, request):

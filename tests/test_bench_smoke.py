@@ -254,6 +254,12 @@ def test_daemon_cold_and_warm(report):
     assert floor["wait_seconds"] == sentence["synthesis_seconds"]["median"]
     _assert_stats(floor["seconds"], 2)
     assert warm["transport_floor"] is None
+    # Streamed against whole, per measured text (cold start only): first audio no later than the whole reply.
+    [stream] = cold["streaming"]
+    assert stream["text"] == "interjection" and stream["nfe"] == 7 and "streaming" not in warm
+    for key in ("ttfa_seconds", "stream_seconds", "whole_seconds"):
+        _assert_stats(stream[key], 2)
+    assert stream["ttfa_seconds"]["median"] <= stream["stream_seconds"]["median"]
     # Same text, same reference, same seed rule: all three sides produce the same length of audio.
     up = report["sections"]["upstream"]["results"][0]["audio_seconds"]
     assert cold["results"][0]["audio_seconds"] == pytest.approx(up, abs=0.02)
@@ -265,6 +271,7 @@ def test_printed_table_shows_the_new_figures(report, run_dir):
     assert stdout.count("after 1 s idle") == 2  # cold and warm starts
     assert stdout.count("bare ZeroMQ REQ/REP on this machine") == 1
     assert "x steady" in stdout and "of it transport + client, daemon" in stdout
+    assert stdout.count("streamed interjection (10 chars): TTFA median") == 1
 
 
 def test_ratios_against_upstream(report):

@@ -288,7 +288,7 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
 
     monkeypatch.setattr(engine.sampler, "sample", sample_maybe_oom)
     daemon.engine = engine
-    daemon._set_state("ready")
+    daemon.service.set("ready")
     daemon.publisher = EventPublisher(f"ipc://{tmp_path}/events.sock")
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -315,21 +315,20 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
         [event] = service_events()
         assert event["state"] == "degraded" and "CUDA out of memory" in event["degraded"]["out_of_memory"]
 
-        header, frames = daemon.synthesize(request)
-        assert header["samples"] > 0 and frames[0]
+        assert daemon.synthesize(request).audio.size > 0
         assert daemon.health() == {"state": "ready", "ready": True, "reasons": {}, "detail": ""}
         notify.collect(lambda m: m[-1].startswith("STATUS=ready"), timeout=5)
         assert service_events() == [{"state": "ready", "reason": "", "degraded": {}}]
 
         # A failed self-test is disproved the same way by a request that works.
-        daemon._degrade("self_test", "a synthesize request to ourselves failed: timeout")
+        daemon.service.degrade("self_test", "a synthesize request to ourselves failed: timeout")
         assert daemon.health()["state"] == "degraded"
         daemon.synthesize(request)
         assert daemon.health()["state"] == "ready"
 
         # A cause that does not pass with a request (here: hardware) keeps the daemon degraded.
         fail["next"] = True
-        daemon._degrade("hardware", "jetson_clocks failed")
+        daemon.service.degrade("hardware", "jetson_clocks failed")
         with pytest.raises(ServiceError):
             daemon.synthesize(request)
         daemon.synthesize(request)

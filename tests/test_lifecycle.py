@@ -46,9 +46,9 @@ def test_notify_order_watchdog_and_graceful_stop(tmp_path, demo_cache):
         assert status["self_test"]["ok"] is True and status["self_test"]["voice"] == "demo"
         assert status["requests"]["requests"].get("synthesize") == 1
         assert status["monitor"]["records_total"] == 0, status["monitor"]
-        from ishowtts_edge.cli import format_status
+        from ishowtts_edge.status import render
 
-        assert "  self-test: passed in " in format_status(status)
+        assert "  self-test: passed in " in render(status)
 
         # A synthesis in flight when SIGTERM arrives still gets its reply.
         result: dict = {}

@@ -12,7 +12,8 @@ import pytest
 from ishowtts_edge.config import MonitorConfig, TelemetryConfig, load_settings
 from ishowtts_edge.engine import SynthesisResult
 from ishowtts_edge.logs import SyslogPrefixFormatter
-from ishowtts_edge.monitor.hub import MonitorHub, format_status
+from ishowtts_edge.monitor import MonitorHub
+from ishowtts_edge.status import render_monitor
 from ishowtts_edge.telemetry import TelemetryBuffer
 from monitor_sim import BoardState, FakeClock, Simulator
 
@@ -184,16 +185,16 @@ def test_hub_pairs_each_synthesis_with_the_telemetry_sample_nearest_its_middle()
 def test_format_status_for_the_cli_names_alerts_history_and_remediation():
     hub, sim = make_hub(apply_fn=lambda: {"ok": True}, background_remediation=False)
     feed(hub, sim, BoardState(), 5)
-    assert "learning baseline 5/30" in format_status(hub.status())[0]
+    assert "learning baseline 5/30" in render_monitor(hub.status())[0]
     feed(hub, sim, BoardState(), 55)
     feed(hub, sim, BoardState(gpu_cur_mhz=800.0), 20)
-    during = format_status(json.loads(json.dumps(hub.status())))  # works on the JSON the CLI receives
+    during = render_monitor(json.loads(json.dumps(hub.status())))  # works on the JSON the CLI receives
     assert during[1] == "Active alerts:"
     assert during[2].startswith("  ERROR clock_drift: synthesis +") and "(id rtf-1, since 20" in during[2]
     feed(hub, sim, BoardState(), 40)
-    after = format_status(hub.status())
+    after = render_monitor(hub.status())
     assert "Active alerts: none" in after
     history = [l for l in after if " rtf-1 " in l]
     assert len(history) == 2 and "raised " in history[0] and "cleared rtf-1 error clock_drift after" in history[1]
     assert after[-1].startswith("Remediation: idle, attempts 1, recovered 1") and "last: recovered (rtf-1)" in after[-1]
-    assert format_status(MonitorHub(MonitorConfig(enabled=False)).status()) == ["RTF monitor: off"]
+    assert render_monitor(MonitorHub(MonitorConfig(enabled=False)).status()) == ["RTF monitor: off"]

@@ -11,11 +11,19 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 import zmq
 
+from ishowtts_edge.engine import SynthesisResult
 from ishowtts_edge.protocol import ErrorCode, Limits, ServiceError
 from ishowtts_edge.server import Server
+
+
+def spoken(text: str) -> SynthesisResult:
+    """What the engine returns, for ``text``; the tests ask for it back with echo_text."""
+    return SynthesisResult(audio=np.zeros(240, dtype=np.float32), sample_rate=24000, synthesis_seconds=0.01,
+                           mel_frames=1, nfe_step=1, text=text)
 
 
 class ControlledBackend:
@@ -23,6 +31,7 @@ class ControlledBackend:
         self.release = threading.Event()
         self.started = threading.Event()
         self.refuse: ServiceError | None = None
+        self.completions: list[tuple[str, str]] = []
 
     def accepting(self, request):
         return self.refuse
@@ -32,7 +41,7 @@ class ControlledBackend:
             raise ValueError("status provider broke")
         return {"state": "ready"}
 
-    def synthesize(self, request):
+    def synthesize(self, request, sink=None):
         text = request.params.text
         if text == "raise":
             raise RuntimeError("engine fell over")
@@ -40,7 +49,10 @@ class ControlledBackend:
             raise ServiceError(ErrorCode.OUT_OF_MEMORY, "CUDA out of memory")
         self.started.set()
         self.release.wait(30)
-        return {"text": text}, [b"audio"]
+        return spoken(text)
+
+    def completed(self, request, result):
+        self.completions.append((request.id, result.text))
 
 
 @pytest.fixture
@@ -62,6 +74,8 @@ def served(tmp_path):
 
 
 def req(endpoint: str, header: dict, timeout_ms: int = 10000) -> zmq.Socket:
+    if header.get("op") == "synthesize":
+        header = {"echo_text": True, **header}
     s = zmq.Context.instance().socket(zmq.REQ)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(endpoint)
@@ -91,11 +105,11 @@ def test_worker_survives_an_error_outside_any_request(served):
     real_handle = server._handle
     calls = {"n": 0}
 
-    def handle_breaking_once(frames):
+    def handle_breaking_once(frames, fd=-1):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("bug in the reader")
-        return real_handle(frames)
+        return real_handle(frames, fd)
 
     server._handle = handle_breaking_once
     lost = req(server.endpoint, {"op": "ping", "id": "lost"})
@@ -220,7 +234,7 @@ def test_every_request_of_many_concurrent_clients_gets_its_own_reply(tmp_path):
             for i in range(40):
                 op = "synthesize" if (i + n) % 3 else "status"
                 rid = f"{n}-{i}"
-                sock.send_multipart([json.dumps({"op": op, "id": rid, "text": rid}).encode()])
+                sock.send_multipart([json.dumps({"op": op, "id": rid, "text": rid, "echo_text": True}).encode()])
                 if not sock.poll(10000):
                     errors.append(f"{rid}: no reply")
                     return
@@ -264,10 +278,13 @@ class RecordingBackend:
     def control(self, request):
         return {"state": "ready"}
 
-    def synthesize(self, request):
+    def synthesize(self, request, sink=None):
         self.order.append(request.params.text)
         assert self.gate.acquire(timeout=30), "never released"
-        return {"text": request.params.text}, [b"audio"]
+        return spoken(request.params.text)
+
+    def completed(self, request, result):
+        pass
 
 
 @pytest.fixture
@@ -303,6 +320,8 @@ def dealer(endpoint: str) -> zmq.Socket:
 
 
 def dealer_send(sock: zmq.Socket, header: dict) -> None:
+    if header.get("op") == "synthesize":
+        header = {"echo_text": True, **header}
     sock.send_multipart([b"", json.dumps(header).encode()])
 
 
@@ -450,7 +469,7 @@ def test_drain_cancels_a_running_synthesis_that_outlasts_it(tmp_path):
     (the engine checks between steps) ends, and its client gets shutting_down."""
 
     class Cancellable(ControlledBackend):
-        def synthesize(self, request):
+        def synthesize(self, request, sink=None):
             self.started.set()
             while not request.cancel.cancelled:
                 time.sleep(0.01)
@@ -467,3 +486,16 @@ def test_drain_cancels_a_running_synthesis_that_outlasts_it(tmp_path):
     h = reply(running)
     assert h["id"] == 5 and h["error"]["code"] == "shutting_down" and "cancelled" in h["error"]["message"]
     assert server.close() is True
+
+
+def test_the_engine_result_goes_to_the_backend_once_after_its_reply(served):
+    """One pass: the server replies from the backend's result, then hands that same result back (log, monitor)."""
+    server, backend = served
+    backend.release.set()
+    assert reply(req(server.endpoint, {"op": "synthesize", "id": "r", "text": "hello"}))["text"] == "hello"
+    deadline = time.monotonic() + 10
+    while not backend.completions and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.completions == [("r", "hello")]
+    assert reply(req(server.endpoint, {"op": "synthesize", "id": "o", "text": "oom"}))["ok"] is False
+    assert backend.completions == [("r", "hello")]  # a failed synthesis has no result to monitor

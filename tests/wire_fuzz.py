@@ -205,7 +205,7 @@ class _Gen:
 
     def version(self) -> Case:
         r = self.rng
-        v = r.choice([0, 2, -1, "1", True, False, None, [], {}, 1.5, 1e300, 10**30, "v1", [1]])
+        v = r.choice([0, 3, -1, "1", "2", True, False, None, [], {}, 1.5, 2.5, 1e300, 10**30, "v1", [1]])
         header = {"v": v, "op": r.choice(OPS), "id": self.rid()}
         if r.random() < 0.3:
             header["op"] = r.choice(UNKNOWN_OPS + [None, 3])  # the version is judged first

@@ -16,7 +16,7 @@ from .context import Context, compile_cache_env
 from .daemon_process import DaemonProcess
 from .measure import Sample, SynthFn, find_row, length_sweep, log, measure, steady_figures
 from .stats import safe_ratio, series_medians, summarize
-from .texts import FIRST_TEXT, TEXTS, TTFA_TEXT, VOICE_ID
+from .texts import FIRST_TEXT, TEXTS, TTFA_TEXT, VOICE_ID, long_text
 
 # A bare REP server in its own process: busy for the given seconds (as a GPU wait spins), then one reply of
 # a fixed size.  argv: endpoint, reply bytes.
@@ -101,6 +101,38 @@ def nvml_process_memory(pid: int) -> int | None:
     return None
 
 
+def streamed_vs_whole(client: Any, ctx: Context) -> list[dict[str, Any]]:
+    """Per text: time to the first audio chunk of a stream against the whole reply's round trip,
+    and the stream's total time against it (same seed, each plan's default)."""
+    texts = {name: TEXTS[name] for name in ctx.texts}
+    if "paragraph" in texts:
+        texts["long"] = long_text()
+    rows = []
+    for name, text in texts.items():
+        first, total, whole = [], [], []
+        for run in range(ctx.warmup + ctx.runs):
+            started = time.perf_counter()
+            ttfa = None
+            for _ in client.stream(text, VOICE_ID, format="f32le", nfe_step=ctx.nfe[0], seed=run):
+                if ttfa is None:
+                    ttfa = time.perf_counter() - started
+            streamed = time.perf_counter() - started
+            started = time.perf_counter()
+            client.synthesize(text, VOICE_ID, format="f32le", nfe_step=ctx.nfe[0], seed=run)
+            if run >= ctx.warmup:
+                first.append(ttfa if ttfa is not None else streamed)
+                total.append(streamed)
+                whole.append(time.perf_counter() - started)
+        row = {"text": name, "chars": len(text), "nfe": ctx.nfe[0], "ttfa_seconds": summarize(first),
+               "stream_seconds": summarize(total), "whole_seconds": summarize(whole)}
+        row["ttfa_ratio"] = safe_ratio(row["ttfa_seconds"]["median"], row["whole_seconds"]["median"])
+        row["total_ratio"] = safe_ratio(row["stream_seconds"]["median"], row["whole_seconds"]["median"])
+        log(f"daemon stream {name}: TTFA median {row['ttfa_seconds']['median']:.4f} s, stream "
+            f"{row['stream_seconds']['median']:.4f} s, whole {row['whole_seconds']['median']:.4f} s")
+        rows.append(row)
+    return rows
+
+
 def optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -167,6 +199,8 @@ def run_daemon(ctx: Context, label: str, full: bool) -> dict[str, Any]:
                 ttfa = measure(f"daemon {label} ttfa nfe {ctx.nfe[0]} {TTFA_TEXT}",
                                synth_fn(TEXTS[TTFA_TEXT], ctx.nfe[0]), ctx.warmup, ctx.runs, breakdown=True, clocks=ctx.clocks)
             section["time_to_first_audio"] = {"text": TTFA_TEXT, "nfe": ctx.nfe[0], "seconds": ttfa["wall_seconds"]}
+            if full:
+                section["streaming"] = streamed_vs_whole(client, ctx)
             series = section["results"] or [{"nfe": ctx.nfe[0], "text": TTFA_TEXT, **ttfa}]
             # ZeroMQ round trip minus the engine's synthesis_seconds, and its two parts (None from a
             # daemon whose replies carry no server_seconds)

@@ -137,6 +137,10 @@ def print_table(report: dict[str, Any]) -> None:
                   f"({fmt(idle['ratio'], '.2f')}x steady), round trip {idle['roundtrip_seconds']:.4f} s "
                   f"({fmt(idle['ratio_roundtrip'], '.2f')}x steady)", file=out)
         print_overhead(d, out)
+        for row in d.get("streaming") or []:
+            print(f"         streamed {row['text']} ({row['chars']} chars): TTFA median {row['ttfa_seconds']['median']:.4f} s"
+                  f" vs whole {row['whole_seconds']['median']:.4f} s ({fmt(row['ttfa_ratio'], '.2f')}x); stream total "
+                  f"{row['stream_seconds']['median']:.4f} s ({fmt(row['total_ratio'], '.2f')}x whole)", file=out)
     print_sweep(sec, out)
 
 

@@ -18,6 +18,9 @@ TEXTS = {
 TEXT_GROUPS = {"all": list(TEXTS), "short": ["interjection"]}
 #: The text whose round trip is reported as time to first audio (the engine returns whole audio).
 TTFA_TEXT = "chat"
+#: The streamed-against-whole comparison adds this 2000-character text (the daemon's limit) when
+#: the paragraph is measured: time to first audio must not grow with the text.
+LONG_TEXT_CHARS = 2000
 #: The text of the "first request after READY".
 FIRST_TEXT = "sentence"
 #: f5-tts's own example reference and its real transcript.
@@ -67,3 +70,12 @@ def sweep_text(chars: int) -> str:
         text = SWEEP_FILLERS[chars - 1].capitalize() + "."
     assert len(text) == chars, (chars, text)
     return text
+
+
+def long_text(chars: int = LONG_TEXT_CHARS) -> str:
+    """SWEEP_PASSAGE repeated and cut at a word to at most ``chars`` characters."""
+    text = ""
+    while len(text) + len(SWEEP_PASSAGE) + 1 <= chars:
+        text += SWEEP_PASSAGE + " "
+    rest = SWEEP_PASSAGE[: chars - len(text)]
+    return (text + rest[: rest.rfind(" ")] if " " in rest else text).strip()

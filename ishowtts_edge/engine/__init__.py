@@ -5,6 +5,7 @@ The daemon uses exactly this surface (:mod:`.loader`, :mod:`.core`, :mod:`.warmu
     engine = load_engine(settings, progress)  # model + vocoder + sampler + voices, all or EngineLoadError
     report = engine.warmup(progress)          # compile and run every shape bucket -> WarmupReport
     result = engine.synthesize(params, ref)   # SynthesizeParams, reference bytes or None -> SynthesisResult
+    engine.synthesize(params, ref, sink=s)    # the same, handing each final piece of audio to s as it exists
     engine.voices()                           # [{"id", "ref_text", "ref_seconds", "source"}]
     engine.reload_voices(settings)            # SIGHUP: re-read voices, keep the model
     engine.describe()                         # {"device", "dtype", "model", "compiled", "demo", ...}
@@ -19,6 +20,7 @@ extend systemd's start timeout.  Request problems raise
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -38,6 +40,10 @@ class SynthesisResult:
     model_frames: int | None = None
     #: The text as spoken: the request's text after the text front end (ishowtts_edge.text).
     text: str = ""
+    #: The configured voice spoken with; None for an ad-hoc reference sent with the request.
+    voice: str | None = None
+    #: Engine seconds until the first piece of audio was final (a streamed request's first audio).
+    first_audio_seconds: float | None = None
 
     @property
     def audio_seconds(self) -> float:
@@ -46,6 +52,20 @@ class SynthesisResult:
     @property
     def rtf(self) -> float:
         return self.synthesis_seconds / self.audio_seconds if self.audio_seconds > 0 else float("inf")
+
+
+class AudioSink(Protocol):
+    """Where a streamed synthesis goes, piece by piece (the server sends each on at once).
+
+    Time spent in these calls is the client's side and not counted in synthesis_seconds;
+    a ServiceError raised here (the client left, stopped reading) ends the synthesis.
+    """
+
+    def start(self, sample_rate: int, chunks: list[str]) -> None:
+        """The plan, before any model work."""
+
+    def audio(self, samples: np.ndarray, chunk: int) -> None:
+        """Final float32 samples, in order; ``chunk`` is the plan's index they came from."""
 
 
 @dataclass

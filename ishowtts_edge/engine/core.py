@@ -24,19 +24,20 @@ import numpy as np
 import torch
 
 from ishowtts_edge.config import Settings
-from ishowtts_edge.engine import SynthesisResult, WarmupReport
+from ishowtts_edge.engine import AudioSink, SynthesisResult, WarmupReport
 from ishowtts_edge.engine.checkpoint import ModelArch
 from ishowtts_edge.engine.clock import ClockEmulator
 from ishowtts_edge.engine.heartbeat import Progress, no_progress
 from ishowtts_edge.engine.prompt import PromptPreparer, VoicePrompt
 from ishowtts_edge.engine.sampler import MAX_DURATION, FlowSampler, compile_counters
 from ishowtts_edge.engine.text import (
+    CrossFader,
     chunk_text,
-    cross_fade,
     duration_frames,
     fit_chunks,
     max_chunk_bytes,
     max_gen_bytes,
+    short_first,
 )
 from ishowtts_edge.engine.vocoder import Vocoder
 from ishowtts_edge.engine.voices import VoiceRegistry
@@ -152,9 +153,13 @@ class Engine:
         positions = getattr(text_embed, "precompute_max_pos", None)
         return min(int(positions), MAX_DURATION) if positions else MAX_DURATION
 
-    def _plan_chunks(self, text: str, prompt: VoicePrompt, ref_seconds: float, speed: float) -> list[str]:
+    def _plan_chunks(self, text: str, prompt: VoicePrompt, ref_seconds: float, speed: float,
+                     plan: str = "upstream") -> list[str]:
         """upstream's sentence chunks, with any too long for the model split further; a text that
-        still cannot fit is refused before any work (TEXT_TOO_LONG), never an error mid-synthesis."""
+        still cannot fit is refused before any work (TEXT_TOO_LONG), never an error mid-synthesis.
+
+        ``plan`` ``short_first`` cuts the first chunk short as upstream's socket server does
+        (docs/protocol.md, "Streaming"), so the first audio comes after a short chunk's work."""
         max_frames = self.max_frames()
         fit = max_gen_bytes(prompt.ref_audio_len, prompt.prompt_text, speed, max_frames)
         if fit < 1:
@@ -164,7 +169,10 @@ class Engine:
                 f"{max_frames} frames; use a shorter reference or a higher speed",
             )
         target = max_chunk_bytes(prompt.ref_text, ref_seconds, speed)
-        chunks = fit_chunks(chunk_text(text, target), min(target, fit) if target > 0 else fit)
+        limit = min(target, fit) if target > 0 else fit
+        chunks = fit_chunks(chunk_text(text, target), limit)
+        if plan == "short_first":
+            chunks = short_first(chunks, limit)
         if not chunks:
             raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
         for chunk in chunks:
@@ -192,18 +200,22 @@ class Engine:
         }
 
     def synthesize(self, params: SynthesizeParams, ref: bytes | None = None,
-                   cancel: Cancellation | None = None) -> SynthesisResult:
+                   cancel: Cancellation | None = None, sink: AudioSink | None = None) -> SynthesisResult:
         """One request; ServiceError for unknown voices, bad references and CUDA OOM.
 
         ``cancel`` stops the request between chunks and between sampling steps (not inside
         a CUDA-graph replay of a whole chunk), raising the ServiceError it carries.
 
+        With ``sink`` the audio is handed out as it becomes final, chunk by chunk, and the
+        chunk plan defaults to ``short_first``; without it, to ``upstream``.  The same plan
+        and seed give the same samples either way (the result's audio is their concatenation).
+
         ``synthesis_seconds`` counts only the model work (chunks, vocoder, cross-fade), not
-        preparing a new voice or waiting for the engine, so the RTF the monitor tracks
-        reflects the hardware, not the request mix.
+        preparing a new voice, waiting for the engine or handing audio to the sink, so the
+        RTF the monitor tracks reflects the hardware, not the request mix or a slow reader.
         """
         try:
-            return self._synthesize(params, ref, cancel)
+            return self._synthesize(params, ref, cancel, sink)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.warning("CUDA out of memory during synthesis %s", kv(chars=len(params.text)))
@@ -211,7 +223,8 @@ class Engine:
                 ErrorCode.OUT_OF_MEMORY, "the GPU ran out of memory for this request; try a shorter text"
             ) from None
 
-    def _synthesize(self, params: SynthesizeParams, ref: bytes | None, cancel: Cancellation | None = None) -> SynthesisResult:
+    def _synthesize(self, params: SynthesizeParams, ref: bytes | None, cancel: Cancellation | None = None,
+                    sink: AudioSink | None = None) -> SynthesisResult:
         registry = self.registry
         voice_started = time.perf_counter()
         if ref is not None:
@@ -224,23 +237,42 @@ class Engine:
         # The spoken form is what gets chunked, tokenised and timed: "$19.99" needs the audio
         # length of "nineteen dollars and ninety-nine cents".
         text = normalize_text(params.text) if params.normalize else params.text
-        chunks = self._plan_chunks(text, prompt, voice.ref_seconds, opts["speed"])
+        plan = params.chunk_plan or ("short_first" if sink is not None else "upstream")
+        chunks = self._plan_chunks(text, prompt, voice.ref_seconds, opts["speed"], plan)
         sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
+        if sink is not None:
+            sink.start(sample_rate, chunks)  # before any model work: a client already gone costs nothing
         with self._lock:
             started = time.perf_counter()
+            handing = 0.0  # seconds inside the sink: the client's side, not the model's
+            first_audio: float | None = None
+            pieces: list[np.ndarray] = []
+
+            def emit(samples: np.ndarray, chunk: int) -> None:
+                nonlocal handing, first_audio
+                piece = np.clip(samples, -1.0, 1.0).astype(np.float32)
+                pieces.append(piece)
+                if first_audio is None and piece.size:
+                    first_audio = time.perf_counter() - started - handing
+                if sink is not None and piece.size:
+                    before = time.perf_counter()
+                    sink.audio(piece, chunk)
+                    handing += time.perf_counter() - before
+
             generator = torch.Generator(device=self.device).manual_seed(opts["seed"])
-            waves, frames, model_frames = [], 0, 0
-            for gen_text in chunks:
+            fader = CrossFader(self.config.cross_fade_s, sample_rate)
+            frames, model_frames = 0, 0
+            for index, gen_text in enumerate(chunks):
                 if cancel is not None:
                     cancel.check()
                 wave, count, processed = self._chunk(prompt, gen_text, opts, generator, cancel)
-                waves.append(wave)
+                emit(fader.push(wave), index)
                 frames += count
                 model_frames += processed
-            audio = np.clip(cross_fade(waves, self.config.cross_fade_s, sample_rate), -1.0, 1.0).astype(np.float32)
-            elapsed = time.perf_counter() - started
+            emit(fader.finish(), len(chunks) - 1)
+            elapsed = time.perf_counter() - started - handing
         return SynthesisResult(
-            audio=audio,
+            audio=np.concatenate(pieces),
             sample_rate=sample_rate,
             synthesis_seconds=elapsed,
             mel_frames=frames,
@@ -250,6 +282,8 @@ class Engine:
             seed=opts["seed"],
             voice_seconds=voice_seconds,
             text=text,
+            voice=None if ref is not None else (params.voice or self.settings.default_voice),
+            first_audio_seconds=first_audio,
         )
 
     # -- warm-up ------------------------------------------------------------------------------------

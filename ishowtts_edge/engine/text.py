@@ -127,3 +127,58 @@ def cross_fade(waves: list[np.ndarray], cross_fade_seconds: float, sample_rate: 
         overlap = final[-samples:] * np.linspace(1, 0, samples) + following[:samples] * np.linspace(0, 1, samples)
         final = np.concatenate([final[:-samples], overlap, following[samples:]])
     return final
+
+
+#: How much shorter than the others the first chunk of a ``short_first`` plan is (upstream's
+#: socket server re-chunks its first batch at a half, then at a quarter of its chunk size).
+SHORT_FIRST_STEPS = (2, 4)
+
+
+def short_first(chunks: list[str], max_bytes: int) -> list[str]:
+    """upstream's socket-server plan: the first chunk cut again at half, then a quarter of ``max_bytes``.
+
+    Sentences stay whole where they fit, as upstream does; a first sentence longer than the
+    quarter is split at clause marks or spaces (:func:`fit_chunks`), so time to first audio
+    does not grow with the text.
+    """
+    if not chunks:
+        return chunks
+    for divisor in SHORT_FIRST_STEPS:
+        chunks = chunk_text(chunks[0], max(max_bytes // divisor, 1)) + chunks[1:]
+    return fit_chunks(chunks[:1], max(max_bytes // SHORT_FIRST_STEPS[-1], 1)) + chunks[1:]
+
+
+class CrossFader:
+    """:func:`cross_fade` one chunk at a time: each :meth:`push` returns the samples that are final.
+
+    Only the tail that the next chunk's fade changes is held back (``cross_fade_seconds``);
+    :meth:`finish` returns it.  The pieces concatenated equal :func:`cross_fade` of all the
+    chunks exactly, sample for sample (the held tail keeps the dtype cross_fade computes in).
+    """
+
+    def __init__(self, cross_fade_seconds: float, sample_rate: int) -> None:
+        self.fade = int(cross_fade_seconds * sample_rate) if cross_fade_seconds > 0 else 0
+        self._held: np.ndarray | None = None
+        #: Samples handed out so far plus held: cross_fade's ``len(final)``.
+        self._length = 0
+
+    def push(self, wave: np.ndarray) -> np.ndarray:
+        held = self._held
+        if held is None:
+            tail = wave
+            self._length = len(wave)
+        else:
+            samples = min(self.fade, self._length, len(wave))  # what cross_fade fades over
+            if samples <= 0:
+                tail = np.concatenate([held, wave])
+            else:  # held is final's last min(fade, len(final)) samples: the overlap lies within it
+                overlap = held[-samples:] * np.linspace(1, 0, samples) + wave[:samples] * np.linspace(0, 1, samples)
+                tail = np.concatenate([held[:-samples], overlap, wave[samples:]])
+            self._length += len(wave) - max(samples, 0)
+        keep = min(self.fade, len(tail))
+        self._held = tail[len(tail) - keep:]
+        return tail[: len(tail) - keep]
+
+    def finish(self) -> np.ndarray:
+        held, self._held = self._held, None
+        return held if held is not None else np.zeros(0, dtype=np.float32)

@@ -36,7 +36,7 @@ from .alerts import SEVERITIES, Alert, AlertEvent, log_event
 from .baseline import Baseline, BaselineLearner
 from .detector import RtfMonitor
 from .expectations import CAUSES, HardwareExpectations
-from .hub import EventSink, MonitorHub, format_status
+from .hub import EventSink, MonitorHub
 from .records import SynthesisRecord
 from .remediation import REMEDIABLE_CAUSES, Remediator
 
@@ -54,6 +54,5 @@ __all__ = [
     "Remediator",
     "RtfMonitor",
     "SynthesisRecord",
-    "format_status",
     "log_event",
 ]

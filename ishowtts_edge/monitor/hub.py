@@ -70,6 +70,14 @@ class MonitorHub:
                 background=background_remediation,
             )
 
+    def expect_power_mode(self, mode_id: int | None, mode_name: str | None) -> None:
+        """The power mode preflight set: a different one later is a cause (mode_changed)."""
+        self.monitor.expect_power_mode(mode_id, mode_name)
+
+    def expect_locked_clocks(self) -> None:
+        """Preflight locked the clocks: from now on, unlocked clocks are a cause (clocks_off)."""
+        self.monitor.expect_clocks_locked = True
+
     def calibrate(self, points: Iterable[Sequence[float]]) -> Baseline | None:
         try:
             return self.monitor.calibrate(points)
@@ -214,58 +222,4 @@ class MonitorHub:
             self.publisher.publish(topic, payload)
         except Exception as exc:
             logger.warning("event not published %s", kv(topic=topic, error=exc))
-
-
-def format_status(status: dict[str, Any]) -> list[str]:
-    """Human lines for ``ishowtts-edge status`` from :meth:`MonitorHub.status` (or its JSON)."""
-    if not status.get("enabled", True):
-        return ["RTF monitor: off"]
-    lines = []
-    window = status.get("window") or {}
-    baseline = status.get("baseline")
-    learning = status.get("learning")
-    head = "RTF monitor: "
-    if window.get("n"):
-        head += f"median RTF {window['median_rtf']:.3f}, last {window['last_rtf']:.3f} (n={window['n']})"
-        ratio = window.get("ratio")
-        if ratio:
-            head += f"; {ratio['median']:.2f}x baseline, jitter {ratio['jitter'] * 100:.1f}%"
-    else:
-        head += "no syntheses in the window"
-    if baseline is None:
-        head += "; no baseline yet"
-    if learning:
-        head += f"; learning baseline {learning['have']}/{learning['need']}"
-    lines.append(head)
-    active = status.get("active_alerts") or []
-    lines.append("Active alerts:" if active else "Active alerts: none")
-    for alert in active:
-        lines.append(f"  {alert['summary']} (id {alert['id']}, since {_utc(alert['started'])})")
-    history = status.get("history") or []
-    if history:
-        lines.append("Recent alert history:")
-        for item in history:
-            alert = item["alert"]
-            extra = ""
-            if item["action"] == "cleared" and alert["figures"].get("duration_s") is not None:
-                extra = f" after {alert['figures']['duration_s']:.0f} s"
-            lines.append(f"  {_utc(item['time'])} {item['action']:<7} {alert['id']} {alert['severity']} "
-                         f"{alert['cause']}{extra}")
-    rem = status.get("remediation") or {}
-    if rem.get("enabled"):
-        text = (f"Remediation: {rem['phase']}, attempts {rem['attempts']}, recovered {rem['recovered']}, "
-                f"failed {rem['failed']}, not recovered {rem['not_recovered']}")
-        last = rem.get("last_outcome")
-        if last:
-            text += f"; last: {last['outcome']} ({last.get('alert_id')}) at {_utc(last['time'])}"
-        lines.append(text)
-    else:
-        lines.append("Remediation: off")
-    return lines
-
-
-def _utc(wall: float | None) -> str:
-    if wall is None:
-        return "?"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
