@@ -23,7 +23,7 @@ from engine_support import engine_settings, tiny_bundle  # noqa: F401  (fixture)
 from ishowtts_edge.client import Client, ClientError, ClientTimeout
 from ishowtts_edge.config import VoiceConfig
 from ishowtts_edge.daemon import Daemon
-from ishowtts_edge.engine.core import Engine
+from ishowtts_edge.engine.loader import load_engine
 from ishowtts_edge.protocol import Limits
 from ishowtts_edge.server import Server
 
@@ -50,8 +50,7 @@ def served(tiny_bundle, tmp_path_factory):  # noqa: F811
     slow = Slowdown(tmp / "devfreq")
     settings = engine_settings(tiny_bundle, tmp, {"v": VoiceConfig(dir=tiny_bundle.voice_dir)},
                                emulate_clock_devfreq=slow.root)
-    engine = Engine(settings)
-    engine.load()
+    engine = load_engine(settings)
     daemon = Daemon(settings)
     daemon.engine = engine
     daemon.service.set("ready")
