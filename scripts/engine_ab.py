@@ -252,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     out["recompiles_since_ready"] = engine.describe()["recompiles_since_ready"]
     out["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
     steady = out["steady"]
-    print(f"{a.tag}: parts {','.join(out['fast_path_parts']) or '-'}, attention {out['engine']['attention']}, warm-up {out['warmup']['seconds']} s ({out['warmup']['graphs_compiled']} graphs), "
+    print(f"{a.tag}: attention {out['engine']['attention']}, warm-up {out['warmup']['seconds']} s ({out['warmup']['graphs_compiled']} graphs), "
           f"steady RTF {steady['median']:.4f} (CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), "
-          f"first {first.rtf:.4f} ({out['first_request']['ratio']:.2f}x), recompiles {out['recompiles_since_ready']}")
+          f"first {first.rtf:.4f} ({out['first_request']['ratio']:.2f}x), recompiles {out['recompiles_since_ready']}, "
+          f"padded-path parts {','.join(out['fast_path_parts']) or '-'}")
     if "gpu_clocks" in out:
         g = out["gpu_clocks"]
         print(f"  GPU SM clock after each run: {g['sm_mhz_min']}-{g['sm_mhz_max']} MHz, "
