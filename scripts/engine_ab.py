@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="in-process: load, warm up and synthesize on a second thread, as the daemon's worker does")
     ap.add_argument("--no-telemetry", action="store_true",
                     help="with --daemon: no telemetry sources and no RTF monitor in the daemon")
+    ap.add_argument("--without", default="",
+                    help="comma list of the padded path's rewrites to switch off (engine.sampler.FAST_PATH_PARTS: "
+                         "fused_qkv, time_once): what each one is worth, left out one at a time")
     ap.add_argument("--runs", type=int, default=20, help="steady-state requests after the first")
     ap.add_argument("--new-lengths", action="store_true", help="also time first vs second request at unseen lengths")
     ap.add_argument("--profile", action="store_true",
@@ -87,6 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--new-lengths, --eager-vocoder and --profile are in-process measurements; not with --daemon")
     if a.worker_thread and a.daemon:
         ap.error("--worker-thread is an in-process option; the daemon always uses its worker thread")
+    from ishowtts_edge.engine.sampler import FAST_PATH_PARTS
+
+    unknown = {p for p in a.without.split(",") if p} - set(FAST_PATH_PARTS)
+    if unknown:
+        ap.error(f"--without: unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(FAST_PATH_PARTS)}")
+    if a.without and a.daemon:
+        ap.error("--without is an in-process option")
     if a.no_telemetry and not a.daemon:
         ap.error("--no-telemetry needs --daemon")
     if a.config is not None and (not a.daemon or engine_overrides(a) != {"device": a.device}):
@@ -172,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         def run(fn):
             return fn()
+    from ishowtts_edge.engine import sampler as sampler_module
+
+    for part in filter(None, a.without.split(",")):
+        sampler_module.FAST_PATH_PARTS[part] = False
     engine = run(lambda: load_engine(settings))
     started = time.perf_counter()
     report = run(engine.warmup)
@@ -183,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "tag": a.tag, "argv": sys.argv[1:], "torch": torch.__version__, "worker_thread": a.worker_thread,
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "engine": {k: engine.describe().get(k) for k in ENGINE_KEYS},
+        "fast_path_parts": sorted(engine.sampler.parts),
         "warmup": {"seconds": round(time.perf_counter() - started, 2), "error": report.error,
                    "graphs_compiled": compile_counters()["graphs"], "vocoder_graphs": engine.vocoder.graphed_lengths},
     }
@@ -238,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     steady = out["steady"]
     print(f"{a.tag}: attention {out['engine']['attention']}, warm-up {out['warmup']['seconds']} s ({out['warmup']['graphs_compiled']} graphs), "
           f"steady RTF {steady['median']:.4f} (CV {steady['cv']:.1%}, min {steady['min']:.4f}, max {steady['max']:.4f}), "
-          f"first {first.rtf:.4f} ({out['first_request']['ratio']:.2f}x), recompiles {out['recompiles_since_ready']}")
+          f"first {first.rtf:.4f} ({out['first_request']['ratio']:.2f}x), recompiles {out['recompiles_since_ready']}, "
+          f"padded-path parts {','.join(out['fast_path_parts']) or '-'}")
     if "gpu_clocks" in out:
         g = out["gpu_clocks"]
         print(f"  GPU SM clock after each run: {g['sm_mhz_min']}-{g['sm_mhz_max']} MHz, "

@@ -397,7 +397,9 @@ def test_engine_ab_refuses_in_process_options_with_daemon(tmp_path: Path) -> Non
                           (["--daemon", "--profile"], "not with --daemon"),
                           (["--config", "x.toml"], "--config needs --daemon"),
                           (["--daemon", "--worker-thread"], "--worker-thread is an in-process option"),
-                          (["--no-telemetry"], "--no-telemetry needs --daemon")):
+                          (["--no-telemetry"], "--no-telemetry needs --daemon"),
+                          (["--daemon", "--without", "fused_qkv"], "--without is an in-process option"),
+                          (["--without", "fused_qkv,warp_drive"], "unknown part(s) warp_drive")):
         proc = run_engine_ab(*args, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, args
 

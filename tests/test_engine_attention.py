@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ishowtts_edge.config import EngineConfig, VoiceConfig
-from ishowtts_edge.engine.attention import BucketAttnProcessor, bucket_mask, flash_key_padded, flash_unavailable
+from ishowtts_edge.engine.attention import BucketAttnProcessor, bucket_mask, flash_key_padded, flash_unavailable, fuse_qkv
 from ishowtts_edge.engine.loader import load_engine
 from ishowtts_edge.protocol import SynthesizeParams
 from tests.engine_support import engine_settings, tiny_bundle  # noqa: F401  (fixture)
@@ -99,3 +99,26 @@ def test_sampler_with_flash_matches_sdpa_on_cuda(tiny_bundle) -> None:  # noqa: 
                                       generator=torch.Generator(device="cuda").manual_seed(5)).float()
     assert torch.isfinite(outs["flash"]).all()
     torch.testing.assert_close(outs["flash"], outs["sdpa"], rtol=0, atol=2e-2)
+
+
+def test_fused_qkv_projects_like_the_three_projections_and_shares_their_memory() -> None:
+    from ishowtts_edge.engine.upstream import ensure_f5_model_importable
+
+    ensure_f5_model_importable()
+    from f5_tts.model.modules import Attention, AttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(AttnProcessor(), dim=64, heads=4, dim_head=16)
+    x = torch.randn(2, 10, 64)
+    with torch.no_grad():
+        want = [attn.to_q(x), attn.to_k(x), attn.to_v(x)]
+        fuse_qkv(attn)
+        got = attn.to_qkv(x).chunk(3, dim=-1)
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w)
+        # the separate projections still work and are slices of the fused weight: no copy kept
+        torch.testing.assert_close(attn.to_k(x), want[1])
+    assert attn.to_k.weight.data_ptr() == attn.to_qkv.weight.data_ptr() + 64 * 64 * attn.to_qkv.weight.element_size()
+    fused = attn.to_qkv
+    fuse_qkv(attn)  # idempotent
+    assert attn.to_qkv is fused

@@ -238,7 +238,7 @@ def test_compile_failure_falls_back_to_eager(tiny_bundle, tmp_path: Path, voices
     def broken(*args, **kwargs):
         raise RuntimeError("inductor exploded")
 
-    monkeypatch.setattr(engine.sampler, "_forward", broken)
+    monkeypatch.setattr(engine.sampler, "_step", broken)
     report = engine.warmup()
     assert report.compiled is False and "inductor exploded" in report.error
     assert engine.describe()["compiled"] is False

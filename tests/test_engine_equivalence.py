@@ -250,3 +250,28 @@ def test_graph_text_input_embeds_like_upstream(tiny_bundle, tokens: int, drop_te
         want = model.transformer.text_embed(text, seq_len=256, drop_text=drop_text)
         got = sampler._graph_text_embed(ids, drop_text)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("off", [(), ("fused_qkv",), ("time_once",), ("fused_qkv", "time_once")])
+def test_padded_path_matches_upstream_with_each_rewrite_on_or_off(tiny_bundle, monkeypatch, off) -> None:
+    """Fused QKV and the per-request time modulations change the arithmetic's order only."""
+    from ishowtts_edge.engine import sampler as sampler_module
+    from ishowtts_edge.engine.checkpoint import load_model, read_arch
+
+    for part in off:
+        monkeypatch.setitem(sampler_module.FAST_PATH_PARTS, part, False)
+    model = load_model(read_arch(tiny_bundle.arch_path), tiny_bundle.checkpoint, tiny_bundle.vocab,
+                       torch.device("cpu"), torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    cond = torch.randn(1, 90, 100, generator=generator)
+    text = torch.randint(0, 2000, (1, 40), generator=generator)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        expected, _ = model.sample(cond=cond, text=text, duration=200, steps=7, cfg_strength=2.0,
+                                   sway_sampling_coef=-1.0)
+    sampler = sampler_module.FlowSampler(model, buckets=[256])
+    assert sampler.parts == set(sampler_module.FAST_PATH_PARTS) - set(off)
+    assert hasattr(model.transformer.transformer_blocks[0].attn, "to_qkv") == ("fused_qkv" not in off)
+    padded = sampler.sample(cond, text, 200, steps=7, cfg_strength=2.0, sway_sampling_coef=-1.0,
+                            generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(padded, expected, rtol=0, atol=1e-4)

@@ -3,9 +3,10 @@
 At NFE 7 one request is seven guided DiT calls of ~22 blocks each: hundreds of small
 kernels whose launch cost, not their arithmetic, dominates on a fast GPU (and even
 more on an Orin's slower CPU).  torch.compile fuses the kernels; a CUDA graph removes
-the launches.  We capture the text embedding (cond and uncond) and the entire Euler
-loop (all steps, the CFG combination and the update) once per (length bucket, step
-count) at warm-up, then each request only copies its inputs into the graph's static
+the launches.  We capture the text embedding (cond and uncond), the request's shared
+work (FlowSampler.prepare: time modulations, input projection of reference and text)
+and the entire Euler loop (all steps, the CFG combination and the update) once per
+(length bucket, step count) at warm-up, then each request only copies its inputs into the graph's static
 buffers and replays it.  The text embedding is inside because, eager, its ~150 small
 kernels were launched while the GPU sat idle: 4-6 ms of host time per request on the
 H100, and the part of a request whose duration varied (docs/benchmarks.md).
@@ -28,7 +29,10 @@ from ishowtts_edge.logs import kv
 
 log = logging.getLogger(__name__)
 
-Forward = Callable[..., torch.Tensor]
+#: (cond, text_cond, text_uncond, times (steps,), keep mask) -> what every step of the request shares
+Prepare = Callable[..., object]
+#: (x, prepared, step index) -> the guided (cond, uncond) output (2, n, mel)
+Step = Callable[[torch.Tensor, object, int], torch.Tensor]
 
 
 def capture(
@@ -70,8 +74,9 @@ class _Graph:
 
 
 class GraphedLoops:
-    def __init__(self, forward: Forward, text_embed: TextEmbed) -> None:
-        self.forward = forward
+    def __init__(self, prepare: Prepare, step: Step, text_embed: TextEmbed) -> None:
+        self.prepare = prepare
+        self.step = step
         self.text_embed = text_embed
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool = None
@@ -91,8 +96,9 @@ class GraphedLoops:
         y = g.y0
         steps = g.t.shape[0] - 1 if steps is None else steps
         text_cond, text_uncond = self.text_embed(g.text, False), self.text_embed(g.text, True)
+        prepared = self.prepare(g.cond, text_cond, text_uncond, g.t[:-1], g.mask)
         for i in range(steps):
-            pred, null = torch.chunk(self.forward(y, g.cond, text_cond, text_uncond, g.t[i], g.mask), 2, dim=0)
+            pred, null = torch.chunk(self.step(y, prepared, i), 2, dim=0)
             y = y + (g.t[i + 1] - g.t[i]) * (pred + (pred - null) * g.cfg)
         return y
 
