@@ -76,7 +76,9 @@ class ServerConfig(_Section):
     max_text_chars: int = Field(default=2000, ge=1)
     max_reference_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     #: Synthesis requests allowed to wait behind the running one before ``busy`` is answered.
-    max_queue: int = Field(default=4, ge=0)
+    #: Enough for a household of apps waiting one request each: they then take turns
+    #: (round-robin) instead of racing their retries for a freed place.
+    max_queue: int = Field(default=16, ge=0)
     #: Synthesis requests one client (one ZeroMQ socket) may have waiting or running.
     max_queue_per_client: int = Field(default=2, ge=1)
     #: Client connections at once; more are shut as they arrive.  Lowered at start when the

@@ -175,3 +175,37 @@ def test_a_client_that_never_reads_cannot_block_the_daemon_or_its_stop(limited):
         stop.set()
         sender.join(10)
         flood.close()
+
+
+def test_eight_clients_each_waiting_on_one_request_are_all_served_in_turn_without_busy(daemon):
+    """Eight apps, one request at a time each (REQ sockets, as the Client uses): with the default
+    queue every request waits its turn instead of being refused, and the peers are served in turn,
+    so no client's requests all land after another's."""
+    clients, per_client = 8, 3
+    finished: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def app(name: str) -> None:
+        with Client(daemon.endpoint, timeout_s=240, retries=0) as client:
+            for i in range(per_client):
+                try:
+                    client.synthesize(f"Client {name} request {i}.", seed=i, nfe_step=2, format="pcm_s16le")
+                except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                    with lock:
+                        errors.append(f"{name}/{i}: {exc}")
+                    return
+                with lock:
+                    finished.append(name)
+
+    threads = [threading.Thread(target=app, args=(str(n),)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert errors == []
+    assert len(finished) == clients * per_client
+    # Round-robin: every client finished its first request before any finished its last.
+    first_done = max(finished.index(str(n)) for n in range(clients))
+    last_started = min(len(finished) - 1 - finished[::-1].index(str(n)) for n in range(clients))
+    assert first_done < last_started, finished
