@@ -2,7 +2,7 @@
 
 The serving loop runs on the main thread from the first second, so ``status`` and
 ``health`` answer while the model is still loading; the engine loads on the synthesis
-worker thread, which, once idle, reads requests itself (server.py says why).
+worker thread, which, once idle, reads requests itself (server/core.py says why).
 Everything systemd hears comes from the loop: EXTEND_TIMEOUT_USEC only while
 the loader reports progress, READY=1 after warm-up, WATCHDOG=1 only when the loop
 itself is turning and the synthesis worker is not wedged, STOPPING=1 on SIGTERM.
