@@ -19,6 +19,7 @@ import itertools
 import os
 import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -32,6 +33,9 @@ REQUEST_VERSION = 1
 STREAM_VERSION = 2
 
 DEFAULT_ENDPOINT = "ipc:///run/ishowtts-edge/tts.sock"
+
+#: How often a stream's reader looks whether another thread has abandoned it (SynthesisStream.abandon).
+ABANDON_CHECK_S = 0.05
 
 
 class ClientError(Exception):
@@ -313,7 +317,8 @@ class SynthesisStream:
     ``start`` (sample rate, format, chunk plan) is read with the first message.  A daemon
     error ends the iteration with ClientError (its code), a gap longer than ``timeout_s``
     with ClientTimeout; neither is retried.  Leaving early: :meth:`cancel` (the daemon answers
-    ``cancelled``) or :meth:`close` (the socket goes; the daemon cancels too).
+    ``cancelled``) or :meth:`close` (the socket goes; the daemon cancels too), both from the
+    thread that reads; from any other thread, :meth:`abandon`.
     """
 
     _socket: zmq.Socket | None
@@ -323,6 +328,7 @@ class SynthesisStream:
     start: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     _cancels: int = field(default=0, repr=False)
+    _abandoned: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def sample_rate(self) -> int:
@@ -346,6 +352,15 @@ class SynthesisStream:
             header = {"v": STREAM_VERSION, "op": "cancel", "id": f"{self.request_id}-cancel-{self._cancels}",
                       "request": self.request_id}
             self._socket.send_multipart([b"", encode_header(header)])
+
+    def abandon(self) -> None:
+        """Safe from any thread: the reading thread closes the stream (the daemon cancels) within
+        ABANDON_CHECK_S, and its iteration ends with ClientError ``closed``.
+
+        A ZeroMQ socket must not be touched by two threads, so a caller that is not the reader
+        (an asyncio loop whose peer left while a worker thread waits for audio) cannot close it.
+        """
+        self._abandoned.set()
 
     def __iter__(self) -> Iterator[AudioChunk]:
         try:
@@ -375,9 +390,16 @@ class SynthesisStream:
         sock = self._socket
         if sock is None:
             raise ClientError("closed", "the stream was closed")
+        deadline = time.monotonic() + self.timeout_s
         while True:
-            if not sock.poll(int(self.timeout_s * 1000), zmq.POLLIN):
+            if self._abandoned.is_set():
+                self.close()
+                raise ClientError("closed", "the stream was abandoned")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise ClientTimeout(f"no stream message from {self.endpoint} within {self.timeout_s:.1f}s")
+            if not sock.poll(max(1, int(min(remaining, ABANDON_CHECK_S) * 1000)), zmq.POLLIN):
+                continue
             frames = sock.recv_multipart()
             if frames and frames[0] == b"":
                 frames = frames[1:]

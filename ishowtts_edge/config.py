@@ -403,11 +403,11 @@ class WyomingConfig(_Section):
     allow_remote: bool = False
     #: Language advertised for a voice whose [voices.*] entry sets none.
     default_language: str = Field(default="en", pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
-    #: Fixed seed for every sentence (the same text then always sounds the same); unset = random.
+    #: Fixed seed for every request to the daemon (the same text then always sounds the same); unset = random.
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     #: Connections served at once; more are answered with an error and closed.
     max_connections: int = Field(default=8, ge=1, le=256)
-    #: Seconds one sentence may take in the daemon before the bridge reports a timeout.
+    #: Seconds the bridge waits for the daemon's next piece of audio before it reports a timeout.
     synthesis_timeout_s: float = Field(default=120.0, gt=0, le=3600)
 
     @model_validator(mode="after")

@@ -68,3 +68,16 @@ def reference_wav(tmp_path: Path) -> Path:
 def tone(seconds: float, rate: int = 24000) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+class Slowdown:
+    """The devfreq files clock emulation reads: ``factor`` 1 is full speed, 50 is fifty times slower."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "max_freq").write_text("1000\n")
+        self.set(1)
+
+    def set(self, factor: float) -> None:
+        (self.root / "cur_freq").write_text(f"{int(1000 / factor)}\n")

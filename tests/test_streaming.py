@@ -12,14 +12,13 @@ import json
 import logging
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zmq
 
-from engine_support import engine_settings, tiny_bundle  # noqa: F401  (fixture)
+from engine_support import Slowdown, engine_settings, tiny_bundle  # noqa: F401  (fixture)
 from ishowtts_edge.client import Client, ClientError, ClientTimeout
 from ishowtts_edge.config import VoiceConfig
 from ishowtts_edge.daemon import Daemon
@@ -29,19 +28,6 @@ from ishowtts_edge.server import Server
 
 TEXT = ("Hello there, this is a streamed test. It has several sentences, each of them short! "
         "And then a longer one follows here, so that the plan has more than two chunks. The end.")
-
-
-class Slowdown:
-    """The devfreq files clock emulation reads: ``factor`` 1 is full speed, 50 is fifty times slower."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "max_freq").write_text("1000\n")
-        self.set(1)
-
-    def set(self, factor: float) -> None:
-        (self.root / "cur_freq").write_text(f"{int(1000 / factor)}\n")
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +175,24 @@ def test_a_stream_client_that_disconnects_is_cancelled_and_frees_the_worker(serv
     assert server.stats.cancelled["disconnect"] == before + 1
     assert any("stream cancelled" in r.getMessage() and "was=running" in r.getMessage() for r in caplog.records)
     assert daemon.status()["requests"]["cancelled"]["disconnect"] >= 1
+
+
+def test_a_stream_abandoned_from_another_thread_is_closed_by_its_reader_and_cancelled(served, endpoint):
+    """What the Wyoming bridge does when its peer leaves while a worker thread waits for audio."""
+    server, _, slow = served
+    before = server.stats.cancelled["disconnect"]
+    with Client(endpoint, timeout_s=60) as client:
+        stream = client.stream(TEXT, "v", seed=1)
+        it = first_audio(stream)
+        slow.set(200)
+        threading.Timer(0.2, stream.abandon).start()
+        with pytest.raises(ClientError) as info:
+            list(it)  # waits for audio in this thread until the other one abandons the stream
+        assert info.value.code == "closed"
+        wait_free(server, 15)
+        slow.set(1)
+        assert client.synthesize("Quick one.", "v", seed=1).header["samples"] > 0
+    assert server.stats.cancelled["disconnect"] == before + 1
 
 
 def test_a_queued_stream_that_is_cancelled_never_runs(served, endpoint):

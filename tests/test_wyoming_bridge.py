@@ -20,10 +20,12 @@ from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
-from conftest import daemon_env
+from conftest import DaemonProcess, daemon_env
+from engine_support import Slowdown
 from ishowtts_edge.client import Client
 from ishowtts_edge.config import ConfigError, load_settings
-from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter, split_sentences
+from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter, pack_sentences, split_sentences
+from ishowtts_edge.wyoming_bridge.speaker import CHUNK_PLAN
 
 SEED = 7
 TEXT = "Hello there. This is the second sentence! And a third one?"
@@ -83,6 +85,25 @@ class BridgeProcess:
 
 
 @pytest.fixture(scope="module")
+def slowdown(tmp_path_factory):
+    return Slowdown(tmp_path_factory.mktemp("devfreq"))
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, demo_cache, slowdown):
+    """conftest's daemon, whose engine a test can slow down (engine.emulate_clock_devfreq) to catch a
+    synthesis in the middle."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    proc = DaemonProcess(tmp, demo_cache, ISHOWTTS_EDGE_HARDWARE__ENABLED="false",
+                         ISHOWTTS_EDGE_ENGINE__EMULATE_CLOCK_DEVFREQ=str(slowdown.root))
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
 def bridge(daemon, tmp_path_factory, demo_cache):
     proc = BridgeProcess(tmp_path_factory.mktemp("bridge"), daemon.endpoint, demo_cache)
     try:
@@ -93,15 +114,27 @@ def bridge(daemon, tmp_path_factory, demo_cache):
         assert "Traceback" not in proc.log(), proc.log()
 
 
-def daemon_pcm(daemon, sentences: list[str], voice: str | None = None) -> tuple[bytes, dict]:
-    """What the daemon itself answers, sentence by sentence, with the bridge's seed."""
+def daemon_pcm(daemon, texts: list[str], voice: str | None = None) -> tuple[bytes, dict]:
+    """What the daemon itself answers in one reply for each text in turn, with the bridge's seed and
+    chunk plan (a stream gives the same samples as one reply for the same text, seed and plan)."""
     audio, header = b"", {}
     with Client(daemon.endpoint, timeout_s=60) as client:
-        for sentence in sentences:
-            out = client.synthesize(sentence, voice, format="pcm_s16le", seed=SEED)
+        for text in texts:
+            out = client.synthesize(text, voice, format="pcm_s16le", seed=SEED, chunk_plan=CHUNK_PLAN)
             audio += out.audio
             header = out.header
     return audio, header
+
+
+def wait_status(daemon, until, timeout: float = 60.0) -> dict:
+    """Poll the daemon's status (answered while it synthesizes) until ``until(status)``."""
+    deadline = time.monotonic() + timeout
+    with Client(daemon.endpoint, timeout_s=10) as client:
+        while True:
+            status = client.status()
+            if until(status) or time.monotonic() > deadline:
+                return status
+            time.sleep(0.05)
 
 
 def run(coro):
@@ -164,9 +197,9 @@ def test_the_daemon_lists_each_voice_with_its_language(daemon):
 # -- synthesize ----------------------------------------------------------------------------------
 
 
-def test_synthesize_answers_the_daemons_audio_sentence_by_sentence_between_one_start_and_one_stop(bridge, daemon):
+def test_synthesize_answers_the_daemons_audio_of_the_whole_text_between_one_start_and_one_stop(bridge, daemon):
     events = run(ha_synthesize(bridge.port, TEXT))
-    expected, header = daemon_pcm(daemon, SENTENCES)
+    expected, header = daemon_pcm(daemon, [TEXT])
     types = [e.type for e in events]
     assert types[0] == "audio-start" and types[-1] == "audio-stop"
     assert set(types[1:-1]) == {"audio-chunk"}
@@ -274,31 +307,64 @@ def test_two_clients_at_once_each_get_their_own_audio(bridge, daemon):
         return await asyncio.gather(*(ha_synthesize(bridge.port, t) for t in texts))
 
     results = run(go())
-    assert audio_of(results[0]) == daemon_pcm(daemon, ["First client speaks.", "Twice over."])[0]
-    assert audio_of(results[1]) == daemon_pcm(daemon, ["Second client here."])[0]
+    assert audio_of(results[0]) == daemon_pcm(daemon, texts[:1])[0]
+    assert audio_of(results[1]) == daemon_pcm(daemon, texts[1:])[0]
 
 
-def test_a_client_that_disconnects_stops_the_rest_of_its_synthesis(bridge, daemon):
-    sentences = [f"Sentence number {n} of a long answer." for n in range(1, 9)]
-    with Client(daemon.endpoint) as client:
-        before = client.status()["requests"]["requests"].get("synthesize", 0)
+LONG_TEXT = " ".join(f"Sentence number {n} of a long answer." for n in range(1, 9))
+#: One sentence that the daemon's plan cuts into several chunks.
+LONG_SENTENCE = ", ".join(f"clause number {n} of one long sentence" for n in range(1, 9)).capitalize() + "."
+
+
+def cancelled_by_disconnect(status: dict) -> int:
+    return status["requests"].get("cancelled", {}).get("disconnect", 0)
+
+
+def leave_after_first_audio(bridge, daemon, slowdown, send) -> dict:
+    """Connect, ``send(client)``, read the first audio-chunk, check the daemon is still synthesizing,
+    slow it to a crawl and disconnect.  Returns the daemon's status once its worker is free."""
+    before = cancelled_by_disconnect(wait_status(daemon, lambda s: True))
     ended = bridge.log().count("connection ended")
 
     async def go():
         client = AsyncTcpClient("127.0.0.1", bridge.port)
         await client.connect()
-        await client.write_event(Synthesize(text=" ".join(sentences)).event())
+        await send(client)
         await read_until(client, AudioChunk)
+        # The first audio is here while the daemon still works on the rest of the text.
+        assert (await asyncio.to_thread(wait_status, daemon, lambda s: True))["queue"]["pending"] == 1
+        slowdown.set(50)  # from here a stream left running would hold the worker for minutes
         await client.disconnect()
 
-    run(go())
-    bridge.wait_log("connection ended", ended + 1)
-    time.sleep(1.0)  # the sentence already in the daemon when the peer left may still finish
-    with Client(daemon.endpoint) as client:
-        done = client.status()["requests"]["requests"].get("synthesize", 0) - before
-        time.sleep(1.0)
-        assert client.status()["requests"]["requests"].get("synthesize", 0) - before == done
-    assert 1 <= done <= 2 < len(sentences)
+    slowdown.set(3)
+    try:
+        run(go())
+        bridge.wait_log("connection ended", ended + 1)
+        # A cancelled stream stops before its next sampling step (one step here is up to 50 times slower).
+        status = wait_status(daemon, lambda s: s["queue"]["pending"] == 0 and cancelled_by_disconnect(s) > before, 45)
+    finally:
+        slowdown.set(1)
+    assert status["queue"]["pending"] == 0, "the daemon still works for a client that has gone"
+    assert cancelled_by_disconnect(status) == before + 1
+    return status
+
+
+def test_a_client_that_disconnects_cancels_its_running_stream_in_the_daemon_which_serves_on(bridge, daemon, slowdown):
+    async def send(client):
+        await client.write_event(Synthesize(text=LONG_TEXT).event())
+
+    leave_after_first_audio(bridge, daemon, slowdown, send)
+    assert audio_of(run(ha_synthesize(bridge.port, "Still serving."))) == daemon_pcm(daemon, ["Still serving."])[0]
+
+
+def test_a_streaming_client_that_disconnects_cancels_the_sentence_running_in_the_daemon(bridge, daemon, slowdown):
+    async def send(client):
+        await client.write_event(SynthesizeStart().event())
+        for chunk in words(LONG_SENTENCE + " And more"):
+            await client.write_event(SynthesizeChunk(text=chunk).event())
+
+    leave_after_first_audio(bridge, daemon, slowdown, send)
+    assert audio_of(run(ha_synthesize(bridge.port, "Still serving."))) == daemon_pcm(daemon, ["Still serving."])[0]
 
 
 async def raw_exchange(port: int, data: bytes, close: bool = False) -> list[Event | None]:
@@ -385,6 +451,14 @@ def test_text_without_a_sentence_end_is_cut_at_a_space_so_pending_text_stays_bou
         assert len(splitter._pending) <= 20
     out += splitter.finish()
     assert all(len(s) <= 20 for s in out) and " ".join(out).split() == ["word"] * 50
+
+
+def test_a_text_longer_than_the_daemon_takes_is_sent_in_parts_of_whole_sentences():
+    assert pack_sentences(TEXT, 2000) == [TEXT]  # the daemon cuts it into chunks itself
+    assert pack_sentences(TEXT, 50) == ["Hello there. This is the second sentence!", "And a third one?"]
+    assert pack_sentences(" ... ", 2000) == []
+    long = " ".join(["word"] * 30)
+    assert all(len(p) <= 20 for p in pack_sentences(long, 20)) and " ".join(pack_sentences(long, 20)) == long
 
 
 def test_a_non_loopback_wyoming_host_is_refused_unless_allow_remote_is_set(tmp_path):

@@ -2,8 +2,9 @@
 
 Events are read by :meth:`BridgeHandler.run` while a worker task handles them one at a
 time, in order, so answers never interleave and a long synthesis does not stop the
-bridge from seeing the peer leave: end of file or a reset cancels the worker, and no
-further sentence is sent to the daemon.
+bridge from seeing the peer leave: end of file or a reset cancels the worker, which
+abandons the daemon's stream in flight (the daemon cancels it at its next sampling
+step), and nothing more of the text is sent to the daemon.
 
 Every request gets its terminator, errors included, because Home Assistant reads until
 it: ``audio-stop`` after a ``synthesize``, ``synthesize-stopped`` after a stream.  An
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +121,8 @@ def _same_language(a: str, b: str) -> bool:
 
 
 class _Response:
-    """The audio of one request: audio-start before the first piece, the piece cut into chunks."""
+    """The audio of one request: audio-start before the first piece, each piece sent at once, cut
+    into audio-chunks of at most SAMPLES_PER_CHUNK (the daemon's pieces hold up to a second)."""
 
     def __init__(self, handler: "BridgeHandler") -> None:
         self.handler = handler
@@ -271,8 +274,11 @@ class BridgeHandler(AsyncEventHandler):
     async def _speak(self, text: str, voice: str | None, response: _Response) -> bool:
         """Speak ``text`` into ``response``; False once an error has been sent for it."""
         try:
-            async for audio in self.speaker.speak(text, voice):
-                await response.add(audio)
+            # aclosing: a failed write to a peer that has gone ends the daemon's stream now, not at
+            # garbage collection.
+            async with aclosing(self.speaker.speak(text, voice)) as pieces:
+                async for audio in pieces:
+                    await response.add(audio)
         except ClientError as exc:
             log.warning("synthesis failed %s", kv(peer=self.peer, code=exc.code, voice=voice))
             await self._send_error(exc.code, exc.message)

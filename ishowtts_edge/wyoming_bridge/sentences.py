@@ -1,4 +1,5 @@
-"""Splitting text into sentences as it arrives, so that each can be spoken as soon as it is complete.
+"""Splitting text into sentences as it arrives, so that each can be spoken as soon as it is complete,
+and a complete text longer than the daemon takes into parts of whole sentences.
 
 A sentence ends at ``. ! ? …`` (with any closing quotes or brackets) followed by white
 space, at CJK full stops, or at a blank line.  Text that runs longer than ``max_chars``
@@ -63,3 +64,17 @@ def split_sentences(text: str, max_chars: int) -> list[str]:
     """Every sentence of a complete text."""
     splitter = SentenceSplitter(max_chars)
     return splitter.add(text) + splitter.finish()
+
+
+def pack_sentences(text: str, max_chars: int) -> list[str]:
+    """``text`` as the daemon's requests: itself when it fits in ``max_chars`` (the daemon chunks it
+    by sentence), else its sentences joined into parts of at most ``max_chars``."""
+    if len(text) <= max_chars:
+        return [text] if _WORD.search(text) else []
+    parts: list[str] = []
+    for sentence in split_sentences(text, max_chars):
+        if parts and len(parts[-1]) + 1 + len(sentence) <= max_chars:
+            parts[-1] += " " + sentence
+        else:
+            parts.append(sentence)
+    return parts
