@@ -403,3 +403,17 @@ def test_a_voice_language_that_is_not_a_language_tag_is_refused(tmp_path):
     config.write_text('[voices.a]\ndir = "/x"\nlanguage = "english please"\n')
     with pytest.raises(ConfigError, match="voices.a.language"):
         load_settings(config)
+
+
+@pytest.mark.parametrize("data", [{"text": 5}, {"text": "Hello.", "voice": "demo"}, {"text": "Hello.", "voice": {"name": 5}}],
+                         ids=["text not a string", "voice not an object", "voice name not a string"])
+def test_a_malformed_synthesize_gets_an_error_and_still_its_audio_stop(bridge, data):
+    """Home Assistant reads until audio-stop: without it, a bad field would hang the caller."""
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(Event(type="synthesize", data=data))
+            return await read_until(client, AudioStop)
+
+    events = run(go())
+    assert [e.type for e in events] == ["error", "audio-stop"]
+    assert Error.from_event(events[0]).code == "bad_request"

@@ -280,14 +280,18 @@ class BridgeHandler(AsyncEventHandler):
         return True
 
     async def _synthesize(self, data: dict[str, Any]) -> None:
-        text = _text(data, "synthesize")
-        voice = await self._pick_voice(*_voice(data, "synthesize"))
         response = _Response(self)
-        if not text.strip():
-            await self._send_error("bad_request", "synthesize: the text is empty")
-            ok = False
+        text, voice, ok = "", None, False
+        try:  # a malformed text or voice is answered like every other error: error, then audio-stop
+            text = _text(data, "synthesize")
+            voice = await self._pick_voice(*_voice(data, "synthesize"))
+        except BadEvent as exc:
+            await self._send_error(exc.code, exc.message)
         else:
-            ok = await self._speak(text, voice, response)
+            if not text.strip():
+                await self._send_error("bad_request", "synthesize: the text is empty")
+            else:
+                ok = await self._speak(text, voice, response)
         await self.write_event(AudioStop().event())
         log.info("synthesized %s", kv(peer=self.peer, chars=len(text), audio_s=round(response.seconds, 2), voice=voice, ok=ok))
 
