@@ -405,6 +405,19 @@ def test_a_voice_language_that_is_not_a_language_tag_is_refused(tmp_path):
         load_settings(config)
 
 
+def test_a_voice_name_or_language_too_long_to_be_one_is_refused_and_never_logged_whole(bridge, daemon):
+    """Both are peer data that the bridge logs and forwards; a megabyte of it must stay out of the journal."""
+    huge = "x\n<0>forged " + "A" * 200_000
+    for voice in (SynthesizeVoice(name=huge), SynthesizeVoice(language=huge)):
+        events = run(ha_synthesize(bridge.port, "Hello there.", voice))
+        assert [e.type for e in events] == ["error", "audio-stop"]
+        assert Error.from_event(events[0]).code == "bad_request"
+    events = run(ha_synthesize(bridge.port, "Hello there."))
+    assert audio_of(events) == daemon_pcm(daemon, ["Hello there."])[0]
+    assert max(len(line) for line in bridge.log().splitlines()) < 1000
+    assert "<0>forged" not in bridge.log()
+
+
 @pytest.mark.parametrize("data", [{"text": 5}, {"text": "Hello.", "voice": "demo"}, {"text": "Hello.", "voice": {"name": 5}}],
                          ids=["text not a string", "voice not an object", "voice name not a string"])
 def test_a_malformed_synthesize_gets_an_error_and_still_its_audio_stop(bridge, data):

@@ -39,6 +39,8 @@ log = logging.getLogger("ishowtts_edge.wyoming")
 SAMPLES_PER_CHUNK = 1024
 #: Events read ahead of the one being handled; past that the bridge stops reading (TCP back-pressure).
 QUEUE_EVENTS = 64
+#: The longest voice name or language accepted (the daemon's request ids have the same bound).
+MAX_VOICE_CHARS = 128
 F5_TTS = Attribution(name="F5-TTS (SWivid)", url="https://github.com/SWivid/F5-TTS")
 DEMO_DESCRIPTION = "demo (untrained model: noise, not speech)"
 
@@ -110,6 +112,9 @@ def _voice(data: dict[str, Any], event_type: str) -> tuple[str | None, str | Non
     name, language = voice.get("name"), voice.get("language")
     if not isinstance(name, (str, type(None))) or not isinstance(language, (str, type(None))):
         raise BadEvent("bad_request", f"{event_type}: voice name and language must be strings")
+    if len(name or "") > MAX_VOICE_CHARS or len(language or "") > MAX_VOICE_CHARS:
+        # Both are logged and sent on to the daemon: a megabyte name must not become a megabyte log line.
+        raise BadEvent("bad_request", f"{event_type}: voice name and language are at most {MAX_VOICE_CHARS} characters")
     return name or None, language or None
 
 
