@@ -430,3 +430,16 @@ def test_a_malformed_synthesize_gets_an_error_and_still_its_audio_stop(bridge, d
     events = run(go())
     assert [e.type for e in events] == ["error", "audio-stop"]
     assert Error.from_event(events[0]).code == "bad_request"
+
+
+def test_a_stream_started_with_a_malformed_voice_gets_an_error_and_still_its_synthesize_stopped(bridge):
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(Event(type="synthesize-start", data={"voice": {"name": ["demo"]}}))
+            await client.write_event(SynthesizeChunk(text="Hello there. ").event())
+            await client.write_event(SynthesizeStop().event())
+            return await read_until(client, SynthesizeStopped)
+
+    events = run(go())
+    assert [e.type for e in events] == ["error", "synthesize-stopped"]
+    assert Error.from_event(events[0]).code == "bad_request"

@@ -303,8 +303,14 @@ class BridgeHandler(AsyncEventHandler):
     async def _stream_start(self, data: dict[str, Any]) -> None:
         if self._stream is not None:
             raise BadEvent("bad_request", "synthesize-start inside an open stream (send synthesize-stop first)")
-        voice = await self._pick_voice(*_voice(data, "synthesize-start"))
-        self._stream = _Stream(voice, SentenceSplitter(self.config.max_chars), _Response(self))
+        try:
+            voice, failed = await self._pick_voice(*_voice(data, "synthesize-start")), False
+        except BadEvent as exc:
+            # The stream is open all the same, failed: its chunks are dropped and its stop still
+            # gets synthesize-stopped, which Home Assistant waits for.
+            await self._send_error(exc.code, exc.message)
+            voice, failed = None, True
+        self._stream = _Stream(voice, SentenceSplitter(self.config.max_chars), _Response(self), failed=failed)
 
     async def _stream_chunk(self, data: dict[str, Any]) -> None:
         stream = self._stream
