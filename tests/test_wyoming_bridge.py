@@ -443,3 +443,43 @@ def test_a_stream_started_with_a_malformed_voice_gets_an_error_and_still_its_syn
     events = run(go())
     assert [e.type for e in events] == ["error", "synthesize-stopped"]
     assert Error.from_event(events[0]).code == "bad_request"
+
+
+def test_idle_and_trickling_connections_at_the_cap_give_way_to_a_new_client(bridge, daemon):
+    """Eight sockets that connect and say nothing (or a header byte now and then) filled
+    max_connections for ever: every later client got busy."""
+    import socket
+
+    idle = [socket.create_connection(("127.0.0.1", bridge.port)) for _ in range(8)]
+    try:
+        idle[0].sendall(b'{"type": "synth')  # a trickle: half a header, never finished
+        time.sleep(1.5)
+        for attempt in range(3):  # the first displaces the longest idle; its place then serves the others
+            events = run(ha_synthesize(bridge.port, "Hello there."))
+            assert audio_of(events) == daemon_pcm(daemon, ["Hello there."])[0]
+        bridge.wait_log("idle connection closed for a new one")
+        assert 'how="replaced: idle the longest at max_connections"' in bridge.log()
+        assert "connection refused" not in bridge.log()
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_peer_that_stops_reading_its_audio_loses_its_connection_and_frees_its_place(bridge, daemon):
+    import socket
+
+    ended = bridge.log().count("connection ended")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the bridge's buffers fill
+    sock.connect(("127.0.0.1", bridge.port))
+    text = " ".join(f"This is sentence number {i} of a long answer nobody listens to." for i in range(40))
+    try:
+        body = ('{"text": "%s"}' % text).encode()
+        sock.sendall(b'{"type": "synthesize", "data_length": %d}\n' % len(body) + body)
+        bridge.wait_log("peer stopped reading; connection dropped", timeout=110)
+        bridge.wait_log("connection ended", ended + 1)
+        assert 'how="dropped: not reading"' in bridge.log()
+    finally:
+        sock.close()
+    events = run(ha_synthesize(bridge.port, "Still serving."))
+    assert events[0].type == "audio-start" and events[-1].type == "audio-stop"

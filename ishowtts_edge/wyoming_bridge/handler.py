@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ log = logging.getLogger("ishowtts_edge.wyoming")
 SAMPLES_PER_CHUNK = 1024
 #: Events read ahead of the one being handled; past that the bridge stops reading (TCP back-pressure).
 QUEUE_EVENTS = 64
+#: How long one event may wait for the peer to take it before the connection is dropped: a peer
+#: that stops reading its audio would otherwise hold its connection (one of max_connections) for ever.
+WRITE_STALL_S = 20.0
 #: The longest voice name or language accepted (the daemon's request ids have the same bound).
 MAX_VOICE_CHARS = 128
 F5_TTS = Attribution(name="F5-TTS (SWivid)", url="https://github.com/SWivid/F5-TTS")
@@ -169,6 +173,16 @@ class BridgeHandler(AsyncEventHandler):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_EVENTS)
         self._stream: _Stream | None = None
+        #: monotonic time since which the connection has only been waiting for the peer's next
+        #: event (nothing queued, nothing being answered); None while it works.  At the cap, the
+        #: connection idle the longest gives way to a new one (__main__).
+        self.idle_since: float | None = time.monotonic()
+        self._end_reason: str | None = None
+
+    def evict(self, reason: str) -> None:
+        """End this connection now (from another connection's task): the reader sees it closed."""
+        self._end_reason = reason
+        self.writer.transport.abort()
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -188,10 +202,12 @@ class BridgeHandler(AsyncEventHandler):
                     await self._send_error(exc.code, exc.message)
                     break
                 except (PeerClosed, ConnectionError) as exc:
-                    reason = f"lost: {exc}"
+                    reason = self._end_reason or f"lost: {exc}"
                     break
                 if event is None:
+                    reason = self._end_reason or reason
                     break
+                self.idle_since = None
                 await self._queue.put(event)
         finally:
             worker.cancel()
@@ -202,7 +218,10 @@ class BridgeHandler(AsyncEventHandler):
 
     async def _work(self) -> None:
         while True:
+            if self._queue.empty():
+                self.idle_since = time.monotonic()
             event = await self._queue.get()
+            self.idle_since = None
             try:
                 await self.handle_event(event)
             except BadEvent as exc:
@@ -212,6 +231,15 @@ class BridgeHandler(AsyncEventHandler):
             except Exception:
                 log.exception("unexpected error %s", kv(peer=self.peer, event=event.type))
                 await self._send_error("internal", "unexpected error in the bridge (logged)")
+
+    async def write_event(self, event: Event) -> None:
+        """Send ``event``; a peer that takes none of it for WRITE_STALL_S loses its connection."""
+        try:
+            await asyncio.wait_for(super().write_event(event), WRITE_STALL_S)
+        except asyncio.TimeoutError:
+            log.warning("peer stopped reading; connection dropped %s", kv(peer=self.peer, waited_s=WRITE_STALL_S))
+            self.evict("dropped: not reading")
+            raise ConnectionError("the peer stopped reading") from None
 
     async def _send_error(self, code: str, message: str) -> None:
         try:
