@@ -4,6 +4,7 @@ against a real bridge process and a real daemon on the demo model."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
-from conftest import daemon_env
+from conftest import REPO, daemon_env
 from ishowtts_edge.client import Client
 from ishowtts_edge.config import ConfigError, load_settings
 from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter, split_sentences
@@ -483,3 +484,14 @@ def test_a_peer_that_stops_reading_its_audio_loses_its_connection_and_frees_its_
         sock.close()
     events = run(ha_synthesize(bridge.port, "Still serving."))
     assert events[0].type == "audio-start" and events[-1].type == "audio-stop"
+
+
+def test_a_wyoming_host_with_a_control_character_is_a_configuration_error(tmp_path):
+    """urlparse drops a newline, so the loopback check passed and the bridge then failed to listen (exit 1)."""
+    config = tmp_path / "c.toml"
+    config.write_text('[wyoming]\nhost = "127.0.0.1\\n"\nport = 0\n')
+    r = subprocess.run([sys.executable, "-m", "ishowtts_edge.wyoming_bridge", "--config", str(config)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 78, r.stderr
+    assert "wyoming.host" in r.stderr
