@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -160,10 +161,21 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(value: str) -> float:
+    """A reply timeout: a positive, finite number of seconds (nan or inf would reach the poll as a crash)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
 _COMMON_OPTIONS = (
     (("--config", "-c"), {"help": "TOML config (default: $ISHOWTTS_EDGE_CONFIG or /etc/ishowtts-edge/ishowtts-edge.toml)"}),
     (("--endpoint",), {"help": "daemon endpoint (default: from the config)"}),
-    (("--timeout",), {"type": float, "help": "seconds to wait for a reply (default: 60)"}),
+    (("--timeout",), {"type": _seconds, "help": "seconds to wait for a reply (default: 60)"}),
 )
 
 

@@ -392,6 +392,14 @@ class MetricsConfig(_Section):
     textfile_dir: Path = Path("/var/lib/prometheus/node-exporter")
     interval_s: float = Field(default=5.0, ge=0.1, le=300)
 
+    @field_validator("textfile_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # "" is Path("."): the daemon would write into whatever its working directory is.
+        if not value.is_absolute() or "\0" in str(value):
+            raise ValueError(f"must be an absolute directory path, not {str(value)!r}")
+        return value
+
 
 class WyomingConfig(_Section):
     """The Wyoming bridge (ishowtts-edge-wyoming, docs/home-assistant.md); the daemon itself ignores it."""
@@ -409,6 +417,14 @@ class WyomingConfig(_Section):
     max_connections: int = Field(default=8, ge=1, le=256)
     #: Seconds the bridge waits for the daemon's next piece of audio before it reports a timeout.
     synthesis_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @field_validator("host")
+    @classmethod
+    def _one_host(cls, value: str) -> str:
+        # urlparse drops tabs and newlines, so "127.0.0.1\n" passed the loopback check and then failed to bind.
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError(f"must be a host name or address without spaces or control characters, not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _loopback_only(self) -> "WyomingConfig":

@@ -121,3 +121,16 @@ def test_socket_the_user_may_not_use_names_the_group_to_join(world_tmp, users):
         assert r.returncode == 3 and "timeout" in r.stdout
     finally:
         router.close(linger=0)
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-1", "soon"])
+def test_a_reply_timeout_that_is_not_a_positive_number_is_a_usage_error(tmp_path, timeout):
+    """Checked before anything is sent: nan crashed in the poll with a traceback, 0 "timed out" at once."""
+    server = zmq.Context.instance().socket(zmq.ROUTER)  # something that accepts: the timeout would be reached
+    server.bind(f"ipc://{tmp_path}/tts.sock")
+    try:
+        r = cli("--endpoint", f"ipc://{tmp_path}/tts.sock", "metrics", "--timeout", timeout)
+    finally:
+        server.close(linger=0)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "--timeout" in r.stderr

@@ -358,3 +358,15 @@ def test_the_documented_alert_rules_and_queries_pass_promtool(tmp_path):
         check = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / name)], capture_output=True, text=True,
                                timeout=60)
         assert check.returncode == 0, f"{name}:\n{check.stdout}{check.stderr}"
+
+
+@pytest.mark.parametrize("value", ["", "metrics", "/tmp/a\\u0000b"])
+def test_a_textfile_dir_that_is_not_an_absolute_path_is_a_configuration_error(tmp_path, value):
+    """"" is Path("."): the daemon wrote its figures into whatever its working directory was."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[metrics]\ntextfile_dir = "{value}"\n')
+    r = subprocess.run([sys.executable, "-m", "ishowtts_edge.cli", "--config", str(config), "serve"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "ISHOWTTS_EDGE_PATHS__RUNTIME_DIR": str(tmp_path / "run")})
+    assert r.returncode == 78, r.stderr
+    assert "metrics.textfile_dir" in r.stderr and "absolute" in r.stderr

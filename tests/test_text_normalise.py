@@ -411,3 +411,14 @@ def test_echo_text_is_absent_unless_asked_and_bad_values_are_refused(daemon):
         with pytest.raises(ClientError) as err:
             client.synthesize("Hi there.", normalize="yes")
     assert err.value.code == "bad_request" and "normalize" in str(err.value)
+
+
+def test_a_number_too_large_to_name_is_read_digit_by_digit_and_the_rest_still_normalised():
+    """num2words names nothing from 10**306 on (it raises): such a number, even with separators,
+    must not make the whole text fall back to unnormalised."""
+    huge = "1" + ",000" * 103
+    said = normalize_strict(f"Pay ${huge} at 4:30 pm, the {huge}th time, {huge}% of {huge} kg.")
+    assert said.startswith("Pay one " + "zero " * 309)
+    assert "four thirty PM" in said and "$" not in said and "%" not in said and "kg" not in said
+    assert "1" not in said and "th time" not in said
+    assert normalize_strict("1" + ",000" * 101) == "one centillion"  # still named up to there

@@ -4,6 +4,7 @@ against a real bridge process and a real daemon on the demo model."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
-from conftest import DaemonProcess, daemon_env
+from conftest import REPO, DaemonProcess, daemon_env
 from engine_support import Slowdown
 from ishowtts_edge.client import Client
 from ishowtts_edge.config import ConfigError, load_settings
@@ -477,3 +478,94 @@ def test_a_voice_language_that_is_not_a_language_tag_is_refused(tmp_path):
     config.write_text('[voices.a]\ndir = "/x"\nlanguage = "english please"\n')
     with pytest.raises(ConfigError, match="voices.a.language"):
         load_settings(config)
+
+
+def test_a_voice_name_or_language_too_long_to_be_one_is_refused_and_never_logged_whole(bridge, daemon):
+    """Both are peer data that the bridge logs and forwards; a megabyte of it must stay out of the journal."""
+    huge = "x\n<0>forged " + "A" * 200_000
+    for voice in (SynthesizeVoice(name=huge), SynthesizeVoice(language=huge)):
+        events = run(ha_synthesize(bridge.port, "Hello there.", voice))
+        assert [e.type for e in events] == ["error", "audio-stop"]
+        assert Error.from_event(events[0]).code == "bad_request"
+    events = run(ha_synthesize(bridge.port, "Hello there."))
+    assert audio_of(events) == daemon_pcm(daemon, ["Hello there."])[0]
+    assert max(len(line) for line in bridge.log().splitlines()) < 1000
+    assert "<0>forged" not in bridge.log()
+
+
+@pytest.mark.parametrize("data", [{"text": 5}, {"text": "Hello.", "voice": "demo"}, {"text": "Hello.", "voice": {"name": 5}}],
+                         ids=["text not a string", "voice not an object", "voice name not a string"])
+def test_a_malformed_synthesize_gets_an_error_and_still_its_audio_stop(bridge, data):
+    """Home Assistant reads until audio-stop: without it, a bad field would hang the caller."""
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(Event(type="synthesize", data=data))
+            return await read_until(client, AudioStop)
+
+    events = run(go())
+    assert [e.type for e in events] == ["error", "audio-stop"]
+    assert Error.from_event(events[0]).code == "bad_request"
+
+
+def test_a_stream_started_with_a_malformed_voice_gets_an_error_and_still_its_synthesize_stopped(bridge):
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", bridge.port) as client:
+            await client.write_event(Event(type="synthesize-start", data={"voice": {"name": ["demo"]}}))
+            await client.write_event(SynthesizeChunk(text="Hello there. ").event())
+            await client.write_event(SynthesizeStop().event())
+            return await read_until(client, SynthesizeStopped)
+
+    events = run(go())
+    assert [e.type for e in events] == ["error", "synthesize-stopped"]
+    assert Error.from_event(events[0]).code == "bad_request"
+
+
+def test_idle_and_trickling_connections_at_the_cap_give_way_to_a_new_client(bridge, daemon):
+    """Eight sockets that connect and say nothing (or a header byte now and then) filled
+    max_connections for ever: every later client got busy."""
+    import socket
+
+    idle = [socket.create_connection(("127.0.0.1", bridge.port)) for _ in range(8)]
+    try:
+        idle[0].sendall(b'{"type": "synth')  # a trickle: half a header, never finished
+        time.sleep(1.5)
+        for attempt in range(3):  # the first displaces the longest idle; its place then serves the others
+            events = run(ha_synthesize(bridge.port, "Hello there."))
+            assert audio_of(events) == daemon_pcm(daemon, ["Hello there."])[0]
+        bridge.wait_log("idle connection closed for a new one")
+        assert 'how="replaced: idle the longest at max_connections"' in bridge.log()
+        assert "connection refused" not in bridge.log()
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_peer_that_stops_reading_its_audio_loses_its_connection_and_frees_its_place(bridge, daemon):
+    import socket
+
+    ended = bridge.log().count("connection ended")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the bridge's buffers fill
+    sock.connect(("127.0.0.1", bridge.port))
+    text = " ".join(f"This is sentence number {i} of a long answer nobody listens to." for i in range(40))
+    try:
+        body = ('{"text": "%s"}' % text).encode()
+        sock.sendall(b'{"type": "synthesize", "data_length": %d}\n' % len(body) + body)
+        bridge.wait_log("peer stopped reading; connection dropped", timeout=110)
+        bridge.wait_log("connection ended", ended + 1)
+        assert 'how="dropped: not reading"' in bridge.log()
+    finally:
+        sock.close()
+    events = run(ha_synthesize(bridge.port, "Still serving."))
+    assert events[0].type == "audio-start" and events[-1].type == "audio-stop"
+
+
+def test_a_wyoming_host_with_a_control_character_is_a_configuration_error(tmp_path):
+    """urlparse drops a newline, so the loopback check passed and the bridge then failed to listen (exit 1)."""
+    config = tmp_path / "c.toml"
+    config.write_text('[wyoming]\nhost = "127.0.0.1\\n"\nport = 0\n')
+    r = subprocess.run([sys.executable, "-m", "ishowtts_edge.wyoming_bridge", "--config", str(config)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 78, r.stderr
+    assert "wyoming.host" in r.stderr

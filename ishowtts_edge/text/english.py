@@ -32,6 +32,9 @@ _SPELLER = Num2Word_EN()
 #: Plain integers longer than this are read digit by digit: an amount that large is written
 #: with separators or "billion"; a bare run of ten digits is a phone number or an identifier.
 MAX_CARDINAL_DIGITS = 9
+#: Past num2words' largest name (10**306 and up it raises OverflowError) even a number written
+#: with separators is read digit by digit; a failing rule would leave the whole text unnormalised.
+MAX_NAMED_DIGITS = len(str(_SPELLER.MAXVAL)) - 1
 
 _DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -64,7 +67,8 @@ def number(text: str) -> str:
     whole = whole.replace(",", "")
     if not whole:
         words = ""
-    elif (len(whole) > 1 and whole[0] == "0") or (len(whole) > MAX_CARDINAL_DIGITS and not separated):
+    elif (len(whole) > 1 and whole[0] == "0") or (len(whole) > MAX_CARDINAL_DIGITS and not separated) \
+            or len(whole) > MAX_NAMED_DIGITS:
         words = digits(whole)
     else:
         words = cardinal(int(whole))
@@ -293,6 +297,13 @@ def _unit(match: re.Match[str]) -> str:
 
 _ORDINAL_RE = _compile(rf"(?<![\w.])({_NUM})(st|nd|rd|th|ST|ND|RD|TH)\b", first=r"\d")
 
+def _ordinal(match: re.Match[str]) -> str:
+    whole = match.group(1).replace(",", "")
+    if len(whole) > MAX_NAMED_DIGITS:  # no ordinal has a name this large: its digits
+        return number(match.group(1))
+    return ordinal(int(whole))
+
+
 _YEAR_CONTEXT = frozenset(
     "in since from by until till through during circa before after around between year early late mid spring "
     "summer autumn fall winter of to".split()
@@ -443,7 +454,7 @@ _PASSES: list[tuple[_Gate, re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (_compile(r"\d\s?[AaPp]\.?[Mm]\b").search, _HOUR_AMPM_RE, _hour_ampm),
     (_has_any("%"), _PERCENT_RE, _percent),
     (_compile(rf"\d\s?(?:{_UNIT_ALT})(?![\w/])").search, _UNIT_RE, _unit),
-    (_compile(r"\d(?:st|nd|rd|th|ST|ND|RD|TH)\b").search, _ORDINAL_RE, lambda m: ordinal(int(m.group(1).replace(",", "")))),
+    (_compile(r"\d(?:st|nd|rd|th|ST|ND|RD|TH)\b").search, _ORDINAL_RE, _ordinal),
     (_compile(r"\d0s\b").search, _DECADE_RE, _decade),
     (_compile(r"[12]\d{3}").search, _YEAR_RE, _year),
     (_has_any("/"), _FRACTION_RE, _fraction),

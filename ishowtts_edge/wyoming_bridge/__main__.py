@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from ishowtts_edge import __version__
 from ishowtts_edge.config import ConfigError, Settings, load_settings
@@ -22,6 +23,9 @@ from ishowtts_edge.wyoming_bridge.framing import MAX_HEADER_BYTES
 from ishowtts_edge.wyoming_bridge.handler import BridgeConfig, BridgeHandler
 
 log = logging.getLogger("ishowtts_edge.wyoming")
+
+#: A connection idle this long may be closed to admit a new one once max_connections are open.
+IDLE_GRACE_S = 1.0
 
 
 def check_daemon_socket(endpoint: str) -> None:
@@ -54,10 +58,23 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
         default_language=w.default_language,
         max_connections=w.max_connections,
     )
-    handlers: set[asyncio.Task] = set()
+    handlers: dict[asyncio.Task, BridgeHandler] = {}
+
+    def make_room() -> bool:
+        """At the cap, end the connection idle the longest (at least IDLE_GRACE_S): idle peers
+        (a slowloris, a client that connected and never spoke) must not lock everyone else out."""
+        now = time.monotonic()
+        idle = [h for h in handlers.values() if h.idle_since is not None and now - h.idle_since >= IDLE_GRACE_S]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda h: h.idle_since)
+        log.info("idle connection closed for a new one %s",
+                 kv(peer=oldest.peer, idle_s=round(now - oldest.idle_since, 1), open=config.connections))
+        oldest.evict("replaced: idle the longest at max_connections")
+        return True
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if config.connections >= config.max_connections:
+        if config.connections >= config.max_connections and not make_room():
             log.warning("connection refused %s", kv(peer=writer.get_extra_info("peername"), open=config.connections))
             handler = BridgeHandler(reader, writer, config)
             handler.speaker.close()
@@ -66,14 +83,15 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
             return
         config.connections += 1
         task = asyncio.current_task()
+        handler = BridgeHandler(reader, writer, config)
         if task is not None:
-            handlers.add(task)
+            handlers[task] = handler
         try:
-            await BridgeHandler(reader, writer, config).run()
+            await handler.run()
         finally:
             config.connections -= 1
             if task is not None:
-                handlers.discard(task)
+                handlers.pop(task, None)
 
     server = await asyncio.start_server(accept, host=w.host, port=w.port, limit=MAX_HEADER_BYTES, reuse_address=True)
     stop = asyncio.Event()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,11 @@ log = logging.getLogger("ishowtts_edge.wyoming")
 SAMPLES_PER_CHUNK = 1024
 #: Events read ahead of the one being handled; past that the bridge stops reading (TCP back-pressure).
 QUEUE_EVENTS = 64
+#: How long one event may wait for the peer to take it before the connection is dropped: a peer
+#: that stops reading its audio would otherwise hold its connection (one of max_connections) for ever.
+WRITE_STALL_S = 20.0
+#: The longest voice name or language accepted (the daemon's request ids have the same bound).
+MAX_VOICE_CHARS = 128
 F5_TTS = Attribution(name="F5-TTS (SWivid)", url="https://github.com/SWivid/F5-TTS")
 DEMO_DESCRIPTION = "demo (untrained model: noise, not speech)"
 
@@ -112,6 +118,9 @@ def _voice(data: dict[str, Any], event_type: str) -> tuple[str | None, str | Non
     name, language = voice.get("name"), voice.get("language")
     if not isinstance(name, (str, type(None))) or not isinstance(language, (str, type(None))):
         raise BadEvent("bad_request", f"{event_type}: voice name and language must be strings")
+    if len(name or "") > MAX_VOICE_CHARS or len(language or "") > MAX_VOICE_CHARS:
+        # Both are logged and sent on to the daemon: a megabyte name must not become a megabyte log line.
+        raise BadEvent("bad_request", f"{event_type}: voice name and language are at most {MAX_VOICE_CHARS} characters")
     return name or None, language or None
 
 
@@ -167,6 +176,16 @@ class BridgeHandler(AsyncEventHandler):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_EVENTS)
         self._stream: _Stream | None = None
+        #: monotonic time since which the connection has only been waiting for the peer's next
+        #: event (nothing queued, nothing being answered); None while it works.  At the cap, the
+        #: connection idle the longest gives way to a new one (__main__).
+        self.idle_since: float | None = time.monotonic()
+        self._end_reason: str | None = None
+
+    def evict(self, reason: str) -> None:
+        """End this connection now (from another connection's task): the reader sees it closed."""
+        self._end_reason = reason
+        self.writer.transport.abort()
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -186,10 +205,12 @@ class BridgeHandler(AsyncEventHandler):
                     await self._send_error(exc.code, exc.message)
                     break
                 except (PeerClosed, ConnectionError) as exc:
-                    reason = f"lost: {exc}"
+                    reason = self._end_reason or f"lost: {exc}"
                     break
                 if event is None:
+                    reason = self._end_reason or reason
                     break
+                self.idle_since = None
                 await self._queue.put(event)
         finally:
             worker.cancel()
@@ -200,7 +221,10 @@ class BridgeHandler(AsyncEventHandler):
 
     async def _work(self) -> None:
         while True:
+            if self._queue.empty():
+                self.idle_since = time.monotonic()
             event = await self._queue.get()
+            self.idle_since = None
             try:
                 await self.handle_event(event)
             except BadEvent as exc:
@@ -210,6 +234,15 @@ class BridgeHandler(AsyncEventHandler):
             except Exception:
                 log.exception("unexpected error %s", kv(peer=self.peer, event=event.type))
                 await self._send_error("internal", "unexpected error in the bridge (logged)")
+
+    async def write_event(self, event: Event) -> None:
+        """Send ``event``; a peer that takes none of it for WRITE_STALL_S loses its connection."""
+        try:
+            await asyncio.wait_for(super().write_event(event), WRITE_STALL_S)
+        except asyncio.TimeoutError:
+            log.warning("peer stopped reading; connection dropped %s", kv(peer=self.peer, waited_s=WRITE_STALL_S))
+            self.evict("dropped: not reading")
+            raise ConnectionError("the peer stopped reading") from None
 
     async def _send_error(self, code: str, message: str) -> None:
         try:
@@ -286,22 +319,32 @@ class BridgeHandler(AsyncEventHandler):
         return True
 
     async def _synthesize(self, data: dict[str, Any]) -> None:
-        text = _text(data, "synthesize")
-        voice = await self._pick_voice(*_voice(data, "synthesize"))
         response = _Response(self)
-        if not text.strip():
-            await self._send_error("bad_request", "synthesize: the text is empty")
-            ok = False
+        text, voice, ok = "", None, False
+        try:  # a malformed text or voice is answered like every other error: error, then audio-stop
+            text = _text(data, "synthesize")
+            voice = await self._pick_voice(*_voice(data, "synthesize"))
+        except BadEvent as exc:
+            await self._send_error(exc.code, exc.message)
         else:
-            ok = await self._speak(text, voice, response)
+            if not text.strip():
+                await self._send_error("bad_request", "synthesize: the text is empty")
+            else:
+                ok = await self._speak(text, voice, response)
         await self.write_event(AudioStop().event())
         log.info("synthesized %s", kv(peer=self.peer, chars=len(text), audio_s=round(response.seconds, 2), voice=voice, ok=ok))
 
     async def _stream_start(self, data: dict[str, Any]) -> None:
         if self._stream is not None:
             raise BadEvent("bad_request", "synthesize-start inside an open stream (send synthesize-stop first)")
-        voice = await self._pick_voice(*_voice(data, "synthesize-start"))
-        self._stream = _Stream(voice, SentenceSplitter(self.config.max_chars), _Response(self))
+        try:
+            voice, failed = await self._pick_voice(*_voice(data, "synthesize-start")), False
+        except BadEvent as exc:
+            # The stream is open all the same, failed: its chunks are dropped and its stop still
+            # gets synthesize-stopped, which Home Assistant waits for.
+            await self._send_error(exc.code, exc.message)
+            voice, failed = None, True
+        self._stream = _Stream(voice, SentenceSplitter(self.config.max_chars), _Response(self), failed=failed)
 
     async def _stream_chunk(self, data: dict[str, Any]) -> None:
         stream = self._stream
