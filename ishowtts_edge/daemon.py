@@ -144,6 +144,11 @@ class Daemon:
         if self.engine is None or self.service.starting:
             detail = self.engine_error or f"engine is {state}"
             return ServiceError(ErrorCode.NOT_READY, detail)
+        if request.params is not None and request.params.voice is not None:
+            try:
+                self.engine.check_voice(request.params.voice)
+            except ServiceError as exc:
+                return exc
         return None
 
     def synthesize(self, request: Request, sink: AudioSink | None = None) -> SynthesisResult:

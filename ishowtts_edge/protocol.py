@@ -18,6 +18,7 @@ import enum
 import json
 import math
 import reprlib
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -118,7 +119,9 @@ class SynthesizeParams(BaseModel):
     @field_validator("text")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+        # Whitespace, control and format characters (NUL, zero-width space, byte-order mark)
+        # say nothing: the model would turn them into noise.
+        if all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in value):
             raise ValueError("must contain something to say")
         return value
 

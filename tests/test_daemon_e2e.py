@@ -6,6 +6,7 @@ import io
 import json
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -72,6 +73,7 @@ MALFORMED = [
     ("unknown field", [b'{"op": "synthesize", "text": "hi", "colour": "blue"}'], "bad_request"),
     ("bad format", [b'{"op": "synthesize", "text": "hi", "format": "mp3"}'], "bad_request"),
     ("blank text", [b'{"op": "synthesize", "text": "   "}'], "bad_request"),
+    ("only invisible characters", [b'{"op": "synthesize", "text": "\\u0000\\u200b\\ufeff "}'], "bad_request"),
     ("too many frames", [b'{"op": "synthesize", "text": "hi", "ref_text": "x"}', b"a", b"b"], "bad_request"),
     ("frame for ping", [b'{"op": "ping"}', b"extra"], "bad_request"),
     ("ref_text without audio", [b'{"op": "synthesize", "text": "hi", "ref_text": "x"}'], "bad_request"),
@@ -99,6 +101,17 @@ def test_malformed_requests_get_one_error_reply_and_daemon_keeps_serving(daemon,
     assert extra == []
     with Client(daemon.endpoint, timeout_s=10) as client:
         assert client.ping()["pong"] is True
+
+
+def test_an_unknown_voice_is_refused_before_it_takes_a_place_in_the_queue(daemon):
+    header, _ = raw_request(daemon.endpoint, [b'{"op": "synthesize", "id": "uv", "text": "hi", "voice": "nobody"}'])
+    assert header["error"]["code"] == "unknown_voice"
+    # Refused by the front end ("request refused"), never run by the worker ("synthesis failed").
+    deadline = time.monotonic() + 10
+    while "id=uv" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in daemon.log().splitlines() if "id=uv" in line]
+    assert lines and all("request refused" in line for line in lines), lines
 
 
 def test_error_reply_echoes_request_id(daemon):

@@ -115,6 +115,10 @@ class Engine:
     def voices(self) -> list[dict[str, Any]]:
         return self.registry.list()
 
+    def check_voice(self, voice_id: str) -> None:
+        """Raise UNKNOWN_VOICE before a request is queued, so a typo costs no place in the queue."""
+        self.registry.check(voice_id)
+
     # -- synthesis ----------------------------------------------------------------------------------
 
     def _vocode(self, mel: torch.Tensor) -> torch.Tensor:

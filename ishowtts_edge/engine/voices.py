@@ -184,12 +184,21 @@ class VoiceRegistry:
             entry.prepared, entry.error = None, exc.message
             raise
 
+    def check(self, voice_id: str) -> None:
+        """Raise UNKNOWN_VOICE for a voice that is not configured (cheap: no files are read)."""
+        with self._lock:
+            self._entry(voice_id)
+
+    def _entry(self, voice_id: str) -> "_Entry":
+        entry = self._entries.get(voice_id)
+        if entry is None:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise ServiceError(ErrorCode.UNKNOWN_VOICE, f"unknown voice {peer_repr(voice_id)} (configured: {known})")
+        return entry
+
     def get(self, voice_id: str) -> PreparedVoice:
         with self._lock:
-            entry = self._entries.get(voice_id)
-            if entry is None:
-                known = ", ".join(sorted(self._entries)) or "none"
-                raise ServiceError(ErrorCode.UNKNOWN_VOICE, f"unknown voice {peer_repr(voice_id)} (configured: {known})")
+            entry = self._entry(voice_id)
             before = entry.prepared
             prepared = self._refresh(entry)
             if prepared is not before:
