@@ -15,17 +15,8 @@ from typing import Callable
 
 from num2words.lang_EN import Num2Word_EN
 
+from .patterns import compile_rule
 
-def _compile(pattern: str, first: str | None = None) -> re.Pattern[str]:
-    """ASCII digits only: \\d would also match Arabic-Indic or Devanagari digits, which the spellers refuse.
-
-    ``first``, a class of the characters a match can start with, is checked before the
-    pattern's lookbehinds: without it ``re`` tries every alternative at every position
-    (the phone pattern took 60 µs on a 300-character line, 11 µs with it).
-    """
-    if first is not None:
-        pattern = f"(?={first})(?:{pattern})"
-    return re.compile(pattern, re.ASCII)
 
 _SPELLER = Num2Word_EN()
 
@@ -96,14 +87,14 @@ _WORDS = {"Jr": "Junior", "Sr": "Senior", "vs": "versus", "etc": "et cetera", "a
           "Inc": "Incorporated", "Ltd": "Limited", "Corp": "Corporation", "Ave": "Avenue", "Blvd": "Boulevard",
           "Rd": "Road", "Dept": "Department", "Univ": "University", "est": "established"}
 
-_TITLE_RE = _compile(r"\b(" + "|".join(_TITLES) + r")\.(?=\s+[A-Z])", first=r"[A-Z]")
-_WORD_RE = _compile(r"\b(" + "|".join(_WORDS) + r")\.(?=(\s+\S)?)", first=r"[A-Za-z]")
-_DOCTOR_SAINT_RE = _compile(r"\b(Dr|St)\.(?=(\s+[A-Z])?)(?=(\s+\S)?)", first=r"[DS]")
-_LATIN_RE = _compile(r"\b(e\.g|i\.e)\.(?=(\s+\S)?)", first=r"[ei]")
+_TITLE_RE = compile_rule(r"\b(" + "|".join(_TITLES) + r")\.(?=\s+[A-Z])", first=r"[A-Z]")
+_WORD_RE = compile_rule(r"\b(" + "|".join(_WORDS) + r")\.(?=(\s+\S)?)", first=r"[A-Za-z]")
+_DOCTOR_SAINT_RE = compile_rule(r"\b(Dr|St)\.(?=(\s+[A-Z])?)(?=(\s+\S)?)", first=r"[DS]")
+_LATIN_RE = compile_rule(r"\b(e\.g|i\.e)\.(?=(\s+\S)?)", first=r"[ei]")
 #: Before a number: "Vol. 3", "Fig. 2", "Ch. IV".
 _NUMBERED = {"Vol": "Volume", "Ch": "Chapter", "Fig": "Figure", "Eq": "Equation", "Ex": "Example", "Pt": "Part"}
-_NUMBERED_RE = _compile(r"\b(" + "|".join(_NUMBERED) + r")\.(?=\s*(?:\d|[IVXL]+\b))", first=r"[A-Z]")
-_NUMBER_SIGN_RE = _compile(r"\b(No|no|Nos|nos)\.\s*(?=\d)|#(?=\d)", first=r"[Nn#]")
+_NUMBERED_RE = compile_rule(r"\b(" + "|".join(_NUMBERED) + r")\.(?=\s*(?:\d|[IVXL]+\b))", first=r"[A-Z]")
+_NUMBER_SIGN_RE = compile_rule(r"\b(No|no|Nos|nos)\.\s*(?=\d)|#(?=\d)", first=r"[Nn#]")
 
 
 def _sentence_dot(match: re.Match[str], words: str, follower: int) -> str:
@@ -131,7 +122,7 @@ def _abbreviations(text: str) -> str:
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # 1,234,567 or 1234567
 _NUM_DEC = rf"(?:{_NUM})(?:\.\d+)?"
 
-_PHONE_RE = _compile(
+_PHONE_RE = compile_rule(
     r"(?<![\w+.-])(\+\d{1,3}[\s.-]?)?(\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}(?![\w-])"  # (555) 123-4567, +1 555 123 4567
     r"|(?<![\w.-])\d{3}-\d{4}(?![\w-])"  # 555-1234
     r"|(?<![\w.-])\d{1,4}(?:-\d{2,4}){2,}(?![\w-])"  # 1-800-555-1234, 4111-1111-1111-1111
@@ -150,7 +141,7 @@ _CURRENCIES = {"$": ("dollar", "cent"), "€": ("euro", "cent"), "£": ("pound",
 _MAGNITUDES = {"k": "thousand", "K": "thousand", "m": "million", "M": "million", "mn": "million", "b": "billion",
                "bn": "billion", "B": "billion", "thousand": "thousand", "million": "million", "billion": "billion",
                "trillion": "trillion"}
-_MONEY_RE = _compile(
+_MONEY_RE = compile_rule(
     rf"(?<![\w.])([$€£¥])\s?({_NUM})(?:\.(\d+))?(?:\s?(thousand|million|billion|trillion|bn|mn|[kKmMbB])\b)?"
 , first=r"[$€£¥]")
 
@@ -177,10 +168,10 @@ _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augu
            "November", "December"]
 _MONTH_ABBR = {m[:3]: m for m in _MONTHS} | {"Sept": "September"} | {m: m for m in _MONTHS}
 _MONTH_ALT = r"(?:" + "|".join(sorted(_MONTH_ABBR, key=len, reverse=True)) + r")"
-_ISO_DATE_RE = _compile(r"(?<![\d.-])(\d{4})-(\d{1,2})-(\d{1,2})(?![\d-])", first=r"\d")
-_SLASH_DATE_RE = _compile(r"(?<![\d/.])(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})(?![\d/])", first=r"\d")
-_MONTH_DAY_RE = _compile(rf"\b({_MONTH_ALT})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:(,?\s+)(\d{{4}})\b)?", first=r"[A-Z]")
-_DAY_MONTH_RE = _compile(rf"(?<!\w)(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_ALT})\b(?:\.?(,?\s+)(\d{{4}})\b)?", first=r"\d")
+_ISO_DATE_RE = compile_rule(r"(?<![\d.-])(\d{4})-(\d{1,2})-(\d{1,2})(?![\d-])", first=r"\d")
+_SLASH_DATE_RE = compile_rule(r"(?<![\d/.])(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})(?![\d/])", first=r"\d")
+_MONTH_DAY_RE = compile_rule(rf"\b({_MONTH_ALT})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:(,?\s+)(\d{{4}})\b)?", first=r"[A-Z]")
+_DAY_MONTH_RE = compile_rule(rf"(?<!\w)(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_ALT})\b(?:\.?(,?\s+)(\d{{4}})\b)?", first=r"\d")
 
 
 def _date_words(y: int | None, m: int, d: int) -> str | None:
@@ -220,8 +211,8 @@ def _day_month(match: re.Match[str]) -> str:
 
 
 _AMPM = r"(?:\s?([AaPp])\.?[Mm]\b(\.)?)"
-_TIME_RE = _compile(rf"(?<![\d:.])([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?(?![\d:]){_AMPM}?", first=r"\d")
-_HOUR_AMPM_RE = _compile(rf"(?<![\d:.,])(1[0-2]|0?[1-9])(?![\d:]){_AMPM}", first=r"\d")
+_TIME_RE = compile_rule(rf"(?<![\d:.])([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?(?![\d:]){_AMPM}?", first=r"\d")
+_HOUR_AMPM_RE = compile_rule(rf"(?<![\d:.,])(1[0-2]|0?[1-9])(?![\d:]){_AMPM}", first=r"\d")
 
 
 def _ampm(match: re.Match[str], letter: str, dot: str | None) -> str:
@@ -259,7 +250,7 @@ def _hour_ampm(match: re.Match[str]) -> str:
     return cardinal(int(match.group(1))) + _ampm(match, match.group(2), match.group(3))
 
 
-_PERCENT_RE = _compile(rf"(?<![\w.])({_NUM_DEC})\s?%", first=r"\d")
+_PERCENT_RE = compile_rule(rf"(?<![\w.])({_NUM_DEC})\s?%", first=r"\d")
 
 
 def _percent(match: re.Match[str]) -> str:
@@ -279,7 +270,7 @@ _UNITS = {
     "ms": "millisecond", "sec": "second", "min": "minute", "hrs": "hour", "hr": "hour", "h": "hour",
 }
 _UNIT_ALT = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
-_UNIT_RE = _compile(rf"(?<![\w.])({_NUM_DEC})\s?({_UNIT_ALT})(?![\w/])", first=r"\d")
+_UNIT_RE = compile_rule(rf"(?<![\w.])({_NUM_DEC})\s?({_UNIT_ALT})(?![\w/])", first=r"\d")
 
 
 def _unit(match: re.Match[str]) -> str:
@@ -295,7 +286,7 @@ def _unit(match: re.Match[str]) -> str:
     return f"{amount} {said}"
 
 
-_ORDINAL_RE = _compile(rf"(?<![\w.])({_NUM})(st|nd|rd|th|ST|ND|RD|TH)\b", first=r"\d")
+_ORDINAL_RE = compile_rule(rf"(?<![\w.])({_NUM})(st|nd|rd|th|ST|ND|RD|TH)\b", first=r"\d")
 
 def _ordinal(match: re.Match[str]) -> str:
     whole = match.group(1).replace(",", "")
@@ -308,9 +299,9 @@ _YEAR_CONTEXT = frozenset(
     "in since from by until till through during circa before after around between year early late mid spring "
     "summer autumn fall winter of to".split()
 ) | frozenset(m.lower() for m in _MONTHS)
-_YEAR_RE = _compile(r"(?<![\w.,])(1\d{3}|20\d{2})(?![\d,.]?\d)(?=(\s?(?:AD|BC|BCE|CE)\b)?)", first=r"[12]")
-_LAST_WORD_RE = _compile(r"([A-Za-z]+)\.?\s+$")
-_DECADE_RE = _compile(r"(?<![\w.,])(1\d|20)(\d0)s\b|(?<![\w])'(\d0)s\b", first=r"[\d']")
+_YEAR_RE = compile_rule(r"(?<![\w.,])(1\d{3}|20\d{2})(?![\d,.]?\d)(?=(\s?(?:AD|BC|BCE|CE)\b)?)", first=r"[12]")
+_LAST_WORD_RE = compile_rule(r"([A-Za-z]+)\.?\s+$")
+_DECADE_RE = compile_rule(r"(?<![\w.,])(1\d|20)(\d0)s\b|(?<![\w])'(\d0)s\b", first=r"[\d']")
 
 
 def _previous_word(match: re.Match[str]) -> str:
@@ -344,8 +335,8 @@ _REGNAL = frozenset(
     "Pedro Manuel Sancho Stephen Malcolm David Robert".split()
 )
 #: 1 to 89 only: "Class C" and "Type D" are letters, and nothing counted after these words reaches 90.
-_ROMAN_NUMERAL_RE = _compile(r"(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})")
-_ROMAN_CANDIDATE_RE = _compile(r"(?<= )([IVXL]+)\b(?!['’]\w)", first=r"[IVXL]")
+_ROMAN_NUMERAL_RE = compile_rule(r"(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})")
+_ROMAN_CANDIDATE_RE = compile_rule(r"(?<= )([IVXL]+)\b(?!['’]\w)", first=r"[IVXL]")
 
 
 def roman_value(numeral: str) -> int:
@@ -370,7 +361,7 @@ def _roman(match: re.Match[str]) -> str:
     return f"the {ordinal(roman_value(numeral))}"
 
 
-_FRACTION_RE = _compile(r"(?<![\w/.])(\d{1,3})/(\d{1,2})(?![\w/]|\.\d)", first=r"\d")
+_FRACTION_RE = compile_rule(r"(?<![\w/.])(\d{1,3})/(\d{1,2})(?![\w/]|\.\d)", first=r"\d")
 _FRACTION_NAMES = {2: ("half", "halves"), 4: ("quarter", "quarters")}
 
 
@@ -384,7 +375,7 @@ def _fraction(match: re.Match[str]) -> str:
     return f"{cardinal(top)} {one if top == 1 else many}"
 
 
-_VERSION_RE = _compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?![\w.]|\.\d)", first=r"\d")
+_VERSION_RE = compile_rule(r"(?<![\w.])\d+(?:\.\d+){2,}(?![\w.]|\.\d)", first=r"\d")
 
 
 def _version(match: re.Match[str]) -> str:
@@ -392,13 +383,13 @@ def _version(match: re.Match[str]) -> str:
     return " point ".join(number(part) for part in match.group(0).split("."))
 
 
-_SHAPED_RANGE_RE = _compile(r"(?<=[\d%])\s?[-–]\s?(?=[$€£¥]\d|\d{1,2}:\d\d|\d+(?:\.\d+)?%)", first=r"[\s–-]")
-_RANGE_RE = _compile(r"(?<=\d)\s?[-–]\s?(?=[$€£¥]?\d)", first=r"[\s–-]")
-_SIGNED_RE = _compile(r"(?<![\w.,])([-−+])(?=\.?\d)", first=r"[-−+]")
+_SHAPED_RANGE_RE = compile_rule(r"(?<=[\d%])\s?[-–]\s?(?=[$€£¥]\d|\d{1,2}:\d\d|\d+(?:\.\d+)?%)", first=r"[\s–-]")
+_RANGE_RE = compile_rule(r"(?<=\d)\s?[-–]\s?(?=[$€£¥]?\d)", first=r"[\s–-]")
+_SIGNED_RE = compile_rule(r"(?<![\w.,])([-−+])(?=\.?\d)", first=r"[-−+]")
 #: A minus sign before a number, money or a percentage, said first so the shapes need no sign of their own.
-_MINUS_RE = _compile(r"(?<![\w.,\d])[-−](?=[$€£¥]?\.?\d)", first=r"[-−]")
-_PLUS_PERCENT_RE = _compile(r"(?<![\w.,\d])\+(?=\d[\d,.]*\s?[%°])", first=r"\+")
-_DECIMAL_RE = _compile(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+)", first=r"[\d.]")
+_MINUS_RE = compile_rule(r"(?<![\w.,\d])[-−](?=[$€£¥]?\.?\d)", first=r"[-−]")
+_PLUS_PERCENT_RE = compile_rule(r"(?<![\w.,\d])\+(?=\d[\d,.]*\s?[%°])", first=r"\+")
+_DECIMAL_RE = compile_rule(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|\.\d+)", first=r"[\d.]")
 
 
 def _signed(match: re.Match[str]) -> str:
@@ -412,7 +403,7 @@ def _decimal(match: re.Match[str]) -> str:
     return number(value)
 
 
-_HAS_DIGIT = _compile(r"\d")
+_HAS_DIGIT = compile_rule(r"\d")
 
 # -- the pipeline --------------------------------------------------------------------------------
 
@@ -442,29 +433,29 @@ def _has_any(chars: str) -> _Gate:
     return lambda text: any(c in text for c in chars)
 
 
-_MONTH_GATE = _compile("|".join(_MONTH_ABBR)).search
+_MONTH_GATE = compile_rule("|".join(_MONTH_ABBR)).search
 _PASSES: list[tuple[_Gate, re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (_has_any("-"), _ISO_DATE_RE, _iso_date),
     (_has_any("/"), _SLASH_DATE_RE, _slash_date),
-    (_compile(r"\d[-\s.)]\s?\(?\d").search, _PHONE_RE, _phone),
+    (compile_rule(r"\d[-\s.)]\s?\(?\d").search, _PHONE_RE, _phone),
     (_has_any("$€£¥"), _MONEY_RE, _money),
     (_MONTH_GATE, _MONTH_DAY_RE, _month_day),
     (_MONTH_GATE, _DAY_MONTH_RE, _day_month),
     (_has_any(":"), _TIME_RE, _time),
-    (_compile(r"\d\s?[AaPp]\.?[Mm]\b").search, _HOUR_AMPM_RE, _hour_ampm),
+    (compile_rule(r"\d\s?[AaPp]\.?[Mm]\b").search, _HOUR_AMPM_RE, _hour_ampm),
     (_has_any("%"), _PERCENT_RE, _percent),
-    (_compile(rf"\d\s?(?:{_UNIT_ALT})(?![\w/])").search, _UNIT_RE, _unit),
-    (_compile(r"\d(?:st|nd|rd|th|ST|ND|RD|TH)\b").search, _ORDINAL_RE, _ordinal),
-    (_compile(r"\d0s\b").search, _DECADE_RE, _decade),
-    (_compile(r"[12]\d{3}").search, _YEAR_RE, _year),
+    (compile_rule(rf"\d\s?(?:{_UNIT_ALT})(?![\w/])").search, _UNIT_RE, _unit),
+    (compile_rule(r"\d(?:st|nd|rd|th|ST|ND|RD|TH)\b").search, _ORDINAL_RE, _ordinal),
+    (compile_rule(r"\d0s\b").search, _DECADE_RE, _decade),
+    (compile_rule(r"[12]\d{3}").search, _YEAR_RE, _year),
     (_has_any("/"), _FRACTION_RE, _fraction),
-    (_compile(r"\d\.\d+\.\d").search, _VERSION_RE, _version),
+    (compile_rule(r"\d\.\d+\.\d").search, _VERSION_RE, _version),
 ]
 _PASSES = [(gate, pattern, _padded(fn)) for gate, pattern, fn in _PASSES]
 _padded_decimal = _padded(_decimal)
 
-_ABBREVIATION_GATE = _compile("(?:" + "|".join([*_TITLES, *_WORDS, *_NUMBERED, "Dr", "St", "e\\.g", "i\\.e", "No", "no"]) + r")\.|[&#]")
-_ROMAN_GATE = _compile(r" [IVXL]+\b")
+_ABBREVIATION_GATE = compile_rule("(?:" + "|".join([*_TITLES, *_WORDS, *_NUMBERED, "Dr", "St", "e\\.g", "i\\.e", "No", "no"]) + r")\.|[&#]")
+_ROMAN_GATE = compile_rule(r" [IVXL]+\b")
 
 
 def normalize(text: str) -> str:
