@@ -114,6 +114,16 @@ def test_an_unknown_voice_is_refused_before_it_takes_a_place_in_the_queue(daemon
     assert lines and all("request refused" in line for line in lines), lines
 
 
+def test_a_text_whose_spoken_form_is_too_long_is_refused_before_any_work(daemon):
+    """2000 characters of amounts say 16,750: refused at once, not minutes of synthesis."""
+    text = ("$999,999,999.99 " * 125)[:2000]
+    with Client(daemon.endpoint, timeout_s=60, retries=0) as client:
+        with pytest.raises(ClientError) as refused:
+            client.synthesize(text, seed=1)
+        assert refused.value.code == "text_too_long" and "written out" in refused.value.message
+        assert client.synthesize("It costs $19.99.", seed=1, nfe_step=2)  # the same money, short: spoken
+
+
 def test_error_reply_echoes_request_id(daemon):
     header, _ = raw_request(daemon.endpoint, [b'{"op": "synthesize", "id": "req-77", "text": 3}'])
     assert header["id"] == "req-77" and header["op"] == "synthesize"

@@ -46,6 +46,10 @@ from ishowtts_edge.logs import kv
 from ishowtts_edge.protocol import Cancellation, ErrorCode, ServiceError, SynthesizeParams
 from ishowtts_edge.text import normalize as normalize_text
 
+#: The spoken form of a text may be this many times server.max_text_chars (a string of digits
+#: read one by one grows about 4-fold; money and big numbers up to 8-fold).
+SPOKEN_TEXT_FACTOR = 4
+
 log = logging.getLogger(__name__)
 
 class Engine:
@@ -241,6 +245,13 @@ class Engine:
         # The spoken form is what gets chunked, tokenised and timed: "$19.99" needs the audio
         # length of "nineteen dollars and ninety-nine cents".
         text = normalize_text(params.text) if params.normalize else params.text
+        spoken_limit = SPOKEN_TEXT_FACTOR * self.settings.server.max_text_chars
+        if len(text) > spoken_limit:  # "$999,999,999.99 " grows 8-fold: bound the work a request buys
+            raise ServiceError(
+                ErrorCode.TEXT_TOO_LONG,
+                f"the text is {len(text)} characters once numbers and symbols are written out; the limit is "
+                f"{spoken_limit} ({SPOKEN_TEXT_FACTOR} x server.max_text_chars): send it in parts",
+            )
         plan = params.chunk_plan or ("short_first" if sink is not None else "upstream")
         chunks = self._plan_chunks(text, prompt, voice.ref_seconds, opts["speed"], plan)
         sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
