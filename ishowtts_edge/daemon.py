@@ -144,7 +144,7 @@ class Daemon:
         if self.engine is None or self.service.starting:
             detail = self.engine_error or f"engine is {state}"
             return ServiceError(ErrorCode.NOT_READY, detail)
-        if request.params is not None and request.params.voice is not None:
+        if request.params is not None and request.params.voice:  # "" means the default voice, as in the engine
             try:
                 self.engine.check_voice(request.params.voice)
             except ServiceError as exc:
