@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 if TYPE_CHECKING:
     import numpy as np
 
-PROTOCOL_VERSION = 2
 #: Versions a request may speak; a reply speaks its request's.
 VERSIONS = (1, 2)
 

@@ -14,12 +14,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ishowtts_edge.service_state import STARTING_STATES
+
 #: The directory holding this ishowtts_edge package: the child imports the same code as its parent.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 #: systemd's variables for the service itself: a child started from a unit must not answer in its name.
 SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-#: Health states of a daemon that is not serving yet.
-STARTING_STATES = ("starting", "loading", "warming")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the exit status (negative: the signal that ended it)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 class DaemonNotReady(RuntimeError):
@@ -88,12 +100,6 @@ class DaemonProcess:
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code

@@ -18,7 +18,7 @@ from ..protocol import peer_repr as peer_id
 log = logging.getLogger(__package__)
 
 
-class Cancellation:
+class CancelOps:
     """The cancellation methods of :class:`Server`; the state they use is Server's."""
 
     def _disconnected(self, fd: int, generation: int) -> None:
@@ -62,9 +62,7 @@ class Cancellation:
                 if job.peer == peer and job.request.wire_id == request.target:
                     self._queue.remove(job)
                     self.stats.cancelled["op"] += 1
-                    self.stats.errors[ErrorCode.CANCELLED.value] += 1
-                    self._send(job.envelope + job.error(ErrorCode.CANCELLED, "cancelled by the client before it ran"))
-                    self._replied("synthesize", ErrorCode.CANCELLED.value, job.received_at)
+                    self._answer_waiting(job, ErrorCode.CANCELLED, "cancelled by the client before it ran")
                     was = "queued"
                     break
         if was is not None:

@@ -55,7 +55,7 @@ from ..protocol import (
     ok_reply,
     parse_request,
 )
-from .cancel import Cancellation
+from .cancel import CancelOps
 from .gate import ConnectionGate, connection_cap
 from .job import Job
 from .queue import FairQueue
@@ -82,7 +82,7 @@ class SynthesisBackend(Protocol):
     def control(self, request: Request) -> dict[str, Any]: ...
 
 
-class Server(SynthesisWorker, Cancellation):
+class Server(SynthesisWorker, CancelOps):
     """Call :meth:`bind`, then :meth:`poll` repeatedly from one thread (the serving loop).
 
     :meth:`bind` starts the synthesis worker (worker.py), which runs ``startup`` first and then
@@ -234,8 +234,7 @@ class Server(SynthesisWorker, Cancellation):
         with self._lock:
             self._closing = True
             for job in self._queue.take_all():
-                self._send(job.envelope + job.error(ErrorCode.SHUTTING_DOWN, "daemon is stopping"))
-                self._replied("synthesize", ErrorCode.SHUTTING_DOWN.value, job.received_at)
+                self._answer_waiting(job, ErrorCode.SHUTTING_DOWN, "daemon is stopping")
         if not self._wait_idle(timeout_s):
             running = self._running
             if running is not None:
@@ -391,10 +390,15 @@ class Server(SynthesisWorker, Cancellation):
 
     # -- admission (lock held) ------------------------------------------------------------
 
+    def _answer_waiting(self, job: Job, code: ErrorCode, message: str) -> None:
+        """A waiting job that will never run: its client hears why, and stats and metrics count it."""
+        self.stats.errors[code.value] += 1
+        self._send(job.envelope + job.error(code, message))
+        self._replied("synthesize", code.value, job.received_at)
+
     def _admit(self, job: Job) -> None:
         """Queue ``job`` or raise ``busy``; a job it displaces is answered ``busy`` now."""
         displaced = self._queue.admit(job, self.pending)
         if displaced is not None:
-            self.stats.errors[ErrorCode.BUSY.value] += 1
-            self._send(displaced.envelope + displaced.error(
-                ErrorCode.BUSY, "the queue is full and this client holds the most of it; retry later"))
+            self._answer_waiting(displaced, ErrorCode.BUSY,
+                                 "the queue is full and this client holds the most of it; retry later")
