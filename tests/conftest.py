@@ -41,6 +41,17 @@ class DaemonProcess(_DaemonProcess):
                          env={**daemon_paths(tmp, cache), **env}, cwd=tmp, preexec_fn=preexec_fn)
 
 
+@pytest.fixture(scope="module")
+def users():
+    """Unprivileged users for the privilege tests (root only: they are created and removed)."""
+    from fakes.hwctl_process import create_users, require_root
+
+    require_root()
+    created = create_users()
+    yield created
+    created.cleanup()
+
+
 @pytest.fixture
 def world_tmp():
     """A temp dir other users can traverse (pytest's tmp_path is 0700 root): hwctl,

@@ -70,6 +70,19 @@ def tone(seconds: float, rate: int = 24000) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
+def out_of_memory_on_call(real, n: int):
+    """``real`` wrapped to raise what CUDA's allocator raises on its ``n``-th call (CUDA cannot run here)."""
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
 class Slowdown:
     """The devfreq files clock emulation reads: ``factor`` 1 is full speed, 50 is fifty times slower."""
 

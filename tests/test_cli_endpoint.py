@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import REPO
-from fakes.hwctl_process import as_user, create_users, repo_env, require_root, user_python
+from fakes.hwctl_process import as_user, repo_env, user_python
 
 # A wait this long means the CLI sat out its reply timeout (60 s by default, 120 s for status).
 PROMPT_S = 30
@@ -86,14 +86,6 @@ def test_a_live_daemon_socket_still_gets_the_request(tmp_path):
         assert router.poll(1000)
     finally:
         router.close(linger=0)
-
-
-@pytest.fixture(scope="module")
-def users():
-    require_root()
-    created = create_users()
-    yield created
-    created.cleanup()
 
 
 def test_socket_the_user_may_not_use_names_the_group_to_join(world_tmp, users):

@@ -19,7 +19,7 @@ from ishowtts_edge.engine.loader import load_engine
 from ishowtts_edge.engine.demo import DEMO_ARCH, demo_bundle_valid, write_demo_bundle
 from ishowtts_edge.engine.sampler import FlowSampler, compile_counters
 from ishowtts_edge.protocol import ErrorCode, ServiceError, SynthesizeParams
-from tests.engine_support import engine_settings, tiny_bundle  # noqa: F401 (fixture)
+from tests.engine_support import engine_settings, out_of_memory_on_call, tiny_bundle  # noqa: F401 (fixture)
 
 TEXT = "Hello world, this is a test of the engine."
 
@@ -247,16 +247,7 @@ def test_compile_failure_falls_back_to_eager(tiny_bundle, tmp_path: Path, voices
 
 def test_out_of_memory_is_reported_and_engine_stays_usable(tiny_bundle, tmp_path: Path, voices, monkeypatch) -> None:
     engine = load_engine(engine_settings(tiny_bundle, tmp_path, voices))
-    real_sample = engine.sampler.sample
-    calls = {"n": 0}
-
-    def sample_once_oom(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:  # CUDA cannot run here; raise what the allocator raises
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(engine.sampler, "sample", sample_once_oom)
+    monkeypatch.setattr(engine.sampler, "sample", out_of_memory_on_call(engine.sampler.sample, 1))
     with pytest.raises(ServiceError) as info:
         engine.synthesize(SynthesizeParams(text=TEXT, seed=1))
     assert info.value.code is ErrorCode.OUT_OF_MEMORY
@@ -279,14 +270,7 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
     daemon = Daemon(settings)
     engine = load_engine(settings)
     real_sample = engine.sampler.sample
-    fail = {"next": True}
-
-    def sample_maybe_oom(*args, **kwargs):
-        if fail.pop("next", False):  # CUDA cannot run here; raise what the allocator raises
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(engine.sampler, "sample", sample_maybe_oom)
+    monkeypatch.setattr(engine.sampler, "sample", out_of_memory_on_call(real_sample, 1))
     daemon.engine = engine
     daemon.service.set("ready")
     daemon.publisher = EventPublisher(f"ipc://{tmp_path}/events.sock")
@@ -327,7 +311,7 @@ def test_out_of_memory_degrades_the_daemon_until_a_synthesis_succeeds(tiny_bundl
         assert daemon.health()["state"] == "ready"
 
         # A cause that does not pass with a request (here: hardware) keeps the daemon degraded.
-        fail["next"] = True
+        monkeypatch.setattr(engine.sampler, "sample", out_of_memory_on_call(real_sample, 1))
         daemon.service.degrade("hardware", "jetson_clocks failed")
         with pytest.raises(ServiceError):
             daemon.synthesize(request)

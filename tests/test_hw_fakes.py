@@ -76,6 +76,9 @@ def test_r39_show_takes_the_online_cpus_from_its_header():
     )
     show = hwctl.parse_clocks_show(text)
     assert [c["cpu"] for c in show["cpu"] if c["online"]] == [0, 1, 2, 3, 8, 9, 10, 11]
+    # Every core online (MAXN): the header has no Offline part.
+    all_online = text.replace("Online CPUs: 0-3,8-11, Offline CPUs: 4-7\n", "Online CPUs: 0-11\n")
+    assert all(c["online"] for c in hwctl.parse_clocks_show(all_online)["cpu"])
     # An Online= on the line wins over the header; no header and no Online= means online.
     mixed = text.replace("cpu4: Governor", "cpu4: Online=1 Governor").replace("Online CPUs: 0-3,8-11, Offline CPUs: 4-7\n", "")
     assert all(c["online"] for c in hwctl.parse_clocks_show(mixed)["cpu"])

@@ -18,7 +18,6 @@ from fakes.board import FakeBoard
 from fakes.hwctl_process import (
     HwctlProcess,
     as_user,
-    create_users,
     raw_request,
     repo_env,
     require_root,
@@ -28,14 +27,6 @@ from fakes.hwctl_process import (
 
 from ishowtts_edge.config import HardwareConfig
 from ishowtts_edge.hwctl_client import HwctlCallError, HwctlClient
-
-
-@pytest.fixture(scope="module")
-def users():
-    require_root()
-    created = create_users()
-    yield created
-    created.cleanup()
 
 
 def start_hwctl(world_tmp: Path, board: FakeBoard, users=None, **overrides) -> HwctlProcess:

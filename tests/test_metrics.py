@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from ishowtts_edge.bench.daemon_process import stop_process
 import zmq
 from fakes import orin
 from fakes.board import FakeBoard
@@ -90,13 +92,7 @@ class NodeExporter:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self._log.close()
 
 

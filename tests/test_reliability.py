@@ -360,6 +360,7 @@ def test_sigterm_while_the_model_loads_exits_0_without_sockets(tmp_path, demo_ca
     try:
         with Client(proc.endpoint, timeout_s=1.0, retries=60) as c:
             state = c.ping()["state"]  # the socket answers from the start; the model loads behind it
+        assert state in ("starting", "loading", "warming"), f"the model was already up ({state}): nothing tested"
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.proc.wait(120) == 0, f"stopped while {state}:\n{proc.log()[-3000:]}"
         assert sockets_left(proc) == [], f"stopped while {state}"

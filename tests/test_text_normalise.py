@@ -410,7 +410,10 @@ def test_echo_text_is_absent_unless_asked_and_bad_values_are_refused(daemon):
     with Client(daemon.endpoint, timeout_s=120) as client:
         with pytest.raises(ClientError) as err:
             client.synthesize("Hi there.", normalize="yes")
-    assert err.value.code == "bad_request" and "normalize" in str(err.value)
+        assert err.value.code == "bad_request" and "normalize" in str(err.value)
+        with pytest.raises(ClientError) as err:
+            client.synthesize("Hi there.", echo_text="yes")
+        assert err.value.code == "bad_request" and "echo_text" in str(err.value)
 
 
 def test_a_number_too_large_to_name_is_read_digit_by_digit_and_the_rest_still_normalised():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from conftest import REPO, DaemonProcess, daemon_env
 from engine_support import Slowdown
+from ishowtts_edge.bench.daemon_process import stop_process
 from ishowtts_edge.client import Client
 from ishowtts_edge.config import ConfigError, load_settings
 from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter, pack_sentences, split_sentences
@@ -74,15 +74,9 @@ class BridgeProcess:
         raise AssertionError(f"{pattern!r} x{count} not in the bridge log:\n{self.log()}")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, 30)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture(scope="module")
@@ -525,6 +519,8 @@ def test_idle_and_trickling_connections_at_the_cap_give_way_to_a_new_client(brid
     max_connections for ever: every later client got busy."""
     import socket
 
+    mark = len(bridge.log())  # the bridge serves the whole module: judge this test's lines only
+    replaced = bridge.log().count("idle connection closed for a new one")
     idle = [socket.create_connection(("127.0.0.1", bridge.port)) for _ in range(8)]
     try:
         idle[0].sendall(b'{"type": "synth')  # a trickle: half a header, never finished
@@ -532,9 +528,9 @@ def test_idle_and_trickling_connections_at_the_cap_give_way_to_a_new_client(brid
         for attempt in range(3):  # the first displaces the longest idle; its place then serves the others
             events = run(ha_synthesize(bridge.port, "Hello there."))
             assert audio_of(events) == daemon_pcm(daemon, ["Hello there."])[0]
-        bridge.wait_log("idle connection closed for a new one")
-        assert 'how="replaced: idle the longest at max_connections"' in bridge.log()
-        assert "connection refused" not in bridge.log()
+        bridge.wait_log("idle connection closed for a new one", count=replaced + 1)
+        assert 'how="replaced: idle the longest at max_connections"' in bridge.log()[mark:]
+        assert "connection refused" not in bridge.log()[mark:]
     finally:
         for sock in idle:
             sock.close()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from ishowtts_edge.bench.daemon_process import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 
 #: A stdlib-only client (the unprivileged user may not be able to read the repo or venv).
@@ -179,12 +181,6 @@ class HwctlProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
