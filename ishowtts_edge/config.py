@@ -218,6 +218,12 @@ class EngineConfig(_Section):
     sway_sampling_coef: float = Field(default=-1.0, ge=-2.0, le=2.0)
     speed: float = Field(default=1.0, ge=0.3, le=3.0)
     cross_fade_s: float = Field(default=0.15, ge=0.0, le=1.0)
+    #: The least speech in a stream's short first chunk (chunk_plan short_first); the chunk
+    #: takes the words that fit the length bucket its pass runs in anyway (docs/protocol.md).
+    stream_first_chunk_s: float = Field(default=1.0, ge=0.2, le=10.0)
+    #: A text that one chunk holds is cut for a stream only when its speech is at least this
+    #: long: the extra pass over the reference costs more than the earlier start gains below it.
+    stream_split_min_s: float = Field(default=8.0, ge=0.0, le=60.0)
     target_rms: float = Field(default=0.1, gt=0.0, le=1.0)
     #: Reference audio longer than this is clipped at a silence.
     max_ref_seconds: float = Field(default=12.0, ge=1.0, le=30.0)

@@ -82,6 +82,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true",
                     help="after the steady runs, one sentence and its vocoder alone under torch.profiler: "
                          "GPU busy time, idle gaps and the kernels that take it (in-process only)")
+    ap.add_argument("--sweep", default=None,
+                    help="comma list of text lengths (characters, the bench's sweep texts): the steady cost of "
+                         "each, one chunk each, with the bucket it ran in (what one pass costs by length)")
+    ap.add_argument("--profile-chars", type=int, default=None,
+                    help="with --profile: profile the sweep text of this many characters instead of the sentence")
     ap.add_argument("--work-dir", type=Path, default=REPO / ".cache" / "bench")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
@@ -242,10 +247,24 @@ def main(argv: list[str] | None = None) -> int:
                 times.append((time.perf_counter() - t) * 1e3)
             vocoder.append({"frames": frames, "first_ms": times[0], "second_ms": times[1]})
         out["vocoder_new_length"] = vocoder
+    if a.sweep:
+        from ishowtts_edge.bench.texts import sweep_text
+
+        rows = []
+        for chars in (int(x) for x in a.sweep.split(",")):
+            text = sweep_text(chars)
+            results = [synth(text, 300 + i) for i in range(max(a.runs // 2, 3) + 1)][1:]
+            times = [wall for _, wall in results]
+            r = results[0][0]
+            rows.append({"chars": chars, "chunks": r.chunks, "frames": r.mel_frames, "model_frames": r.model_frames,
+                         "ms": summarize([t * 1e3 for t in times])})
+        out["sweep"] = rows
     if a.profile:
+        profiled = sweep_text_for(a.profile_chars) if a.profile_chars else SENTENCE
         mel = torch.randn(1, engine.model.num_channels, first.mel_frames, device=engine.device)
         out["profile"] = {
-            "sentence": run(lambda: profile_call(lambda: engine.synthesize(SynthesizeParams(text=SENTENCE, seed=0)), sync)),
+            "sentence" if not a.profile_chars else f"{a.profile_chars} chars":
+                run(lambda: profile_call(lambda: engine.synthesize(SynthesizeParams(text=profiled, seed=0)), sync)),
             "vocoder": run(lambda: profile_call(lambda: engine._vocode(mel), sync)),
         }
     out["recompiles_since_ready"] = engine.describe()["recompiles_since_ready"]
@@ -262,12 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     for row in out.get("new_lengths", []):
         print(f"  new length {row['chars']} chars / {row['frames']} frames: first {row['first_ms']:.1f} ms, "
               f"second {row['second_ms']:.1f} ms")
+    for row in out.get("sweep", []):
+        print(f"  {row['chars']} chars, {row['chunks']} chunk(s), {row['frames']} frames generated in "
+              f"{row['model_frames']} model frames: median {row['ms']['median']:.2f} ms (CV {row['ms']['cv']:.1%})")
     for row in out.get("vocoder_new_length", []):
         print(f"  vocoder {row['frames']} frames: first {row['first_ms']:.1f} ms, second {row['second_ms']:.1f} ms")
     for name, prof in out.get("profile", {}).items():
         print_profile(name, prof)
     write_json(a.json, out)
     return 0
+
+
+def sweep_text_for(chars: int) -> str:
+    from ishowtts_edge.bench.texts import sweep_text
+
+    return sweep_text(chars)
 
 
 #: Kernel families by name, first match wins: where a step's GPU time goes.  cuDNN runs

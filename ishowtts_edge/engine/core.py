@@ -30,15 +30,8 @@ from ishowtts_edge.engine.clock import ClockEmulator
 from ishowtts_edge.engine.heartbeat import Progress, no_progress
 from ishowtts_edge.engine.prompt import PromptPreparer, VoicePrompt
 from ishowtts_edge.engine.sampler import MAX_DURATION, FlowSampler, compile_counters
-from ishowtts_edge.engine.text import (
-    CrossFader,
-    chunk_text,
-    duration_frames,
-    fit_chunks,
-    max_chunk_bytes,
-    max_gen_bytes,
-    short_first,
-)
+from ishowtts_edge.engine.plan import SHORT_FIRST, UPSTREAM, Pace, StreamShape, plan_chunks
+from ishowtts_edge.engine.text import CrossFader, duration_frames
 from ishowtts_edge.engine.vocoder import Vocoder
 from ishowtts_edge.engine.voices import VoiceRegistry
 from ishowtts_edge.engine.warmup import warm_up
@@ -162,36 +155,21 @@ class Engine:
         return min(int(positions), MAX_DURATION) if positions else MAX_DURATION
 
     def _plan_chunks(self, text: str, prompt: VoicePrompt, ref_seconds: float, speed: float,
-                     plan: str = "upstream") -> list[str]:
-        """upstream's sentence chunks, with any too long for the model split further; a text that
-        still cannot fit is refused before any work (TEXT_TOO_LONG), never an error mid-synthesis.
-
-        ``plan`` ``short_first`` cuts the first chunk short as upstream's socket server does
-        (docs/protocol.md, "Streaming"), so the first audio comes after a short chunk's work."""
-        max_frames = self.max_frames()
-        fit = max_gen_bytes(prompt.ref_audio_len, prompt.prompt_text, speed, max_frames)
-        if fit < 1:
-            raise ServiceError(
-                ErrorCode.TEXT_TOO_LONG,
-                f"this voice's reference leaves no room for text at speed {speed:g} within the model's "
-                f"{max_frames} frames; use a shorter reference or a higher speed",
-            )
-        target = max_chunk_bytes(prompt.ref_text, ref_seconds, speed)
-        limit = min(target, fit) if target > 0 else fit
-        chunks = fit_chunks(chunk_text(text, target), limit)
-        if plan == "short_first":
-            chunks = short_first(chunks, limit)
-        if not chunks:
-            raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
-        for chunk in chunks:
-            frames = duration_frames(prompt.ref_audio_len, prompt.prompt_text, chunk, speed)
-            if frames > max_frames:  # only a piece of a few bytes, spoken at upstream's 0.3 for short texts
-                raise ServiceError(
-                    ErrorCode.TEXT_TOO_LONG,
-                    f"the piece {chunk!r} needs {frames} frames with this voice at speed {speed:g}; "
-                    f"the model takes at most {max_frames}: use a shorter reference or a higher speed",
-                )
-        return chunks
+                     plan: str = UPSTREAM) -> list[str]:
+        """The chunks of a request (engine/plan.py): upstream's, or a stream's ``short_first``."""
+        arch = self.arch
+        buckets = self.sampler.buckets
+        return plan_chunks(
+            text,
+            Pace(prompt.ref_audio_len, prompt.prompt_text, speed, arch.sample_rate / arch.hop_length),
+            prompt.ref_text,
+            ref_seconds,
+            max_frames=self.max_frames(),
+            plan=plan,
+            bucket_for=self.sampler.bucket_for if buckets else (lambda frames: None),
+            largest_bucket=max(buckets) if buckets else None,
+            stream=StreamShape(self.config.stream_first_chunk_s, self.config.stream_split_min_s),
+        )
 
     def _options(self, params: SynthesizeParams) -> dict[str, Any]:
         cfg = self.config
@@ -252,7 +230,7 @@ class Engine:
                 f"the text is {len(text)} characters once numbers and symbols are written out; the limit is "
                 f"{spoken_limit} ({SPOKEN_TEXT_FACTOR} x server.max_text_chars): send it in parts",
             )
-        plan = params.chunk_plan or ("short_first" if sink is not None else "upstream")
+        plan = params.chunk_plan or (SHORT_FIRST if sink is not None else UPSTREAM)
         chunks = self._plan_chunks(text, prompt, voice.ref_seconds, opts["speed"], plan)
         sample_rate = self.arch.sample_rate  # type: ignore[union-attr]
         if sink is not None:

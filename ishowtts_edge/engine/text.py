@@ -129,25 +129,6 @@ def cross_fade(waves: list[np.ndarray], cross_fade_seconds: float, sample_rate: 
     return final
 
 
-#: How much shorter than the others the first chunk of a ``short_first`` plan is (upstream's
-#: socket server re-chunks its first batch at a half, then at a quarter of its chunk size).
-SHORT_FIRST_STEPS = (2, 4)
-
-
-def short_first(chunks: list[str], max_bytes: int) -> list[str]:
-    """upstream's socket-server plan: the first chunk cut again at half, then a quarter of ``max_bytes``.
-
-    Sentences stay whole where they fit, as upstream does; a first sentence longer than the
-    quarter is split at clause marks or spaces (:func:`fit_chunks`), so time to first audio
-    does not grow with the text.
-    """
-    if not chunks:
-        return chunks
-    for divisor in SHORT_FIRST_STEPS:
-        chunks = chunk_text(chunks[0], max(max_bytes // divisor, 1)) + chunks[1:]
-    return fit_chunks(chunks[:1], max(max_bytes // SHORT_FIRST_STEPS[-1], 1)) + chunks[1:]
-
-
 class CrossFader:
     """:func:`cross_fade` one chunk at a time: each :meth:`push` returns the samples that are final.
 
