@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from fakes.board import FakeBoard
 from fakes.jtop_fake import FakeJtopService
-from fakes.orin import write
 
 from ishowtts_edge.config import TelemetryConfig
 from ishowtts_edge.telemetry import (
@@ -104,7 +103,8 @@ class DirectoryScans:
 
 def scanned_dirs(board: FakeBoard) -> list[Path]:
     """The directories a sysfs source lists to find the board's nodes."""
-    return [board.sysfs_root / "sys" / d for d in ("class/devfreq", "class/hwmon", "class/thermal", "devices/system/cpu")]
+    sys_ = board.sysfs_root / "sys"
+    return [sys_ / d for d in ("class/devfreq", "class/hwmon", "class/thermal", "devices/system/cpu")]
 
 
 def reload_drivers(board: FakeBoard) -> None:
