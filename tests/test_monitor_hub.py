@@ -96,6 +96,42 @@ def test_status_line_tracks_learning_health_and_alerts():
     assert "\n" not in line
 
 
+def test_window_statistics_are_computed_once_until_the_window_changes(monkeypatch):
+    from ishowtts_edge.monitor import detector
+
+    hub, sim = make_hub()
+    computed = []
+    real_stats = detector.stats
+    monkeypatch.setattr(detector, "stats", lambda values: computed.append(list(values)) or real_stats(values))
+
+    feed(hub, sim, BoardState(), 10)  # learning: the RTF statistics only, no baseline ratios yet
+    computed.clear()
+    status = hub.status()
+    assert status["status_line"] == f"RTF {status['window']['median_rtf']:.2f} (n=10), learning baseline 10/30"
+    assert len(computed) == 1
+    hub.status()
+    hub.status_line()
+    hub.publish_state()
+    assert len(computed) == 1  # nothing new in the window: nothing computed again
+
+    feed(hub, sim, BoardState(), 50)  # learned: ratios and RTF statistics
+    computed.clear()
+    status = hub.status()
+    assert status["window"]["n"] == 50 and "x baseline" in status["status_line"]
+    assert len(computed) == 2 and computed[0] != computed[1]
+    assert hub.status() == status and len(computed) == 2
+
+    feed(hub, sim, BoardState(), 1)  # a new record
+    computed.clear()
+    newer = hub.status()
+    assert len(computed) == 2 and newer["window"]["last_rtf"] != status["window"]["last_rtf"]
+
+    sim.clock.advance(MonitorConfig().window_age_s + 1)  # every record ages out of the window
+    computed.clear()
+    aged = hub.status()
+    assert aged["window"]["n"] == 0 and aged["status_line"] == "RTF: no syntheses yet" and computed == []
+
+
 def test_status_is_strict_json_with_remediation_state():
     hub, sim = make_hub(apply_fn=lambda: {"ok": True}, background_remediation=False)
     feed(hub, sim, BoardState(), 60)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import struct
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,67 @@ def sampler_factory():
 
 def jtop_sources(service: FakeJtopService, cfg: TelemetryConfig) -> dict:
     return {"jtop": lambda: JtopSource(cfg, factory=service.factory)}
+
+
+
+class DirectoryScans:
+    """Counts the listings of directories (listdir, glob, iterdir alike) through inotify, as the
+    kernel sees them.  Closes are watched too: the kernel merges an event identical to the one
+    queued last, so a run of bare opens would count as one."""
+
+    IN_CLOSE_NOWRITE, IN_OPEN, IN_ISDIR = 0x10, 0x20, 0x40000000
+
+    def __init__(self, *directories: Path):
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        self._dirs: dict[int, Path] = {}
+        for directory in directories:
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), self.IN_OPEN | self.IN_CLOSE_NOWRITE)
+            assert wd >= 0, (directory, os.strerror(ctypes.get_errno()))
+            self._dirs[wd] = directory
+        self._counts: Counter[Path] = Counter()
+
+    def counts(self) -> dict[Path, int]:
+        """Listings so far, by directory (every watched one, listed or not)."""
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            offset = 0
+            while offset < len(data):
+                wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                offset += 16 + length
+                if mask == self.IN_OPEN | self.IN_ISDIR and length == 0:  # the directory itself, not a file in it
+                    self._counts[self._dirs[wd]] += 1
+        return {directory: self._counts[directory] for directory in self._dirs.values()}
+
+    def __enter__(self) -> "DirectoryScans":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+def scanned_dirs(board: FakeBoard) -> list[Path]:
+    """The directories a sysfs source lists to find the board's nodes."""
+    sys_ = board.sysfs_root / "sys"
+    return [sys_ / d for d in ("class/devfreq", "class/hwmon", "class/thermal", "devices/system/cpu")]
+
+
+def reload_drivers(board: FakeBoard) -> None:
+    """What a reload of the GPU's and soctherm's drivers leaves: the GPU's devfreq node under
+    another name, the over-current counters under another hwmon number."""
+    lay = board.layout
+    lay.devfreq_class.unlink()
+    (lay.devfreq_class.parent / "devfreq0").symlink_to(lay.devfreq)
+    moved = lay.oc_hwmon.parent / "hwmon7"
+    lay.oc_hwmon.rename(moved)
+    hwmon_class = board.sysfs_root / "sys/class/hwmon"
+    (hwmon_class / lay.oc_hwmon.name).unlink()
+    (hwmon_class / moved.name).symlink_to(moved)
+    lay.oc_hwmon = moved
 
 
 # ----------------------------------------------------------------- sysfs
@@ -116,6 +180,53 @@ def test_throttle_indications(tmp_path):
     assert source.read().throttle == ["oc3", "gpu_below_min"]
     board.set_temp("tj", 95.5)
     assert source.read().throttle == ["gpu_below_min", "thermal"]  # oc3 did not rise again
+
+
+def test_sysfs_source_lists_the_board_once_however_many_samples(tmp_path):
+    board = FakeBoard(tmp_path, power_mode="MODE_30W")  # four cores offline
+    try:
+        board.power_off_zone("soc0")  # EAGAIN: offline in each sample, the zone still there
+        board.set_temp("cpu", None)  # unreadable in a zone that is still there
+        with DirectoryScans(*scanned_dirs(board)) as scans:
+            source = SysfsSource(cfg_for(board.sysfs_root))
+            source.open()
+            samples = [source.read() for _ in range(5)]
+            assert scans.counts() == dict.fromkeys(scanned_dirs(board), 1)
+            for sample in samples:
+                assert sample.temperatures_c == {"soc1": 45.0, "soc2": 44.5, "tj": 46.0}
+                assert (sample.gpu_cur_mhz, sample.gpu_hw_max_mhz, sample.fan_pct) == (306.0, 1300.5, 27.1)
+                assert sample.power_mw == pytest.approx(14597.472) and sample.cpu_cur_mhz == [1190.4] * 8
+            # Readings still follow the board; only the paths were kept.
+            board.set_gpu_freq(cur_hz=612_000_000)
+            board.set_temp("tj", 71.0)
+            board.set_fan_pwm(255)
+            board.add_oc_events(2, 4)
+            sample = source.read()
+            assert (sample.gpu_cur_mhz, sample.temperatures_c["tj"], sample.fan_pct) == (612.0, 71.0, 100.0)
+            assert sample.throttle == ["oc2"]
+            assert scans.counts() == dict.fromkeys(scanned_dirs(board), 1)
+    finally:
+        board.close()
+
+
+def test_sysfs_source_lists_the_board_again_when_a_node_vanishes(tmp_path):
+    board = FakeBoard(tmp_path)
+    source = SysfsSource(cfg_for(board.sysfs_root))
+    source.open()
+    source.read()
+    with DirectoryScans(*scanned_dirs(board)) as scans:
+        source.read()
+        reload_drivers(board)
+        board.set_gpu_freq(cur_hz=612_000_000)
+        board.add_oc_events(2, 5)
+        sample = source.read()  # finds the old paths gone, lists the board, reads the new ones
+        assert (sample.gpu_cur_mhz, sample.gpu_hw_max_mhz, sample.throttle) == (612.0, 1300.5, ["oc2"])
+        later = [source.read() for _ in range(3)]
+        assert all(s.gpu_cur_mhz == 612.0 and s.throttle == [] for s in later)
+        assert scans.counts() == dict.fromkeys(scanned_dirs(board), 1)
+        (board.layout.devfreq_class.parent / "devfreq0").unlink()  # gone for good
+        with pytest.raises(SourceUnavailable, match="no Jetson GPU devfreq node"):
+            source.read()
 
 
 def test_sysfs_without_a_gpu_node_is_unavailable(tmp_path):
@@ -216,6 +327,29 @@ def test_jtop_source_maps_jtop_shapes(tmp_path):
         assert getattr(sample, name) == getattr(expected, name), name
     assert sample.temperatures_c == expected.temperatures_c
     assert sample.power_mw == pytest.approx(expected.power_mw, abs=4)  # jtop rounds each rail to mW
+    source.close()
+
+
+def test_jtop_source_looks_up_the_gpu_maximum_once_and_again_when_its_gpus_change(tmp_path):
+    board = FakeBoard(tmp_path)
+    board.remove_gpu()  # early boot: jtop.service starts before the GPU's devfreq node exists
+    service = FakeJtopService(board)
+    devfreq_dir = board.layout.devfreq_class.parent
+    source = JtopSource(cfg_for(board.sysfs_root), factory=service.factory)
+    with DirectoryScans(devfreq_dir, board.sysfs_root / "sys/class/hwmon") as scans:
+        source.open()
+        first = [source.read() for _ in range(3)]
+        assert all(s.gpu_cur_mhz is None and s.gpu_hw_max_mhz is None for s in first)
+        board.layout.devfreq_class.symlink_to(board.layout.devfreq)
+        service.kill()
+        service.restart()  # a restarted jtop.service finds the GPU
+        with pytest.raises(SourceUnavailable, match="Lost connection"):
+            source.read()
+        source.close()
+        source.open()
+        later = [source.read() for _ in range(3)]
+        assert all(s.gpu_cur_mhz == 306.0 and s.gpu_hw_max_mhz == 1300.5 for s in later)
+        assert scans.counts() == {devfreq_dir: 2, board.sysfs_root / "sys/class/hwmon": 2}
     source.close()
 
 

@@ -69,6 +69,8 @@ class RtfMonitor:
         self._conditions = {"clocks_off": _TelemetryCondition(), "power_mode_changed": _TelemetryCondition()}
         self._records_total = 0
         self._rejected_total = 0
+        #: window_stats() as last computed; None once the window or the baseline changed.
+        self._window_stats: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- inputs
 
@@ -81,6 +83,7 @@ class RtfMonitor:
         baseline = warmup_baseline(points)
         with self._lock:
             self._learner.use_warmup(baseline)
+            self._window_stats = None
         logger.info("RTF baseline from warm-up %s", kv(**baseline_fields(baseline)))
         return baseline
 
@@ -94,6 +97,7 @@ class RtfMonitor:
         with self._lock:
             self._learner.reset()
             self._window.clear()
+            self._window_stats = None
 
     def record(self, rec: SynthesisRecord) -> list[AlertEvent]:
         """Add one synthesis; return the alert changes it caused.  Raises ValueError for a bad record."""
@@ -105,6 +109,7 @@ class RtfMonitor:
             raise
         with self._lock:
             self._records_total += 1
+            self._window_stats = None  # the window, the learned baseline or both change below
             if rec.telemetry is not None:
                 self._hw.learn(rec.telemetry)
             self._window.append(rec)
@@ -172,18 +177,28 @@ class RtfMonitor:
         with self._lock:
             return self._hw.healthy(sample)
 
+    def learning_progress(self) -> dict[str, int] | None:
+        """Requests learned so far and needed; None once the baseline is learned."""
+        with self._lock:
+            return self._learner.progress()
+
     def window_stats(self) -> dict[str, Any]:
+        """The window's statistics, computed again only after the window or the baseline changed:
+        status, the STATUS= line, the state event and the metrics all ask for them."""
         with self._lock:
             self._prune(self._clock())
-            recs = list(self._window)
-            ratios = self._ratios(recs)
-            return {
-                "n": len(recs),
-                "ratio": stats(ratios) if ratios else None,
-                "rtf": stats([r.rtf for r in recs]) if recs else None,
-                "last_rtf": finite(recs[-1].rtf) if recs else None,
-                "median_rtf": finite(median([r.rtf for r in recs])) if recs else None,
-            }
+            if self._window_stats is None:
+                recs = list(self._window)
+                ratios = self._ratios(recs)
+                self._window_stats = {
+                    "n": len(recs),
+                    "ratio": stats(ratios) if ratios else None,
+                    "rtf": stats([r.rtf for r in recs]) if recs else None,
+                    "last_rtf": finite(recs[-1].rtf) if recs else None,
+                    "median_rtf": finite(median([r.rtf for r in recs])) if recs else None,
+                }
+            # a copy: callers own what they get, the cache stays as computed
+            return {k: dict(v) if isinstance(v, dict) else v for k, v in self._window_stats.items()}
 
     def status(self) -> dict[str, Any]:
         """JSON-serialisable snapshot for ``ishowtts-edge status``."""
@@ -218,6 +233,7 @@ class RtfMonitor:
         horizon = now - self.cfg.window_age_s
         while self._window and self._window[0].monotonic < horizon:
             self._window.popleft()
+            self._window_stats = None
 
     def _ratios(self, recs: Iterable[SynthesisRecord]) -> list[float]:
         baseline = self._learner.baseline

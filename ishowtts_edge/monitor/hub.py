@@ -174,8 +174,8 @@ class MonitorHub:
         if stats["ratio"]:
             line += f", {stats['ratio']['median']:.2f}x baseline"
         elif baseline is None:
-            status = self.monitor.status()["learning"]
-            line += f", learning baseline {status['have']}/{status['need']}"
+            learning = self.monitor.learning_progress()
+            line += f", learning baseline {learning['have']}/{learning['need']}"
         return line
 
     def publish_state(self) -> None:

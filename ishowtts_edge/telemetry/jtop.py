@@ -53,6 +53,8 @@ class JtopSource(TelemetrySource):
         self.reader = SysfsReader(cfg.sysfs_root)
         self.throttle = ThrottleDetector(cfg.hot_tj_c)
         self.jetson: Any = None
+        #: The GPUs jtop reported when the hardware maximum was last looked up (None: never).
+        self._gpu_names: list[str] | None = None
 
     #: How long connecting may take before the attempt counts as failed.
     START_TIMEOUT_S = 15.0
@@ -119,8 +121,18 @@ class JtopSource(TelemetrySource):
             raise
         except Exception as exc:  # JtopException('Lost connection with jtop server'), EOFError, ...
             raise SourceUnavailable(_first_line(exc)) from None
-        sample.throttle = self.throttle.tags(sample, self.reader.oc_event_counts())
+        sample.throttle = self.throttle.tags(sample, self.reader.fresh(self.reader.oc_event_counts))
         return sample
+
+    def _hw_max_mhz(self, gpus: dict[str, Any]) -> float | None:
+        """The GPU's hardware maximum, from sysfs: scanned again only when the GPUs jtop
+        reports change (jtop.service finds them when it starts; one started before the
+        devfreq node existed reports none until it restarts)."""
+        names = sorted(gpus)
+        if names != self._gpu_names:
+            self._gpu_names = names
+            self.reader.rescan()
+        return self.reader.gpu_hw_max_mhz()
 
     def _sample(self, j: Any) -> TelemetrySample:
         sample = TelemetrySample(monotonic=time.monotonic(), wall=time.time(), source=self.name)
@@ -134,9 +146,7 @@ class JtopSource(TelemetrySource):
             sample.gpu_cur_mhz, sample.gpu_min_mhz, sample.gpu_max_mhz = khz("cur"), khz("min"), khz("max")
             load = (gpu.get("status") or {}).get("load")
             sample.gpu_load_pct = float(load) if isinstance(load, (int, float)) else None
-        devfreq = self.reader.gpu_devfreq()
-        if devfreq is not None:
-            sample.gpu_hw_max_mhz = self.reader.gpu(devfreq)["hw_max"]
+        sample.gpu_hw_max_mhz = self._hw_max_mhz(gpus)
         cpus = (j.cpu or {}).get("cpu") or []
         sample.cpu_cur_mhz = [c["freq"]["cur"] / 1000 for c in cpus if c.get("online") and "freq" in c]
         emc = (j.memory or {}).get("EMC") or {}

@@ -43,6 +43,12 @@ class FakeJtopService:
         #: True: connected clients get no data, so ok() is False after its wait (jetson-stats'
         #: ok() when the service's loop stalls).
         self.stalled = False
+        self._find_gpus()
+
+    def _find_gpus(self) -> None:
+        #: jetson-stats' GPUService lists /sys/class/devfreq once, when the service starts: one
+        #: started before the GPU's node appeared reports no GPU until it restarts.
+        self.has_gpu = self.board.layout.devfreq_class.exists()
 
     def kill(self) -> None:
         self.running = False
@@ -50,6 +56,7 @@ class FakeJtopService:
 
     def restart(self) -> None:
         self.running = True
+        self._find_gpus()
 
     def factory(self, interval: float) -> "FakeJtop":
         client = FakeJtop(self, interval)
@@ -155,7 +162,7 @@ class FakeJtop:
                 "model": "ARMv8 Processor rev 1 (v8l)",
             })
         d = lay.devfreq
-        gpu = {
+        gpu = {} if not self.service.has_gpu else {
             "gpu": {
                 "type": "integrated",
                 "status": {
