@@ -25,6 +25,8 @@ from ishowtts_edge.engine.text import (
     fit_chunks,
     max_chunk_bytes,
     max_gen_bytes,
+    pack_sentences,
+    split_sentences,
 )
 from ishowtts_edge.protocol import ErrorCode, ServiceError
 
@@ -145,8 +147,10 @@ def stream_chunks(
 def repack(text: str, limit: int, cap: int, count: int) -> list[str]:
     """``text`` in upstream's chunks of ``limit`` bytes, or in at most ``count`` chunks of the
     fewest bytes (up to ``cap``) that allow it; upstream's when even ``cap`` needs more."""
+    sentences = split_sentences(text)
+
     def pieces(size: int) -> list[str]:
-        return fit_chunks(chunk_text(text, size), size)
+        return fit_chunks(pack_sentences(sentences, size), size)
 
     plain = pieces(limit)
     if len(plain) <= count or len(pieces(cap)) > count:

@@ -20,20 +20,37 @@ def _nbytes(text: str) -> int:
 
 def chunk_text(text: str, max_chars: int = 135) -> list[str]:
     """upstream chunk_text: greedy sentences into chunks of at most ``max_chars`` UTF-8 bytes."""
-    chunks: list[str] = []
-    current = ""
+    return pack_sentences(split_sentences(text), max_chars)
+
+
+def split_sentences(text: str) -> list[tuple[str, int, int]]:
+    """upstream's sentence split, each as (piece, its bytes, its bytes with the piece's space):
+    computed once when a text is packed at several sizes."""
+    out = []
     for sentence in _SENTENCE_SPLIT.split(text):
         if not sentence:
             continue
-        piece = sentence + " " if _nbytes(sentence[-1]) == 1 else sentence
-        if _nbytes(current) + _nbytes(sentence) <= max_chars:
-            current += piece
+        size = _nbytes(sentence)
+        spaced = _nbytes(sentence[-1]) == 1  # upstream adds a space after a single-byte ending
+        out.append((sentence + " " if spaced else sentence, size, size + 1 if spaced else size))
+    return out
+
+
+def pack_sentences(sentences: list[tuple[str, int, int]], max_chars: int) -> list[str]:
+    """The packing half of :func:`chunk_text`, on :func:`split_sentences`' output."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0  # bytes of "".join(current), spaces included, as upstream measures it
+    for piece, sentence_bytes, piece_bytes in sentences:
+        if size + sentence_bytes <= max_chars:
+            current.append(piece)
+            size += piece_bytes
         else:
             if current:
-                chunks.append(current.strip())
-            current = piece
+                chunks.append("".join(current).strip())
+            current, size = [piece], piece_bytes
     if current:
-        chunks.append(current.strip())
+        chunks.append("".join(current).strip())
     return chunks
 
 
