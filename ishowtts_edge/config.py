@@ -327,6 +327,16 @@ class TelemetryConfig(_Section):
     #: monitor counts the hottest zone at or above it, with a lowered GPU clock, as thermal
     #: throttling.  Orin's software throttling starts in the mid 90s; this flags the approach.
     hot_tj_c: float = Field(default=90.0, gt=0, le=150)
+    #: The board's sysfs directories are listed again this often (0: never), so that a rail or
+    #: thermal zone whose driver loaded after the daemon started is sampled; between rescans a
+    #: sample reads the paths it knows (a vanished one still triggers a rescan at once).
+    rescan_interval_s: float = Field(default=300.0, ge=0, le=86400)
+
+    @model_validator(mode="after")
+    def _rescan_not_every_sample(self) -> "TelemetryConfig":
+        if 0 < self.rescan_interval_s < self.interval_s:
+            raise ValueError("rescan_interval_s must be 0 (never) or at least interval_s")
+        return self
 
 
 class MonitorConfig(_Section):

@@ -98,6 +98,20 @@ def test_the_monitors_old_hot_key_moves_to_the_telemetry_section_with_a_warning(
     assert load_settings(f).telemetry.hot_tj_c == 80.0 and load_settings(f).deprecated_keys() == []
 
 
+def test_telemetry_rescan_interval_is_off_or_at_least_one_sample_interval(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("")
+    assert load_settings(f).telemetry.rescan_interval_s == 300.0
+    for value in ("0", "1.0", "86400"):
+        f.write_text(f"[telemetry]\ninterval_s = 1.0\nrescan_interval_s = {value}\n")
+        assert load_settings(f).telemetry.rescan_interval_s == float(value)
+    for value, why in (("0.5", "must be 0 \\(never\\) or at least interval_s"), ("-1", "greater than or equal to 0"),
+                       ("inf", "less than or equal to 86400"), ("nan", "telemetry.rescan_interval_s")):
+        f.write_text(f"[telemetry]\ninterval_s = 1.0\nrescan_interval_s = {value}\n")
+        with pytest.raises(ConfigError, match=why):
+            load_settings(f)
+
+
 def test_voice_forms(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[voices.a]\ndir = "/v/a"\n[voices.b]\nref_audio = "/v/b.wav"\nref_text = "hi"\n')

@@ -63,8 +63,8 @@ def jtop_sources(service: FakeJtopService, cfg: TelemetryConfig) -> dict:
 
 class DirectoryScans:
     """Counts the listings of directories (listdir, glob, iterdir alike) through inotify, as the
-    kernel sees them.  Closes are watched too: the kernel merges an event identical to the one
-    queued last, so a run of bare opens would count as one."""
+    kernel sees them, and the opens of the files in them.  Closes are watched too: the kernel
+    merges an event identical to the one queued last, so a run of bare opens would count as one."""
 
     IN_CLOSE_NOWRITE, IN_OPEN, IN_ISDIR = 0x10, 0x20, 0x40000000
 
@@ -78,9 +78,9 @@ class DirectoryScans:
             assert wd >= 0, (directory, os.strerror(ctypes.get_errno()))
             self._dirs[wd] = directory
         self._counts: Counter[Path] = Counter()
+        self._file_opens: Counter[Path] = Counter()
 
-    def counts(self) -> dict[Path, int]:
-        """Listings so far, by directory (every watched one, listed or not)."""
+    def _drain(self) -> None:
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -89,10 +89,22 @@ class DirectoryScans:
             offset = 0
             while offset < len(data):
                 wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16:offset + 16 + length].rstrip(b"\0")
                 offset += 16 + length
                 if mask == self.IN_OPEN | self.IN_ISDIR and length == 0:  # the directory itself, not a file in it
                     self._counts[self._dirs[wd]] += 1
+                elif mask == self.IN_OPEN and name:
+                    self._file_opens[self._dirs[wd] / os.fsdecode(name)] += 1
+
+    def counts(self) -> dict[Path, int]:
+        """Listings so far, by directory (every watched one, listed or not)."""
+        self._drain()
         return {directory: self._counts[directory] for directory in self._dirs.values()}
+
+    def opens(self, name: str) -> dict[Path, int]:
+        """Opens so far of the file ``name``, by watched directory (every one, opened or not)."""
+        self._drain()
+        return {directory: self._file_opens[directory / name] for directory in self._dirs.values()}
 
     def __enter__(self) -> "DirectoryScans":
         return self
@@ -229,6 +241,80 @@ def test_sysfs_source_lists_the_board_again_when_a_node_vanishes(tmp_path):
             source.read()
 
 
+def test_sysfs_source_reads_each_cpus_online_file_once_a_sample(tmp_path):
+    """The CPU clocks and the clock-lock check share one read of which CPUs are online."""
+    board = FakeBoard(tmp_path, power_mode="MODE_30W")  # four cores offline
+    source = SysfsSource(cfg_for(board.sysfs_root))
+    source.open()
+    cpus = [board.layout.cpu / f"cpu{n}" for n in range(12)]
+    with DirectoryScans(*cpus) as opens:
+        sample = source.read()
+        assert sample.cpu_cur_mhz == [1190.4] * 8 and sample.jetson_clocks is False
+        assert opens.opens("online") == dict.fromkeys(cpus, 1)
+        board.set_gpu_freq(min_hz=1300500000, max_hz=1300500000, cur_hz=1300500000)
+        for cluster in (0, 4):  # the online cores' policies locked too
+            for name in ("scaling_min_freq", "scaling_max_freq"):
+                (board.layout.policy(cluster) / name).write_text("2201600\n")
+        assert source.read().jetson_clocks is True
+        assert opens.opens("online") == dict.fromkeys(cpus, 2)
+
+
+def rescanning_source(board: FakeBoard, cls=SysfsSource, **kwargs):
+    """A source whose periodic rescan is timed by a clock the test moves: (source, clock)."""
+    clock = [1000.0]
+    return cls(cfg_for(board.sysfs_root, rescan_interval_s=300), clock=lambda: clock[0], **kwargs), clock
+
+
+def test_sysfs_source_finds_a_late_zone_and_rail_at_the_periodic_rescan(tmp_path):
+    """A driver that loads after the scan (an INA3221, a thermal zone) vanishes nothing: only
+    the periodic rescan finds it."""
+    board = FakeBoard(tmp_path)
+    source, clock = rescanning_source(board)
+    with DirectoryScans(*scanned_dirs(board)) as scans:
+        source.open()
+        first = source.read()
+        assert "tboard" not in first.temperatures_c and first.power_mw == pytest.approx(14597.472)
+        board.add_thermal_zone("tboard-thermal", 33.0)
+        board.add_ina3221("1-0042", [("VDD_SYS_EXTRA", 5000, 100)])
+        clock[0] += 299.9
+        before = source.read()
+        assert "tboard" not in before.temperatures_c and before.power_mw == pytest.approx(14597.472)
+        assert scans.counts() == dict.fromkeys(scanned_dirs(board), 1)
+        clock[0] += 0.1
+        after = source.read()
+        assert after.temperatures_c["tboard"] == 33.0 and after.power_mw == pytest.approx(14597.472 + 500)
+        later = [source.read() for _ in range(3)]
+        assert all(s.temperatures_c["tboard"] == 33.0 for s in later)
+        assert scans.counts() == dict.fromkeys(scanned_dirs(board), 2)  # one listing each per rescan
+
+
+def test_sysfs_periodic_rescan_of_the_same_board_lists_each_directory_once(tmp_path):
+    board = FakeBoard(tmp_path)
+    source, clock = rescanning_source(board)
+    source.open()
+    expected = source.read()
+    with DirectoryScans(*scanned_dirs(board)) as scans:
+        for rescans in (1, 2, 3):
+            clock[0] += 300
+            samples = [source.read() for _ in range(3)]
+            assert scans.counts() == dict.fromkeys(scanned_dirs(board), rescans)
+            assert all(s.temperatures_c == expected.temperatures_c and s.power_mw == expected.power_mw
+                       and s.gpu_hw_max_mhz == 1300.5 for s in samples)
+
+
+def test_sysfs_periodic_rescan_off(tmp_path):
+    board = FakeBoard(tmp_path)
+    clock = [1000.0]
+    source = SysfsSource(cfg_for(board.sysfs_root, rescan_interval_s=0), clock=lambda: clock[0])
+    source.open()
+    with DirectoryScans(*scanned_dirs(board)) as scans:
+        source.read()
+        board.add_thermal_zone("tboard-thermal", 33.0)
+        clock[0] += 10 ** 7
+        assert "tboard" not in source.read().temperatures_c
+        assert scans.counts() == dict.fromkeys(scanned_dirs(board), 0)
+
+
 def test_sysfs_without_a_gpu_node_is_unavailable(tmp_path):
     board = FakeBoard(tmp_path)
     board.remove_gpu()
@@ -350,6 +436,28 @@ def test_jtop_source_looks_up_the_gpu_maximum_once_and_again_when_its_gpus_chang
         later = [source.read() for _ in range(3)]
         assert all(s.gpu_cur_mhz == 306.0 and s.gpu_hw_max_mhz == 1300.5 for s in later)
         assert scans.counts() == {devfreq_dir: 2, board.sysfs_root / "sys/class/hwmon": 2}
+    source.close()
+
+
+def test_jtop_source_without_a_gpu_looks_up_the_gpu_maximum_again_at_the_periodic_rescan(tmp_path):
+    """jtop.service started before the GPU's devfreq node: it reports no GPU for good, and
+    the hardware maximum from sysfs comes with the next periodic rescan."""
+    board = FakeBoard(tmp_path)
+    board.remove_gpu()
+    service = FakeJtopService(board)
+    devfreq_dir = board.layout.devfreq_class.parent
+    source, clock = rescanning_source(board, JtopSource, factory=service.factory)
+    with DirectoryScans(devfreq_dir) as scans:
+        source.open()
+        assert source.read().gpu_hw_max_mhz is None
+        board.layout.devfreq_class.symlink_to(board.layout.devfreq)  # the driver loads; jtop still sees no GPU
+        clock[0] += 299.9
+        assert [source.read().gpu_hw_max_mhz for _ in range(3)] == [None] * 3
+        assert scans.counts() == {devfreq_dir: 1}
+        clock[0] += 0.1
+        samples = [source.read() for _ in range(3)]
+        assert all(s.gpu_hw_max_mhz == 1300.5 and s.gpu_cur_mhz is None for s in samples)
+        assert scans.counts() == {devfreq_dir: 2}
     source.close()
 
 

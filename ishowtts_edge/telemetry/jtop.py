@@ -47,10 +47,12 @@ class JtopSource(TelemetrySource):
 
     name = "jtop"
 
-    def __init__(self, cfg: TelemetryConfig, factory: Callable[[float], Any] | None = None):
+    def __init__(self, cfg: TelemetryConfig, factory: Callable[[float], Any] | None = None, *,
+                 clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.factory = factory or _real_jtop_factory
-        self.reader = SysfsReader(cfg.sysfs_root)
+        #: ``clock`` times the periodic rescan; samples keep time.monotonic, the sampler's clock.
+        self.reader = SysfsReader(cfg.sysfs_root, rescan_interval_s=cfg.rescan_interval_s, clock=clock)
         self.throttle = ThrottleDetector(cfg.hot_tj_c)
         self.jetson: Any = None
         #: The GPUs jtop reported when the hardware maximum was last looked up (None: never).
@@ -125,14 +127,15 @@ class JtopSource(TelemetrySource):
         return sample
 
     def _hw_max_mhz(self, gpus: dict[str, Any]) -> float | None:
-        """The GPU's hardware maximum, from sysfs: scanned again only when the GPUs jtop
-        reports change (jtop.service finds them when it starts; one started before the
-        devfreq node existed reports none until it restarts)."""
+        """The GPU's hardware maximum, from sysfs: scanned again when the GPUs jtop reports
+        change, and with the reader's periodic rescan.  jtop.service finds the GPUs when it
+        starts: one started before the devfreq node existed reports none until it restarts,
+        while the node's maximum is found by the next periodic rescan."""
         names = sorted(gpus)
         if names != self._gpu_names:
             self._gpu_names = names
             self.reader.rescan()
-        return self.reader.gpu_hw_max_mhz()
+        return self.reader.fresh(self.reader.gpu_hw_max_mhz)
 
     def _sample(self, j: Any) -> TelemetrySample:
         sample = TelemetrySample(monotonic=time.monotonic(), wall=time.time(), source=self.name)

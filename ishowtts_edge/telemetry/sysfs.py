@@ -85,7 +85,8 @@ class BoardPaths:
     """What one scan of the board's sysfs directories found.
 
     Kept between samples: these directories stay put until a driver is reloaded, and a
-    sample then finds one gone (see :meth:`SysfsReader.fresh`).
+    sample then finds one gone, or until a driver loads late and the periodic rescan finds
+    its new directory (see :meth:`SysfsReader.fresh`).
     """
 
     devfreq: Path | None = None
@@ -109,13 +110,20 @@ class SysfsReader:
 
     The directories are scanned once (:meth:`scan`) and read from then on; a read failing
     because its directory has gone marks the scan stale, and :meth:`fresh` scans again.
+    Nothing vanishes when a driver loads after the scan (an INA3221 or a thermal zone late
+    in a Jetson's boot, with the daemon started early), so :meth:`fresh` also scans again
+    every ``rescan_interval_s`` of ``clock`` (0: never).
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, rescan_interval_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.root = Path(root)
         self.sys = self.root / "sys"
+        self.rescan_interval_s = rescan_interval_s
+        self._clock = clock
         self._paths: BoardPaths | None = None
         self._stale = False
+        self._scanned_at = 0.0
 
     # -- scanning
 
@@ -160,17 +168,22 @@ class SysfsReader:
 
     def rescan(self) -> BoardPaths:
         self._paths, self._stale = self.scan(), False
+        self._scanned_at = self._clock()
         return self._paths
 
     def paths(self) -> BoardPaths:
         """The last scan's paths (scanning on first use)."""
         return self._paths if self._paths is not None else self.rescan()
 
+    def _rescan_due(self) -> bool:
+        return (self.rescan_interval_s > 0 and self._paths is not None
+                and self._clock() - self._scanned_at >= self.rescan_interval_s)
+
     def fresh(self, read: Callable[[], T]) -> T:
-        """``read()``, scanning again first when an earlier read found a directory gone, and
-        once more on a new scan when one of its own reads did (its values from the old paths
-        are then incomplete)."""
-        if self._stale:
+        """``read()``, scanning again first when an earlier read found a directory gone or
+        the periodic rescan is due, and once more on a new scan when one of its own reads
+        found a directory gone (its values from the old paths are then incomplete)."""
+        if self._stale or self._rescan_due():
             self.rescan()
         value = read()
         if self._stale:
@@ -229,9 +242,10 @@ class SysfsReader:
                 cpus.append(cpu)
         return cpus
 
-    def cpu_cur_mhz(self) -> list[float]:
+    def cpu_cur_mhz(self, online: list[Path]) -> list[float]:
+        """The clocks of the ``online`` CPUs (:meth:`online_cpus`, read once per sample)."""
         values = []
-        for cpu in self.online_cpus():
+        for cpu in online:
             khz = _read_int(cpu / "cpufreq/scaling_cur_freq")
             if khz is not None:
                 values.append(khz / 1000)
@@ -289,9 +303,9 @@ class SysfsReader:
         names = dict(_MODE_CONF.findall(_read(self.root / NVPMODEL_CONF) or ""))
         return mode_id, names.get(str(mode_id))
 
-    def clocks_locked(self, gpu: dict[str, float | None]) -> bool | None:
+    def clocks_locked(self, gpu: dict[str, float | None], online: list[Path]) -> bool | None:
         pairs = []
-        for cpu in self.online_cpus():
+        for cpu in online:
             lo, hi = _read_int(cpu / "cpufreq/scaling_min_freq"), _read_int(cpu / "cpufreq/scaling_max_freq")
             if lo is None or hi is None:
                 return None
@@ -339,8 +353,9 @@ class ThrottleDetector:
 class SysfsSource(TelemetrySource):
     name = "sysfs"
 
-    def __init__(self, cfg: TelemetryConfig):
-        self.reader = SysfsReader(cfg.sysfs_root)
+    def __init__(self, cfg: TelemetryConfig, *, clock: Callable[[], float] = time.monotonic):
+        #: ``clock`` times the periodic rescan; samples keep time.monotonic, the sampler's clock.
+        self.reader = SysfsReader(cfg.sysfs_root, rescan_interval_s=cfg.rescan_interval_s, clock=clock)
         self.throttle = ThrottleDetector(cfg.hot_tj_c)
 
     def open(self) -> None:
@@ -355,6 +370,7 @@ class SysfsSource(TelemetrySource):
     def _read(self) -> tuple[TelemetrySample, dict[str, int]]:
         gpu = self.reader.gpu()  # SourceUnavailable once a new scan finds no devfreq node
         mode_id, mode_name = self.reader.nvpmodel()
+        online = self.reader.online_cpus()
         sample = TelemetrySample(
             monotonic=time.monotonic(),
             wall=time.time(),
@@ -364,13 +380,13 @@ class SysfsSource(TelemetrySource):
             gpu_max_mhz=gpu["max"],
             gpu_hw_max_mhz=gpu["hw_max"],
             gpu_load_pct=gpu["load"],
-            cpu_cur_mhz=self.reader.cpu_cur_mhz(),
+            cpu_cur_mhz=self.reader.cpu_cur_mhz(online),
             emc_cur_mhz=self.reader.emc_mhz(),
             temperatures_c=self.reader.temperatures(),
             power_mw=self.reader.power_mw(),
             fan_pct=self.reader.fan_pct(),
             nvpmodel_id=mode_id,
             nvpmodel_name=mode_name,
-            jetson_clocks=self.reader.clocks_locked(gpu),
+            jetson_clocks=self.reader.clocks_locked(gpu, online),
         )
         return sample, self.reader.oc_event_counts()

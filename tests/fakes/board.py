@@ -16,6 +16,7 @@ scripts in tests/fakes/ directly; the wrappers in ``board.bin`` bake it in.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,16 @@ from . import orin
 from .orin import Layout, read, write
 
 FAKES_DIR = Path(__file__).resolve().parent
+
+
+def _put(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, value)
+
+
+def _link(path: Path, target: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(os.path.relpath(target, path.parent))
 
 
 class FakeBoard:
@@ -151,6 +162,40 @@ class FakeBoard:
         """Early boot / non-Jetson: no GPU devfreq node."""
         self.layout.devfreq_class.unlink()
 
+    def add_thermal_zone(self, kind: str, celsius: float) -> Path:
+        """A thermal zone as its driver registers it: the next thermal_zoneN, linked in class/thermal."""
+        index = next(n for n in itertools.count() if not (self.layout.thermal / f"thermal_zone{n}").exists())
+        zone = self.layout.thermal / f"thermal_zone{index}"
+        _put(zone / "type", kind)
+        _put(zone / "temp", int(round(celsius * 1000)))
+        _put(zone / "policy", "step_wise")
+        _link(self.root / f"sys/class/thermal/thermal_zone{index}", zone)
+        return zone
+
+    def add_ina3221(self, addr: str, channels: list[tuple[str, int, int]]) -> Path:
+        """An INA3221 on i2c-1 at ``addr`` as its driver registers it: the lowest free hwmonN,
+        linked in class/hwmon; ``channels`` are (label, mV, mA)."""
+        hwmon_class = self.root / "sys/class/hwmon"
+        # Without listing class/hwmon: tests count the listings of the source under test.
+        number = next(n for n in itertools.count() if not (hwmon_class / f"hwmon{n}").is_symlink())
+        dev = self.root / "sys/devices/platform/bus@0/c240000.i2c/i2c-1" / addr
+        hw = dev / "hwmon" / f"hwmon{number}"
+        _put(hw / "name", "ina3221")
+        for n, (label, mv, ma) in enumerate(channels, start=1):
+            _put(hw / f"in{n}_label", label)
+            _put(hw / f"in{n}_input", mv)
+            _put(hw / f"curr{n}_input", ma)
+            _put(hw / f"curr{n}_max", 20000)
+            _put(hw / f"curr{n}_crit", 30000)
+            _put(hw / f"curr{n}_max_alarm", 0)
+            _put(hw / f"curr{n}_crit_alarm", 0)
+        _put(dev / "name", "ina3221")  # the i2c device's own name file, which jtop matches
+        _put(hw / "in7_label", "sum of shunt voltages")
+        _put(hw / "in7_input", 0)
+        _link(self.root / "sys/bus/i2c/devices" / addr, dev)
+        _link(hwmon_class / hw.name, hw)
+        return hw
+
     # ------------------------------------------------------------------ building
 
     def _zone(self, zone: str) -> Path:
@@ -186,14 +231,7 @@ class FakeBoard:
     def _build(self) -> None:
         lay = self.layout
         jp6 = lay.jetpack >= 6
-
-        def put(path: Path, value) -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write(path, value)
-
-        def link(path: Path, target: Path) -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.symlink_to(os.path.relpath(target, path.parent))
+        put, link = _put, _link
 
         # CPU: 12 cores in three clusters sharing a cpufreq policy each
         put(lay.cpu / "online", "0-11")
@@ -256,47 +294,22 @@ class FakeBoard:
         )
         temps = {"cpu": 45.5, "gpu": -256, "cv0": -256, "cv1": -256, "cv2": -256,
                  "soc0": 44.0, "soc1": 45.0, "soc2": 44.5, "tj": 46.0, "Tboard": 33.0, "Tdiode": 36.0}
-        for index, name in enumerate(names):
-            zone = lay.thermal / f"thermal_zone{index}"
-            put(zone / "type", name)
+        for name in names:
             key = name.split("-")[0].split("_")[0]
-            put(zone / "temp", int(temps[key if key in temps else key.lower()] * 1000))
-            put(zone / "policy", "step_wise")
-            link(self.root / f"sys/class/thermal/thermal_zone{index}", zone)
+            self.add_thermal_zone(name, temps[key if key in temps else key.lower()])
 
-        # hwmon: fan, INA3221 power monitors, soctherm over-current counters
-        hwmons: list[Path] = []
+        # hwmon: fan (hwmon0), INA3221 power monitors (hwmon1, 2), soctherm over-current counters (hwmon3)
         put(lay.fan_hwmon / "name", "pwmfan")
         put(lay.fan_hwmon / "pwm1", 69)
-        hwmons.append(lay.fan_hwmon)
-        rails = {
-            "1-0040": [("VDD_GPU_SOC", 4984, 1208), ("VDD_CPU_CV", 4984, 604), ("VIN_SYS_5V0", 4976, 912)],
-            "1-0041": [("NC", 0, 0), ("VDDQ_VDD2_1V8AO", 4992, 206), ("NC", 0, 0)],
-        }
-        for number, (addr, channels) in enumerate(rails.items(), start=1):
-            dev = self.root / "sys/devices/platform/bus@0/c240000.i2c/i2c-1" / addr
-            hw = dev / "hwmon" / f"hwmon{number}"
-            put(hw / "name", "ina3221")
-            for n, (label, mv, ma) in enumerate(channels, start=1):
-                put(hw / f"in{n}_label", label)
-                put(hw / f"in{n}_input", mv)
-                put(hw / f"curr{n}_input", ma)
-                put(hw / f"curr{n}_max", 20000)
-                put(hw / f"curr{n}_crit", 30000)
-                put(hw / f"curr{n}_max_alarm", 0)
-                put(hw / f"curr{n}_crit_alarm", 0)
-            put(dev / "name", "ina3221")  # the i2c device's own name file, which jtop matches
-            put(hw / "in7_label", "sum of shunt voltages")
-            put(hw / "in7_input", 0)
-            link(self.root / "sys/bus/i2c/devices" / addr, dev)
-            hwmons.append(hw)
+        link(self.root / "sys/class/hwmon" / lay.fan_hwmon.name, lay.fan_hwmon)
+        self.add_ina3221("1-0040", [("VDD_GPU_SOC", 4984, 1208), ("VDD_CPU_CV", 4984, 604),
+                                    ("VIN_SYS_5V0", 4976, 912)])
+        self.add_ina3221("1-0041", [("NC", 0, 0), ("VDDQ_VDD2_1V8AO", 4992, 206), ("NC", 0, 0)])
         put(lay.oc_hwmon / "name", "soctherm_oc")
         for n in (1, 2, 3):
             put(lay.oc_hwmon / f"oc{n}_event_cnt", 0)
             put(lay.oc_hwmon / f"oc{n}_throt_en", 1)
-        hwmons.append(lay.oc_hwmon)
-        for hw in hwmons:
-            link(self.root / "sys/class/hwmon" / hw.name, hw)
+        link(self.root / "sys/class/hwmon" / lay.oc_hwmon.name, lay.oc_hwmon)
 
         # What jetson-stats' JTOP_TESTING mode reads besides sysfs proper (/fake_sys/stat is
         # its stand-in for /proc/stat; DMI is how it names an x86 "board").
