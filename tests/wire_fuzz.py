@@ -81,11 +81,13 @@ ODD_VALUES: list[Any] = [
 ]
 #: Short texts the demo model can say (cheaply): odd scripts, marks and control characters included.
 EDGE_TEXTS = [
-    "Hi.", "a", "\u200b", "\U0001F600", "中文测试。", "مرحبا بالعالم.", "e\u0301\u0301\u0301", "a\u0000b.",
+    "Hi.", "a", "\U0001F600", "中文测试。", "مرحبا بالعالم.", "e\u0301\u0301\u0301", "a\u0000b.",
     "1234567890", "...!!!???", "\u202eevil text", "Hello,world;again:yes.", "\ufeffBOM first.",
     "ÀÉÎÕÜ ñ ç ß.", "日本語のテキストです。", "x\u0301" * 20, "Tab\tand\nnewline.", "-", "\U0010ffff",
     "Ok " * 30,
 ]
+#: Texts with nothing to say (only format, control or space characters): refused bad_request.
+INVISIBLE_TEXTS = ["\u200b", "\ufeff", " \u200b\t", "\u0000", "\u2060\u200d"]
 UNKNOWN_OPS = ["", "sing", "PING", "Ping", " ping", "ping ", "ping\n", "p\u0456ng", "synthesise", "status\u0000",
                "shutdown", "reload", "__init__", "ping;status", "*", "\U0001F600"]
 NUMERIC_FIELDS = {
@@ -403,7 +405,9 @@ class _Gen:
 
     def synth_valid(self) -> Case:
         r = self.rng
-        header: dict[str, Any] = {"op": "synthesize", "id": self.rid(), "text": r.choice(EDGE_TEXTS)}
+        invisible = r.random() < 0.1
+        text = r.choice(INVISIBLE_TEXTS if invisible else EDGE_TEXTS)
+        header: dict[str, Any] = {"op": "synthesize", "id": self.rid(), "text": text}
         header["nfe_step"] = r.choice(VALID_EXTREMES["nfe_step"])
         for name in ("cfg_strength", "sway_sampling_coef", "speed", "seed"):
             if r.random() < 0.4:
@@ -417,6 +421,8 @@ class _Gen:
         for name in ("voice", "seed", "speed"):
             if r.random() < 0.1:
                 header[name] = None  # null means the daemon's default
+        if invisible:
+            return self.header_case("synthesize with nothing to say", header, codes=BR)
         return self.header_case("valid synthesize with an edge value", header, codes=OK, runs_model=True,
                                 fmt=header.get("format") or "wav")
 
