@@ -391,12 +391,16 @@ class MetricsConfig(_Section):
     serves the file it writes.
     """
 
-    #: Write ``ishowtts-edge.prom`` into textfile_dir every interval_s (false: only the ``metrics`` op).
+    #: Write ``ishowtts-edge.prom`` (metrics.textfile_name) into textfile_dir every interval_s
+    #: (false: only the ``metrics`` op).
     textfile: bool = True
     #: node_exporter's --collector.textfile.directory; the default is the Debian
     #: prometheus-node-exporter package's.  Not created: a missing directory means no node_exporter.
     textfile_dir: Path = Path("/var/lib/prometheus/node-exporter")
     interval_s: float = Field(default=5.0, ge=0.1, le=300)
+    #: This daemon's name among several on one host: its file is ishowtts-edge-NAME.prom and its series
+    #: carry daemon="NAME".  Empty: derived from the endpoint, and none at the packaged endpoint.
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$")
 
     @field_validator("textfile_dir")
     @classmethod
