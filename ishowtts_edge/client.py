@@ -17,15 +17,16 @@ from __future__ import annotations
 import grp
 import itertools
 import os
-import socket
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from .endpoints import ABSENT, NOT_A_SOCKET, STALE, ipc_path, probe_ipc
 from .protocol import decode_reply, encode_header
 
 #: What plain requests speak (their replies are unchanged since version 1); streams speak 2.
@@ -56,56 +57,110 @@ class ClientTimeout(ClientError):
 
 
 class EndpointUnavailable(ClientError):
-    """Known before sending that nothing can answer: ``code`` is ``not_running`` (no socket, or
-    nobody listening on it), ``permission_denied`` or ``bad_endpoint`` (cannot be used as written)."""
+    """Known without waiting for a reply that nothing can answer (the request reached no one):
+    ``code`` is ``not_running`` (no socket, or nobody listening on it), ``permission_denied`` or
+    ``bad_endpoint`` (cannot be used as written)."""
 
 
-def check_endpoint(endpoint: str) -> None:
-    """Raise EndpointUnavailable when ``endpoint`` can be seen not to work, without sending anything.
-
-    ZeroMQ connects lazily and retries forever, so a missing ipc socket would otherwise show
-    only as a timeout after the full wait.  tcp endpoints are checked for form only.
-    """
-    from .config import endpoint_problem
-
-    problem = endpoint_problem(endpoint)
-    if problem:
-        raise EndpointUnavailable("bad_endpoint", f"{endpoint}: {problem}")
-    if not endpoint.startswith("ipc://"):
-        return
-    path = endpoint[len("ipc://"):]
+def _why_unreachable(path: Path) -> EndpointUnavailable | None:
+    """Why nothing can answer on the ipc socket ``path`` (endpoints.probe_ipc); None when something
+    may (it accepts, or the probe cannot tell: a full backlog), and ZeroMQ keeps trying."""
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise EndpointUnavailable("not_running", f"{path} does not exist: the daemon is not running") from None
+        found = probe_ipc(path)
     except PermissionError:
-        raise EndpointUnavailable("permission_denied", _permission_message(os.path.dirname(path))) from None
-    except OSError as exc:
-        raise EndpointUnavailable("not_running", f"{path}: {exc.strerror}") from None
-    if not stat.S_ISSOCK(mode):
-        raise EndpointUnavailable("not_running", f"{path} is not a socket: the daemon is not running there")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(2.0)
-        probe.connect(path)
-    except PermissionError:
-        raise EndpointUnavailable("permission_denied", _permission_message(path)) from None
-    except ConnectionRefusedError:
-        raise EndpointUnavailable(
-            "not_running", f"{path} is left from a daemon that is not running (nothing accepts on it)"
-        ) from None
+        return EndpointUnavailable("permission_denied", _permission_message(path))
     except OSError:
-        return  # e.g. a full backlog: let ZeroMQ try and time out as usual
-    finally:
-        probe.close()
+        return None
+    if found == ABSENT:
+        return EndpointUnavailable("not_running", f"{path} does not exist: the daemon is not running")
+    if found == NOT_A_SOCKET:
+        return EndpointUnavailable("not_running", f"{path} is not a socket: the daemon is not running there")
+    if found == STALE:
+        return EndpointUnavailable(
+            "not_running", f"{path} is left from a daemon that is not running (nothing accepts on it)")
+    return None
 
 
-def _permission_message(path: str) -> str:
-    try:
-        group = grp.getgrgid(os.stat(path).st_gid).gr_name
-    except (OSError, KeyError):
-        group = "ishowtts-edge"
+def _permission_message(path: Path) -> str:
+    group = "ishowtts-edge"
+    for owner in (path, path.parent):  # the socket, or the directory that keeps us from it
+        try:
+            group = grp.getgrgid(os.stat(owner).st_gid).gr_name
+            break
+        except (OSError, KeyError):
+            continue
     return f"no permission to use {path}: join group {group!r} (sudo usermod -aG {group} $USER, then log in again) or run as root"
+
+
+class _ConnectWatch:
+    """Says why nothing can answer on an ipc endpoint as soon as ZeroMQ fails to connect to it.
+
+    ZeroMQ connects lazily and retries for ever, so a missing, stale or forbidden socket
+    would otherwise show only as a timeout after the full wait.  The socket's own monitor
+    reports each failed connection (CONNECT_RETRIED); only then is the path probed, so a
+    live daemon sees no connection but the client's own.
+    """
+
+    EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
+
+    def __init__(self, sock: zmq.Socket, path: Path) -> None:
+        self._sock = sock
+        self.path = path
+        #: Set up before the socket connects, so that its first attempt is reported too.
+        self.monitor: zmq.Socket | None = sock.get_monitor_socket(self.EVENTS)
+
+    def check(self) -> None:
+        """Read the events waiting (never blocks); raise EndpointUnavailable when the latest is a
+        failed connection and the probe says why."""
+        failed = None
+        while self.monitor is not None and self.monitor.poll(0):
+            failed = recv_monitor_message(self.monitor)["event"] == zmq.EVENT_CONNECT_RETRIED
+        if failed:
+            problem = _why_unreachable(self.path)
+            if problem is not None:
+                raise problem
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self._sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+
+
+def _wait(sock: zmq.Socket, watch: _ConnectWatch | None, timeout_s: float) -> bool:
+    """Whether a message waits on ``sock`` within ``timeout_s``; EndpointUnavailable as soon as
+    ``watch`` finds that nothing can answer."""
+    if watch is None or watch.monitor is None:
+        return bool(sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN))
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(watch.monitor, zmq.POLLIN)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = dict(poller.poll(max(0, int((deadline - time.monotonic()) * 1000))))
+        if watch.monitor in ready:
+            watch.check()
+        if sock in ready:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def _read_reply(frames: list[bytes], endpoint: str, ours: Callable[[dict[str, Any]], bool]
+                ) -> tuple[dict[str, Any], list[bytes]] | None:
+    """(header, attachments) of a successful reply; None for a message that ``ours`` says is not
+    the one waited for; ClientError for the daemon's error or a reply outside the protocol."""
+    try:
+        header, attachments = decode_reply(frames)
+    except (ValueError, RecursionError) as exc:  # another app's socket, not this daemon
+        raise ClientError("bad_reply", f"{endpoint} answered outside the protocol: {exc}") from None
+    if not ours(header):
+        return None
+    if not header.get("ok"):
+        error = header.get("error")
+        error = error if isinstance(error, dict) else {}
+        raise ClientError(str(error.get("code", "unknown")), str(error.get("message", "")), header)
+    return header, attachments
 
 
 @dataclass
@@ -133,9 +188,9 @@ class Client:
         check: bool = False,
     ) -> None:
         self.endpoint = endpoint or os.environ.get("ISHOWTTS_EDGE_ENDPOINT") or DEFAULT_ENDPOINT
-        #: Before every attempt, raise EndpointUnavailable at once for an ipc socket that is
-        #: missing, stale or not accessible (see check_endpoint) instead of waiting the timeout out.
-        #: Off by default: a long-lived client may prefer to wait out a daemon restart.
+        #: Raise EndpointUnavailable at once for an endpoint that cannot be used as written, or an
+        #: ipc socket that is missing, stale or not accessible (_ConnectWatch), instead of waiting
+        #: the timeout out.  Off by default: a long-lived client may prefer to wait out a daemon restart.
         self.check = check
         self.timeout_s = timeout_s
         self.retries = retries
@@ -144,6 +199,7 @@ class Client:
         #: Request ids are "<prefix>-<n>"; the daemon logs them, so an app may choose its prefix.
         self._prefix = id_prefix or f"{os.getpid()}-{int(time.time() * 1000) % 100000}"
         self._socket: zmq.Socket | None = None
+        self._watch: _ConnectWatch | None = None
 
     def __enter__(self) -> "Client":
         return self
@@ -152,20 +208,38 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
 
+    def _connect(self, kind: int) -> tuple[zmq.Socket, _ConnectWatch | None]:
+        """A socket of ``kind`` connected to the endpoint, and its watch when ``check`` is on."""
+        path = None
+        if self.check:
+            from .config import endpoint_problem
+
+            problem = endpoint_problem(self.endpoint)
+            if problem:
+                raise EndpointUnavailable("bad_endpoint", f"{self.endpoint}: {problem}")
+            path = ipc_path(self.endpoint)  # tcp endpoints are checked for form only
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        watch = _ConnectWatch(sock, path) if path is not None else None
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            if watch is not None:
+                watch.close()
+            sock.close(linger=0)
+            raise EndpointUnavailable("bad_endpoint", f"{self.endpoint}: {exc}") from None
+        return sock, watch
+
     def _open(self) -> zmq.Socket:
         if self._socket is None:
-            sock = self.context.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as exc:
-                sock.close(linger=0)
-                raise EndpointUnavailable("bad_endpoint", f"{self.endpoint}: {exc}") from None
-            self._socket = sock
+            self._socket, self._watch = self._connect(zmq.REQ)
         return self._socket
 
     def request(
@@ -184,26 +258,21 @@ class Client:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         attempts = 1 + (self.retries if (retry if retry is not None else op != "synthesize") else 0)
         for attempt in range(attempts):
-            if self.check:
-                check_endpoint(self.endpoint)
             sock = self._open()
             sock.send_multipart(message)
             deadline = time.monotonic() + timeout
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sock.poll(int(remaining * 1000), zmq.POLLIN):
-                    break
                 try:
-                    reply_header, reply_attachments = decode_reply(sock.recv_multipart())
-                except (ValueError, RecursionError) as exc:  # another app's socket, not this daemon
-                    raise ClientError("bad_reply", f"{self.endpoint} answered outside the protocol: {exc}") from None
-                if reply_header.get("id") not in (request_id, None):
-                    continue  # a late answer to an earlier attempt
-                if not reply_header.get("ok"):
-                    error = reply_header.get("error")
-                    error = error if isinstance(error, dict) else {}
-                    raise ClientError(str(error.get("code", "unknown")), str(error.get("message", "")), reply_header)
-                return reply_header, reply_attachments
+                    if remaining <= 0 or not _wait(sock, self._watch, remaining):
+                        break
+                except EndpointUnavailable:
+                    self.close()  # the REQ socket still waits for its reply: the next request needs a new one
+                    raise
+                # Another id is a late answer to an earlier attempt.
+                reply = _read_reply(sock.recv_multipart(), self.endpoint, lambda h: h.get("id") in (request_id, None))
+                if reply is not None:
+                    return reply
             # Lazy Pirate: the REQ socket is stuck waiting for a reply; replace it.
             self.close()
         raise ClientTimeout(f"no reply from {self.endpoint} after {attempts} attempt(s) of {timeout:.1f}s")
@@ -271,20 +340,13 @@ class Client:
         ``sampling`` takes what :meth:`synthesize` takes, and ``chunk_plan``.  ``timeout_s``
         bounds the wait for each message (the first one included), not the whole stream.
         """
-        if self.check:
-            check_endpoint(self.endpoint)
         fields = _synthesize_fields(text, voice, format, ref_text, priority, sampling)
         request_id = f"{self._prefix}-{next(self._ids)}"
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise EndpointUnavailable("bad_endpoint", f"{self.endpoint}: {exc}") from None
+        sock, watch = self._connect(zmq.DEALER)
         header = {"v": STREAM_VERSION, "op": "synthesize", "id": request_id, "stream": True, **fields}
         sock.send_multipart([b"", encode_header(header), *([ref_audio] if ref_audio is not None else [])])
-        return SynthesisStream(sock, request_id, self.endpoint, self.timeout_s if timeout_s is None else timeout_s)
+        return SynthesisStream(sock, request_id, self.endpoint, self.timeout_s if timeout_s is None else timeout_s,
+                               _watch=watch)
 
 
 def _synthesize_fields(text: str, voice: str | None, format: str, ref_text: str | None, priority: str | None,
@@ -329,6 +391,7 @@ class SynthesisStream:
     end: dict[str, Any] | None = None
     _cancels: int = field(default=0, repr=False)
     _abandoned: threading.Event = field(default_factory=threading.Event, repr=False)
+    _watch: _ConnectWatch | None = field(default=None, repr=False)
 
     @property
     def sample_rate(self) -> int:
@@ -341,6 +404,9 @@ class SynthesisStream:
         self.close()
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
@@ -398,21 +464,13 @@ class SynthesisStream:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ClientTimeout(f"no stream message from {self.endpoint} within {self.timeout_s:.1f}s")
-            if not sock.poll(max(1, int(min(remaining, ABANDON_CHECK_S) * 1000)), zmq.POLLIN):
+            if not _wait(sock, self._watch, max(0.001, min(remaining, ABANDON_CHECK_S))):
                 continue
             frames = sock.recv_multipart()
             if frames and frames[0] == b"":
                 frames = frames[1:]
-            try:
-                header, attachments = decode_reply(frames)
-            except (ValueError, RecursionError) as exc:
-                raise ClientError("bad_reply", f"{self.endpoint} answered outside the protocol: {exc}") from None
-            if header.get("op") == "cancel":
-                continue  # the answer to cancel(): the stream's own error message follows
-            if header.get("id") != self.request_id:
-                continue
-            if not header.get("ok"):
-                error = header.get("error")
-                error = error if isinstance(error, dict) else {}
-                raise ClientError(str(error.get("code", "unknown")), str(error.get("message", "")), header)
-            return header, attachments
+            # The answer to cancel() is skipped: the stream's own error message follows.
+            reply = _read_reply(frames, self.endpoint,
+                                lambda h: h.get("op") != "cancel" and h.get("id") == self.request_id)
+            if reply is not None:
+                return reply

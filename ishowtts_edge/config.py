@@ -1,8 +1,10 @@
 """Daemon configuration: one TOML file plus ``ISHOWTTS_EDGE_*`` environment overrides.
 
 Unknown keys are rejected (``extra="forbid"``) because a misspelt threshold that is
-silently ignored is worse than a daemon that refuses to start.  Every section is a
-plain pydantic model so that modules can take just the part they need.
+silently ignored is worse than a daemon that refuses to start.  For the same reason a
+value in the file must have its key's TOML type (``port = "5555"`` is refused), while the
+environment's values, all strings, are converted.  Every section is a plain pydantic model
+so that modules can take just the part they need.
 
 Environment overrides use ``__`` between levels, for example
 ``ISHOWTTS_EDGE_ENGINE__DEVICE=cpu`` or ``ISHOWTTS_EDGE_SERVER__MAX_TEXT_CHARS=500``.
@@ -11,13 +13,17 @@ Environment overrides use ``__`` between levels, for example
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -401,12 +407,16 @@ class MetricsConfig(_Section):
     serves the file it writes.
     """
 
-    #: Write ``ishowtts-edge.prom`` into textfile_dir every interval_s (false: only the ``metrics`` op).
+    #: Write ``ishowtts-edge.prom`` (metrics.textfile_name) into textfile_dir every interval_s
+    #: (false: only the ``metrics`` op).
     textfile: bool = True
     #: node_exporter's --collector.textfile.directory; the default is the Debian
     #: prometheus-node-exporter package's.  Not created: a missing directory means no node_exporter.
     textfile_dir: Path = Path("/var/lib/prometheus/node-exporter")
     interval_s: float = Field(default=5.0, ge=0.1, le=300)
+    #: This daemon's name among several on one host: its file is ishowtts-edge-NAME.prom and its series
+    #: carry daemon="NAME".  Empty: derived from the endpoint, and none at the packaged endpoint.
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$")
 
     @field_validator("textfile_dir")
     @classmethod
@@ -483,7 +493,8 @@ class Settings(BaseSettings):
         "monitor.hot_c": "telemetry.hot_tj_c",
     }
 
-    _toml_path: ClassVar[Path | None] = None
+    #: The file's source (load_settings builds it, so that it can read the file's type errors).
+    _toml_source: ClassVar[PydanticBaseSettingsSource | None] = None
     #: (old, new) names of the keys this configuration gave under an old name.  Kept off the
     #: sections, so that a SIGHUP reload compares what the settings are, not how they were spelt.
     _deprecated_keys: list[tuple[str, str]] = PrivateAttr(default_factory=list)
@@ -524,8 +535,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._toml_path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        if cls._toml_source is not None:
+            sources.append(cls._toml_source)
         return tuple(sources)
 
     def deprecated_keys(self) -> list[tuple[str, str]]:
@@ -539,6 +550,71 @@ class Settings(BaseSettings):
     @property
     def events_endpoint(self) -> str:
         return self.server.events_endpoint or f"ipc://{self.paths.runtime_dir}/events.sock"
+
+
+class _StrictTomlSource(TomlConfigSettingsSource):
+    """The file's values, each checked for its TOML type before the lax merge with the environment.
+
+    TOML has real types, so ``port = "5555"``, ``max_queue = 2.0`` or ``compile = "yes"`` is a
+    mistake in a file someone wrote by hand, which pydantic's lax mode would quietly convert.
+    Lax mode stays for the environment, whose values are all strings.  Only the types are
+    checked here (strictly, as JSON: a string is still a path); ranges, patterns and the
+    checks across keys are the merged validation's.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        super().__init__(settings_cls, toml_file=toml_file)
+        #: As ValidationError.errors() gives them: reported with the merged validation's.
+        self.type_errors = _toml_type_errors(self.toml_data, ())
+
+
+_TOML_KINDS = {str: "string", int: "integer", float: "float", bool: "boolean", list: "array", dict: "table"}
+
+
+def _toml_type_errors(data: dict[str, Any], loc: tuple[str, ...], model: type[BaseModel] | None = None
+                      ) -> list[dict[str, Any]]:
+    """The keys of ``data`` (the file's table at ``loc``) whose value has a type ``model`` does not take."""
+    model = model or Settings
+    errors: list[dict[str, Any]] = []
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        renamed = Settings.RENAMED_KEYS.get(".".join((*loc, key)))
+        if field is None and renamed is not None:
+            section, name = renamed.split(".")
+            field = Settings.model_fields[section].annotation.model_fields.get(name)  # type: ignore[union-attr]
+        if field is None:
+            continue  # an unknown key: the merged validation names it
+        where = (*loc, key)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if isinstance(value, dict):
+                errors += _toml_type_errors(value, where, annotation)
+            continue
+        item = typing.get_args(annotation)[1] if typing.get_origin(annotation) is dict else None
+        if isinstance(item, type) and issubclass(item, BaseModel) and isinstance(value, dict):
+            for name, entry in value.items():
+                if isinstance(entry, dict):
+                    errors += _toml_type_errors(entry, (*where, name), item)
+            continue
+        try:
+            given = json.dumps(value)
+        except (TypeError, ValueError):
+            continue  # a TOML date or time: no key takes one, and the merged validation says so
+        try:
+            TypeAdapter(annotation).validate_json(given, strict=True)
+        except ValidationError as exc:
+            by_loc: dict[tuple[Any, ...], list[Any]] = {}
+            for error in exc.errors():
+                if not error["type"].endswith("_type"):
+                    continue  # a wrong value (not one of a Literal's), not a wrong type: lax mode refuses it too
+                # Keep list indices; drop a union's member names ("str", "int").
+                inner = tuple(part for part in error["loc"] if isinstance(part, int))
+                by_loc.setdefault(inner, []).append(error)
+            for inner, found in by_loc.items():
+                kind = _TOML_KINDS.get(type(found[0]["input"]), type(found[0]["input"]).__name__)
+                message = "; ".join(dict.fromkeys(e["msg"] for e in found)) + f" (the file gives a TOML {kind})"
+                errors.append({"type": "toml_type", "loc": (*where, *inner), "msg": message})
+    return errors
 
 
 class ConfigError(Exception):
@@ -557,19 +633,25 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     toml_path = Path(path) if path is not None else default_config_path()
     where = str(toml_path) if toml_path is not None else "(defaults)"
 
-    class _Loaded(Settings):
-        _toml_path = toml_path
-
+    type_errors: list[dict[str, Any]] = []
     try:
         if toml_path is not None and not toml_path.is_file():
             raise ConfigError(f"config file {toml_path}: not found")
+        source = _StrictTomlSource(Settings, toml_path) if toml_path is not None else None
+        type_errors = source.type_errors if source is not None else []
+
+        class _Loaded(Settings):
+            _toml_source = source
+
         loaded = _Loaded(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(where, exc)) from None
+        raise ConfigError(_describe(where, type_errors, exc.errors())) from None
     except ValueError as exc:  # TOML syntax errors arrive as tomllib.TOMLDecodeError (a ValueError)
         raise ConfigError(f"config file {where}: {exc}") from None
     except OSError as exc:  # unreadable (an editor's or `install -m600`'s mode): a config error, not a crash on SIGHUP
         raise ConfigError(f"config file {where}: cannot read it: {exc.strerror or exc}") from None
+    if type_errors:  # lax validation took them (the string "5555" as the port 5555): the file is wrong all the same
+        raise ConfigError(_describe(where, type_errors, []))
     settings = Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})
     settings._deprecated_keys = loaded.deprecated_keys()
     for key, given, effective in (
@@ -586,9 +668,13 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     return settings
 
 
-def _describe(where: str, exc: ValidationError) -> str:
-    lines = [f"config file {where}: {exc.error_count()} invalid setting(s)"]
-    for error in exc.errors():
+def _describe(where: str, type_errors: list[dict[str, Any]], errors: list[Any]) -> str:
+    """One line per invalid key: the file's wrong types first, then what else the merged validation found
+    (not again for a key whose type is wrong already)."""
+    wrong = [e["loc"] for e in type_errors]
+    errors = [*type_errors, *(e for e in errors if not any(tuple(e["loc"][: len(w)]) == w for w in wrong))]
+    lines = [f"config file {where}: {len(errors)} invalid setting(s)"]
+    for error in errors:
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         reason = error["msg"]
         if error["type"] == "extra_forbidden":

@@ -62,30 +62,55 @@ def claim(endpoint: str) -> None:
         _probe_tcp(endpoint)
 
 
+#: What probe_ipc finds at a socket path.
+ABSENT, NOT_A_SOCKET, STALE, LISTENING = "absent", "not a socket", "stale", "listening"
+
+
+def probe_ipc(path: Path, follow_symlinks: bool = True) -> str:
+    """What is at the unix socket path ``path``: ABSENT, NOT_A_SOCKET, STALE (a socket file
+    nobody accepts on: left by a process that died) or LISTENING.
+
+    A socket file is told stale from live only by connecting to it (nothing is sent).
+    Raises PermissionError when the caller may not reach or connect to it, and OSError
+    when the connection neither succeeds nor is refused (EAGAIN: a full backlog).
+    """
+    try:
+        st = path.stat() if follow_symlinks else path.lstat()
+    except FileNotFoundError:
+        return ABSENT
+    if not stat.S_ISSOCK(st.st_mode):
+        return NOT_A_SOCKET
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(PROBE_TIMEOUT_S)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return STALE
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return STALE
+        raise
+    finally:
+        probe.close()
+    return LISTENING
+
+
 def _claim_ipc(path: Path, endpoint: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EndpointError(f"{endpoint}: cannot create {path.parent}: {exc}") from None
     try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise EndpointError(f"{endpoint}: {path} exists and is not a socket; not removing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(PROBE_TIMEOUT_S)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        pass  # nobody listens: stale
+        # lstat: a symbolic link is not ours to replace, whatever it points at.
+        found = probe_ipc(path, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise EndpointError(f"{endpoint}: cannot probe {path}: {exc}") from None
-    else:
+        raise EndpointError(f"{endpoint}: cannot probe {path}: {exc}") from None
+    if found == ABSENT:
+        return
+    if found == NOT_A_SOCKET:
+        raise EndpointError(f"{endpoint}: {path} exists and is not a socket; not removing it")
+    if found == LISTENING:
         raise EndpointInUse(f"{endpoint}: {path} is in use by another process (is another daemon running?)")
-    finally:
-        probe.close()
     log.info("stale socket removed %s", kv(path=path))
     try:
         path.unlink()

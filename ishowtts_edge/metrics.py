@@ -11,6 +11,13 @@ Two ways out, and no network socket in the daemon: :class:`TextfileWriter` rewri
 write to a hidden temporary file in the same directory, then a rename, so the
 collector never reads half a file), and the ``metrics`` op returns the same text.
 
+Several daemons on one host share that directory and node_exporter's one target, so each
+but the packaged one has a name (:func:`daemon_name`): its own file, and a ``daemon``
+label on every series.  node_exporter merges all files into one exposition and keeps only
+one of two series with the same name and labels (logging an error), so a second file
+alone would not do.  The label is not ``instance``: Prometheus sets that to the scraped
+target and renames a file's own to ``exported_instance``.
+
 Labels stay bounded: ops and error codes are the protocol's, voices the configured
 ones (or "adhoc"), alert causes and severities the monitor's, zones and power modes
 the board's; never a request id or a text.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -48,8 +56,30 @@ QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 RTF_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 TEXTFILE_NAME = "ishowtts-edge.prom"
+#: The label telling apart the series of several daemons on one host.
+DAEMON_LABEL = "daemon"
+#: A derived name keeps the file name well under the 255 bytes a directory entry may have.
+MAX_NAME_CHARS = 100
 #: Board-supplied label values (zone and mode names) are cut to this length.
 MAX_LABEL_CHARS = 64
+
+
+def daemon_name(settings: Any) -> str:
+    """This daemon's name among several on one host: ``[metrics] name``, else its endpoint made
+    into a file name (``ipc:///run/edge-b/tts.sock`` -> ``run_edge-b``); "" at the packaged endpoint."""
+    from .client import DEFAULT_ENDPOINT
+
+    if settings.metrics.name:
+        return settings.metrics.name
+    endpoint = settings.endpoint
+    if endpoint == DEFAULT_ENDPOINT:
+        return ""
+    where = endpoint.split("://", 1)[-1].removesuffix("/tts.sock")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", where).strip("_.")[:MAX_NAME_CHARS] or "_"
+
+
+def textfile_name(name: str) -> str:
+    return f"ishowtts-edge-{name}.prom" if name else TEXTFILE_NAME
 
 
 def _label(value: Any) -> str:
@@ -96,6 +126,8 @@ class Metrics:
         for op in (*OPS, "unknown"):  # zero series exist from the start: rate() and "== 0" work at once
             self.requests.labels(op=op, code="ok")
         r.register(DaemonCollector(daemon))
+        settings = getattr(daemon, "settings", None)
+        self.name = daemon_name(settings) if settings is not None else ""
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -120,11 +152,25 @@ class Metrics:
     # -- out ---------------------------------------------------------------------------
 
     def exposition(self) -> str:
-        return generate_latest(self.registry).decode("utf-8")
+        return generate_latest(_Labelled(self.registry, self.name) if self.name else self.registry).decode("utf-8")
 
     def reply(self) -> dict[str, Any]:
         """The ``metrics`` op's payload."""
         return {"content_type": CONTENT_TYPE_LATEST, "text": self.exposition()}
+
+
+class _Labelled:
+    """A registry's families with ``daemon="NAME"`` on every sample (prometheus_client has no
+    labels common to a whole registry)."""
+
+    def __init__(self, registry: CollectorRegistry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.registry.collect():  # built afresh at each collection: ours to change
+            family.samples = [s._replace(labels={DAEMON_LABEL: self.name, **s.labels}) for s in family.samples]
+            yield family
 
 
 class DaemonCollector:
@@ -293,7 +339,8 @@ def _mhz(value: float | None) -> float | None:
 
 
 class TextfileWriter:
-    """Rewrites ``TEXTFILE_NAME`` in node_exporter's textfile directory every ``interval_s``.
+    """Rewrites the daemon's textfile (:func:`textfile_name`) in node_exporter's textfile directory
+    every ``interval_s``.
 
     The directory belongs to node_exporter's package and is never created here: absent
     means no node_exporter (one INFO line), unwritable means the sandbox or permissions
@@ -305,9 +352,9 @@ class TextfileWriter:
     def __init__(self, metrics: Metrics, cfg: MetricsConfig) -> None:
         self.metrics = metrics
         self.dir = Path(cfg.textfile_dir)
-        self.path = self.dir / TEXTFILE_NAME
+        self.path = self.dir / textfile_name(metrics.name)
         #: Hidden, and not *.prom: the collector never reads it.
-        self.tmp = self.dir / f".{TEXTFILE_NAME}.tmp"
+        self.tmp = self.dir / f".{self.path.name}.tmp"
         self.interval_s = cfg.interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

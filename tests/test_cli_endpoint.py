@@ -88,6 +88,42 @@ def test_a_live_daemon_socket_still_gets_the_request(tmp_path):
         router.close(linger=0)
 
 
+def test_a_live_daemon_socket_sees_one_connection_per_request(tmp_path):
+    """The check for a missing or stale socket probes only once ZeroMQ's own connection has failed:
+    it connected to a live socket once more per attempt, which the daemon counts and logs."""
+    import json
+    import threading
+
+    from zmq.utils.monitor import recv_monitor_message
+
+    endpoint = f"ipc://{tmp_path}/tts.sock"
+    context = zmq.Context.instance()
+    router = context.socket(zmq.ROUTER)
+    monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED)
+    router.bind(endpoint)
+
+    def answer() -> None:  # one voices request, answered as the daemon would
+        identity, empty, header = router.recv_multipart()[:3]
+        reply = {"v": 1, "ok": True, "op": "voices", "id": json.loads(header)["id"], "voices": []}
+        router.send_multipart([identity, empty, json.dumps(reply).encode()])
+
+    server = threading.Thread(target=answer)
+    server.start()
+    try:
+        r = cli("--endpoint", endpoint, "voices", "--json")
+        server.join(PROMPT_S)
+        assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
+        accepted = 0
+        while monitor.poll(500):
+            recv_monitor_message(monitor)
+            accepted += 1
+        assert accepted == 1
+    finally:
+        router.disable_monitor()
+        monitor.close(linger=0)
+        router.close(linger=0)
+
+
 def test_socket_the_user_may_not_use_names_the_group_to_join(world_tmp, users):
     runtime = world_tmp / "run"
     runtime.mkdir(mode=0o755)

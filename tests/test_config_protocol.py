@@ -112,6 +112,73 @@ def test_telemetry_rescan_interval_is_off_or_at_least_one_sample_interval(tmp_pa
             load_settings(f)
 
 
+@pytest.mark.parametrize(
+    "toml, key, given",
+    [
+        ('[wyoming]\nport = "5555"\n', "wyoming.port", "string"),
+        ("[server]\nmax_queue = 2.0\n", "server.max_queue", "float"),
+        ('[engine]\ncompile = "yes"\n', "engine.compile", "string"),
+        ("[server]\nallow_remote = 1\n", "server.allow_remote", "integer"),
+        ("default_voice = 3\n", "default_voice", "integer"),
+        ('[voices.a]\ndir = "/v/a"\nref_text = 5\n', "voices.a.ref_text", "integer"),
+        ('[engine]\ncuda_graph_nfe = [8, "32"]\n', "engine.cuda_graph_nfe.1", "string"),
+        ("[hardware]\npower_mode = 2.0\n", "hardware.power_mode", "float"),
+        ('[hardware]\nhelper_timeout_s = "30"\n', "hardware.helper_timeout_s", "string"),  # under its old name too
+    ],
+)
+def test_a_file_value_of_the_wrong_toml_type_is_refused_naming_the_key(tmp_path, toml, key, given):
+    """Lax validation took "5555" as the port 5555, 2.0 as 2 and "yes" as true: a typo in a hand-written file."""
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    assert f"\n  {key}: Input should be a valid " in str(err.value)
+    assert f"(the file gives a TOML {given})" in str(err.value)
+
+
+def test_the_wrong_type_and_the_other_errors_of_a_file_are_reported_together(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[wyoming]\nport = "5555"\n[engine]\ndevice = "tpu"\n[monitor]\ncv_treshold = 0.1\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"config file {f}: 3 invalid setting(s)"
+    assert lines[1] == "  wyoming.port: Input should be a valid integer (the file gives a TOML string)"
+    assert lines[2:] == ["  engine.device: Input should be 'auto', 'cuda' or 'cpu'", "  monitor.cv_treshold: unknown key"]
+
+
+def test_file_values_of_their_keys_types_load_and_the_environments_strings_are_still_converted(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text('[metrics]\ninterval_s = 5\n[hardware]\npower_mode = 0\n[wyoming]\nport = 10300\n'
+                 '[engine]\ncompile = true\ncuda_graph_nfe = [16]\n')
+    s = load_settings(f)
+    assert (s.metrics.interval_s, s.hardware.power_mode, s.wyoming.port, s.engine.compile) == (5.0, 0, 10300, True)
+    monkeypatch.setenv("ISHOWTTS_EDGE_WYOMING__PORT", "5555")
+    monkeypatch.setenv("ISHOWTTS_EDGE_ENGINE__COMPILE", "false")
+    monkeypatch.setenv("ISHOWTTS_EDGE_METRICS__INTERVAL_S", "2")
+    monkeypatch.setenv("ISHOWTTS_EDGE_ENGINE__CUDA_GRAPH_NFE", "[8, 32]")
+    monkeypatch.setenv("ISHOWTTS_EDGE_DEFAULT_VOICE", "3")
+    s = load_settings(f)
+    assert (s.wyoming.port, s.engine.compile, s.metrics.interval_s) == (5555, False, 2.0)
+    assert s.engine.cuda_graph_nfe == [8, 32] and s.default_voice == "3"
+
+
+def test_a_daemon_whose_file_gives_a_wrong_type_exits_78_naming_the_key(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    config = tmp_path / "c.toml"
+    # Its own directories and no hardware, should a regression let it start.
+    config.write_text(f'[paths]\nruntime_dir = "{tmp_path}/run"\nstate_dir = "{tmp_path}/state"\n'
+                      f'cache_dir = "{tmp_path}/cache"\n[hardware]\nenabled = false\n[server]\nmax_queue = "4"\n')
+    r = subprocess.run([sys.executable, "-m", "ishowtts_edge.cli", "--config", str(config), "serve"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 78, r.stderr
+    assert str(config) in r.stderr and "server.max_queue: Input should be a valid integer" in r.stderr
+
+
 def test_voice_forms(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[voices.a]\ndir = "/v/a"\n[voices.b]\nref_audio = "/v/b.wav"\nref_text = "hi"\n')

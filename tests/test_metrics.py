@@ -27,9 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, DaemonProcess
 from ishowtts_edge.client import Client, ClientError
-from ishowtts_edge.config import MetricsConfig, Settings
+from ishowtts_edge.config import ConfigError, MetricsConfig, PathsConfig, Settings, load_settings
 from ishowtts_edge.daemon import Daemon
-from ishowtts_edge.metrics import TEXTFILE_NAME, Metrics, TextfileWriter
+from ishowtts_edge.metrics import DAEMON_LABEL, TEXTFILE_NAME, Metrics, TextfileWriter
 
 PROMTOOL = shutil.which("promtool")
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
@@ -49,7 +49,18 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(text: str, metric: str, /, **labels: str) -> float | None:
-    return samples(text).get((metric, tuple(sorted(labels.items()))))
+    """The sample of ``metric`` with exactly ``labels``; the daemon label is compared only when given
+    (a test daemon is not at the packaged endpoint, so its series carry one)."""
+    found = [v for (name, key), v in samples(text).items() if name == metric
+             and dict(kv for kv in key if DAEMON_LABEL in labels or kv[0] != DAEMON_LABEL) == labels]
+    assert len(found) <= 1, f"{metric}{labels} names {len(found)} series"
+    return found[0] if found else None
+
+
+def textfile_of(proc: DaemonProcess) -> Path:
+    """The file the daemon writes, as its status reports it."""
+    with Client(proc.endpoint, timeout_s=60) as client:
+        return Path(client.status()["metrics"]["textfile"])
 
 
 class NodeExporter:
@@ -155,7 +166,7 @@ def test_the_metrics_command_and_the_textfile_pass_promtool_check_metrics(board_
     out = cli(proc, "metrics")
     assert out.returncode == 0, out.stderr
     assert "ishowtts_requests_total" in out.stdout and "ishowtts_temperature_celsius" in out.stdout
-    for text in (out.stdout, (textfile_dir / TEXTFILE_NAME).read_text()):
+    for text in (out.stdout, textfile_of(proc).read_text()):
         check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
         assert "_created" not in text  # no doubled series in a file read every scrape
@@ -238,7 +249,8 @@ def test_an_alert_raised_on_the_fake_board_shows_as_an_active_alert_series(board
 
 def test_the_textfile_is_replaced_by_rename_never_read_half_written(board_daemon):
     proc, _, textfile_dir = board_daemon
-    path = textfile_dir / TEXTFILE_NAME
+    path = textfile_of(proc)
+    assert path.parent == textfile_dir
     assert path.stat().st_mode & 0o777 == 0o644  # readable by node_exporter's user despite UMask=0007
     inodes, reads, bad = set(), 0, []
     stop = threading.Event()
@@ -267,7 +279,7 @@ def test_the_textfile_is_replaced_by_rename_never_read_half_written(board_daemon
                                                "ishowtts_telemetry_available"} <= names:
                 bad.append(f"incomplete: {sorted(names)}")
             listing = sorted(p.name for p in textfile_dir.iterdir() if p.name.endswith(".prom"))
-            if listing != [TEXTFILE_NAME]:
+            if listing != [path.name]:
                 bad.append(f"other .prom files: {listing}")
     finally:
         stop.set()
@@ -279,7 +291,7 @@ def test_the_textfile_is_replaced_by_rename_never_read_half_written(board_daemon
 @needs_node_exporter
 def test_stopping_the_daemon_leaves_no_textfile_behind(board_daemon, exporter):
     proc, _, textfile_dir = board_daemon
-    assert (textfile_dir / TEXTFILE_NAME).exists()
+    assert textfile_of(proc).exists()
     assert proc.stop() == 0
     assert sorted(p.name for p in textfile_dir.iterdir()) == []  # neither the file nor its temporary
     text = exporter.scrape()
@@ -354,6 +366,65 @@ def test_the_documented_alert_rules_and_queries_pass_promtool(tmp_path):
         check = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / name)], capture_output=True, text=True,
                                timeout=60)
         assert check.returncode == 0, f"{name}:\n{check.stdout}{check.stderr}"
+
+
+def writers_of_two_daemons(textfile_dir: Path) -> list[TextfileWriter]:
+    """The packaged daemon and a second one on another runtime directory (so another endpoint) of one host."""
+    out = []
+    for runtime in ("/run/ishowtts-edge", "/run/ishowtts-edge-b"):
+        settings = Settings(paths=PathsConfig(runtime_dir=Path(runtime)),
+                            metrics=MetricsConfig(textfile_dir=textfile_dir, interval_s=0.1))
+        out.append(TextfileWriter(Metrics(Daemon(settings)), settings.metrics))
+    return out
+
+
+def test_two_daemons_on_one_host_write_two_files_whose_series_differ_by_the_daemon_label(tmp_path):
+    """One fixed file name: the second daemon overwrote the first's figures every few seconds."""
+    textfile_dir = tmp_path / "node-exporter"
+    textfile_dir.mkdir()
+    first, second = writers_of_two_daemons(textfile_dir)
+    assert first.write_once() and second.write_once()
+    assert first.path == textfile_dir / TEXTFILE_NAME  # the packaged daemon's file and series are unchanged
+    assert second.path == textfile_dir / "ishowtts-edge-run_ishowtts-edge-b.prom"
+    assert sorted(p.name for p in textfile_dir.iterdir()) == sorted([first.path.name, second.path.name])
+    one, two = samples(first.path.read_text()), samples(second.path.read_text())
+    assert all(DAEMON_LABEL not in dict(labels) for _, labels in one)
+    assert all(dict(labels)[DAEMON_LABEL] == "run_ishowtts-edge-b" for _, labels in two)
+    # node_exporter serves every file as one exposition: no series may be in both.
+    assert not set(one) & set(two) and len(one) == len(two)
+    first.stop()
+    assert sorted(p.name for p in textfile_dir.iterdir()) == [second.path.name]  # each removes only its own
+
+
+@needs_node_exporter
+def test_node_exporter_serves_the_series_of_two_daemons_on_one_host(tmp_path):
+    textfile_dir = tmp_path / "node-exporter"
+    textfile_dir.mkdir()
+    for writer_ in writers_of_two_daemons(textfile_dir):
+        assert writer_.write_once()
+    ne = NodeExporter(textfile_dir, tmp_path / "node_exporter.log")
+    try:
+        text = ne.scrape()
+    finally:
+        ne.stop()
+    assert value(text, "node_textfile_scrape_error") == 0
+    starting = {(dict(labels).get(DAEMON_LABEL), v) for (name, labels), v in samples(text).items()
+                if name == "ishowtts_state" and dict(labels)["state"] == "starting"}
+    assert starting == {(None, 1.0), ("run_ishowtts-edge-b", 1.0)}
+    assert "collected before" not in ne.log_path.read_text()  # how node_exporter drops a duplicate series
+
+
+def test_a_daemon_named_in_its_config_writes_that_name_and_a_name_that_is_no_file_name_is_refused(tmp_path):
+    textfile_dir = tmp_path / "node-exporter"
+    textfile_dir.mkdir()
+    settings = Settings(metrics=MetricsConfig(textfile_dir=textfile_dir, name="kitchen"))
+    w = TextfileWriter(Metrics(Daemon(settings)), settings.metrics)
+    assert w.write_once() and w.path.name == "ishowtts-edge-kitchen.prom"
+    assert value(w.path.read_text(), "ishowtts_ready", daemon="kitchen") == 0
+    config = tmp_path / "c.toml"
+    config.write_text('[metrics]\nname = "../kitchen"\n')
+    with pytest.raises(ConfigError, match="metrics.name"):
+        load_settings(config)
 
 
 @pytest.mark.parametrize("value", ["", "metrics", "/tmp/a\\u0000b"])

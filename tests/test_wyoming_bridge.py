@@ -25,6 +25,7 @@ from engine_support import Slowdown
 from ishowtts_edge.bench.daemon_process import stop_process
 from ishowtts_edge.client import Client
 from ishowtts_edge.config import ConfigError, load_settings
+from ishowtts_edge.wyoming_bridge.handler import MAX_TEXT_PARTS
 from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter, pack_sentences, split_sentences
 from ishowtts_edge.wyoming_bridge.speaker import CHUNK_PLAN
 
@@ -37,10 +38,10 @@ READ_TIMEOUT_S = 120.0
 class BridgeProcess:
     """``python -m ishowtts_edge.wyoming_bridge --config FILE`` as a child, its port read from its log."""
 
-    def __init__(self, tmp: Path, endpoint: str, cache: Path, extra_toml: str = "") -> None:
+    def __init__(self, tmp: Path, endpoint: str, cache: Path, extra_toml: str = "", server_toml: str = "") -> None:
         self.config = tmp / "bridge.toml"
         self.config.write_text(
-            f'[server]\nendpoint = "{endpoint}"\n\n[wyoming]\nport = 0\nseed = {SEED}\n{extra_toml}'
+            f'[server]\nendpoint = "{endpoint}"\n{server_toml}\n[wyoming]\nport = 0\nseed = {SEED}\n{extra_toml}'
         )
         self.log_path = tmp / "bridge.log"
         self._log = open(self.log_path, "wb")
@@ -290,6 +291,87 @@ def test_stream_events_out_of_order_are_refused_and_the_connection_stays_usable(
     assert Error.from_event(orphan).code == "bad_request"
     assert Error.from_event(stray_stop).code == "bad_request"
     assert Pong.from_event(pong).text == "still there?"
+
+
+#: The daemon's max_text_chars as the small bridge reads it: a request's text may be MAX_TEXT_PARTS times that.
+SMALL_MAX_CHARS = 20
+SMALL_LIMIT = SMALL_MAX_CHARS * MAX_TEXT_PARTS
+
+
+@pytest.fixture(scope="module")
+def small_bridge(daemon, tmp_path_factory, demo_cache):
+    """A bridge that takes the daemon's max_text_chars to be 20 (its own config), so its limit on a
+    request's whole text is reached with a few hundred characters."""
+    proc = BridgeProcess(tmp_path_factory.mktemp("small-bridge"), daemon.endpoint, demo_cache,
+                         server_toml=f"max_text_chars = {SMALL_MAX_CHARS}\n")
+    try:
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log()
+        assert "Traceback" not in proc.log(), proc.log()
+
+
+async def read_to_the_end(client: AsyncTcpClient, last: type) -> list[Event | None]:
+    """Events until ``last`` or the bridge's end of file (then None ends the list)."""
+    events: list[Event | None] = []
+    while True:
+        event = await client.read_event()
+        events.append(event)
+        if event is None or last.is_type(event.type):
+            return events
+
+
+def stream_of(chunks: list[str]) -> list[Event]:
+    return [SynthesizeStart().event(), *(SynthesizeChunk(text=c).event() for c in chunks), SynthesizeStop().event()]
+
+
+def test_a_streams_whole_text_is_bounded_and_past_the_bound_it_gets_text_too_long_and_the_connection_is_closed(
+        small_bridge):
+    """Each chunk was bounded, their sum was not: a client could stream text for ever, the bridge queueing
+    it and the daemon speaking it.  Chunks of punctuation alone are counted but never spoken."""
+    at_limit = [". " * 5] * (SMALL_LIMIT // 10)
+    assert sum(map(len, at_limit)) == SMALL_LIMIT
+    ended = small_bridge.log().count("connection ended")
+
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", small_bridge.port) as client:
+            for event in stream_of(at_limit):
+                await client.write_event(event)
+            whole = await read_to_the_end(client, SynthesizeStopped)
+            for event in stream_of([*at_limit, "."]):  # a new stream counts from zero, and goes one over
+                await client.write_event(event)
+            return whole, await read_to_the_end(client, SynthesizeStopped)
+
+    whole, over = run(go())
+    assert [e.type for e in whole] == ["synthesize-stopped"]
+    assert [e.type if e else None for e in over] == ["error", None]
+    error = Error.from_event(over[0])
+    assert error.code == "text_too_long" and str(SMALL_LIMIT) in error.text
+    small_bridge.wait_log("connection ended", ended + 1)
+    assert 'how="refused: text_too_long"' in small_bridge.log()
+
+
+def test_a_stream_that_runs_past_the_bound_while_it_is_spoken_is_refused_and_the_bridge_serves_on(small_bridge, daemon):
+    chunks = words(" ".join(["word"] * (SMALL_LIMIT // 5 + 1)))  # sentences of words, cut at 20 characters each
+
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", small_bridge.port) as client:
+            for event in stream_of(chunks):
+                await client.write_event(event)
+            return await read_to_the_end(client, SynthesizeStopped)
+
+    events = run(go())
+    assert [e.type if e else None for e in events][-2:] == ["error", None]
+    assert Error.from_event(events[-2]).code == "text_too_long"
+    assert "synthesize-stopped" not in [e.type for e in events if e]
+    assert audio_of(run(ha_synthesize(small_bridge.port, "Still serving."))) == daemon_pcm(daemon, ["Still serving."])[0]
+
+
+def test_a_synthesize_text_past_the_bound_gets_text_too_long_and_its_audio_stop(small_bridge):
+    at_limit, over = run(ha_synthesize(small_bridge.port, "." * SMALL_LIMIT)), run(ha_synthesize(small_bridge.port, "." * (SMALL_LIMIT + 1)))
+    assert [e.type for e in at_limit] == ["audio-stop"]  # accepted, and nothing in it to speak
+    assert [e.type for e in over] == ["error", "audio-stop"]
+    assert Error.from_event(over[0]).code == "text_too_long"
 
 
 # -- the peer ---------------------------------------------------------------------------------------

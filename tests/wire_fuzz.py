@@ -140,7 +140,23 @@ def wav_bytes(samples: Any, rate: int, subtype: str = "PCM_16", fmt: str = "WAV"
 
     buf = io.BytesIO()
     sf.write(buf, np.asarray(samples), rate, format=fmt, subtype=subtype)
-    return buf.getvalue()
+    return _zero_peak_time(buf.getvalue())
+
+
+def _zero_peak_time(data: bytes) -> bytes:
+    """libsndfile stamps a float WAV's PEAK chunk with the current time (whole seconds), so the same
+    seed gave other bytes once the clock had moved on; zeroed here, the bytes depend on the seed alone."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return data
+    out = bytearray(data)
+    at = 12
+    while at + 8 <= len(out):
+        size = int.from_bytes(out[at + 4 : at + 8], "little")
+        if out[at : at + 4] == b"PEAK" and size >= 8:
+            out[at + 12 : at + 16] = bytes(4)  # after the chunk header and the version field
+            break
+        at += 8 + size + (size & 1)
+    return bytes(out)
 
 
 def _tone(seconds: float, rate: int = 24000, channels: int = 1) -> Any:

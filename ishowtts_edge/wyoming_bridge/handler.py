@@ -9,7 +9,9 @@ step), and nothing more of the text is sent to the daemon.
 Every request gets its terminator, errors included, because Home Assistant reads until
 it: ``audio-stop`` after a ``synthesize``, ``synthesize-stopped`` after a stream.  An
 ``error`` event before the terminator says the audio is incomplete; the connection
-stays usable.
+stays usable.  Only a peer that breaks a limit of the connection itself (the framing, or
+a stream's whole text: :class:`_StreamText`) gets its error without a terminator, and is
+closed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ QUEUE_EVENTS = 64
 WRITE_STALL_S = 20.0
 #: The longest voice name or language accepted (the daemon's request ids have the same bound).
 MAX_VOICE_CHARS = 128
+#: A request's whole text (a synthesize's, or a stream's chunks together) is at most this many times
+#: the daemon's server.max_text_chars: the bridge sends a longer text in parts the daemon takes, and
+#: without a bound on the parts one connection could keep the daemon speaking for ever.  16 x 2000
+#: characters is about half an hour of speech, longer than any answer Home Assistant speaks.
+MAX_TEXT_PARTS = 16
+#: After refusing a peer, how long the bridge still reads (and drops) what it sends before closing:
+#: closing with unread data makes the kernel answer with a reset, which can destroy the error event
+#: before the peer has read it.
+LINGER_S = 2.0
 F5_TTS = Attribution(name="F5-TTS (SWivid)", url="https://github.com/SWivid/F5-TTS")
 DEMO_DESCRIPTION = "demo (untrained model: noise, not speech)"
 
@@ -72,6 +83,10 @@ class BridgeConfig:
     max_connections: int
     connections: int = 0
     voices: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def max_request_chars(self) -> int:
+        return self.max_chars * MAX_TEXT_PARTS
 
     def speaker(self) -> Speaker:
         return Speaker(self.endpoint, seed=self.seed, max_chars=self.max_chars, timeout_s=self.timeout_s)
@@ -156,6 +171,35 @@ class _Response:
         return self.samples / self.rate if self.rate else 0.0
 
 
+class _StreamText:
+    """Counts the text of the open stream as its events are read, before they are queued.
+
+    The worker may speak far behind the reader, so counting at read time bounds what the
+    connection holds (its queued chunks) as well as what it asks of the daemon.  A stream
+    opens and closes here as it does in the worker: a start inside an open stream and a
+    stop outside one are refused there and change nothing here.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chars: int | None = None  # None: no stream open
+
+    def read(self, event: Event) -> None:
+        """Follow ``event``; FramingError ``text_too_long`` once the open stream's text is over the limit."""
+        if SynthesizeStart.is_type(event.type):
+            if self.chars is None:
+                self.chars = 0
+        elif SynthesizeStop.is_type(event.type):
+            self.chars = None
+        elif SynthesizeChunk.is_type(event.type) and self.chars is not None:
+            text = event.data.get("text")
+            self.chars += len(text) if isinstance(text, str) else 0
+            if self.chars > self.limit:
+                raise FramingError(
+                    "text_too_long", f"the stream's text is over {self.limit} characters "
+                    f"({MAX_TEXT_PARTS} x the daemon's server.max_text_chars)")
+
+
 @dataclass
 class _Stream:
     """A synthesize-start ... synthesize-stop in progress."""
@@ -176,6 +220,7 @@ class BridgeHandler(AsyncEventHandler):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_EVENTS)
         self._stream: _Stream | None = None
+        self._stream_text = _StreamText(config.max_request_chars)
         #: monotonic time since which the connection has only been waiting for the peer's next
         #: event (nothing queued, nothing being answered); None while it works.  At the cap, the
         #: connection idle the longest gives way to a new one (__main__).
@@ -197,12 +242,15 @@ class BridgeHandler(AsyncEventHandler):
             while not worker.done():
                 try:
                     event = await read_event(self.reader)
+                    if event is not None:
+                        self._stream_text.read(event)
                 except FramingError as exc:
                     reason = f"refused: {exc.code}"
                     log.warning("connection closed %s", kv(peer=self.peer, code=exc.code, reason=exc.message))
                     worker.cancel()
                     await asyncio.gather(worker, return_exceptions=True)
                     await self._send_error(exc.code, exc.message)
+                    await self._linger()
                     break
                 except (PeerClosed, ConnectionError) as exc:
                     reason = self._end_reason or f"lost: {exc}"
@@ -218,6 +266,20 @@ class BridgeHandler(AsyncEventHandler):
             self.speaker.close()
             log.info("connection ended %s", kv(peer=self.peer, how=reason))
             self.writer.close()
+
+    async def _linger(self) -> None:
+        """Say we are done (end of file), then drop what the peer still sends until it closes too
+        or LINGER_S pass, so that the close is not a reset (see LINGER_S)."""
+        try:
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            await asyncio.wait_for(self._discard_input(), LINGER_S)
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            pass
+
+    async def _discard_input(self) -> None:
+        while await self.reader.read(64 * 1024):
+            pass
 
     async def _work(self) -> None:
         while True:
@@ -329,6 +391,9 @@ class BridgeHandler(AsyncEventHandler):
         else:
             if not text.strip():
                 await self._send_error("bad_request", "synthesize: the text is empty")
+            elif len(text) > self.config.max_request_chars:
+                await self._send_error("text_too_long", f"synthesize: the text has {len(text)} characters; the limit is "
+                                       f"{self.config.max_request_chars} ({MAX_TEXT_PARTS} x the daemon's server.max_text_chars)")
             else:
                 ok = await self._speak(text, voice, response)
         await self.write_event(AudioStop().event())
