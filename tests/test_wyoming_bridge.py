@@ -647,3 +647,51 @@ def test_a_wyoming_host_with_a_control_character_is_a_configuration_error(tmp_pa
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 78, r.stderr
     assert "wyoming.host" in r.stderr
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_peer_that_sends_faster_than_it_is_answered_waits_in_its_socket_not_in_the_bridges_memory(
+        bridge, daemon, slowdown):
+    """While a synthesis runs, the bridge reads ahead at most QUEUE_BYTES of events (2 MiB); the rest
+    stays in the kernel's socket buffers (TCP back-pressure).  Counted by events alone, 60 events of
+    900 kB would all be read and held."""
+    from wyoming.event import async_write_event
+
+    pad = "x" * 900_000
+    ended = bridge.log().count("connection ended")
+
+    async def go() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        await async_write_event(Synthesize(text=LONG_TEXT).event(), writer)
+        await asyncio.to_thread(wait_status, daemon, lambda s: s["queue"]["pending"] == 1)
+        before = rss_kib(bridge.proc.pid)
+
+        async def flood():
+            for _ in range(60):
+                await async_write_event(Event(type="ping", data={"pad": pad}), writer)
+
+        sender = asyncio.create_task(flood())
+        await asyncio.wait([sender], timeout=8.0)
+        grown = rss_kib(bridge.proc.pid) - before
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        # Gone while the bridge does not read: it learns so when it next writes (the first audio).
+        writer.transport.abort()
+        slowdown.set(1)
+        return grown
+
+    slowdown.set(50)  # the synthesis holds the bridge's worker for the whole test
+    try:
+        grown_kib = run(go())
+        bridge.wait_log("connection ended", ended + 1)
+        wait_status(daemon, lambda s: s["queue"]["pending"] == 0, 60)
+    finally:
+        slowdown.set(1)
+    assert grown_kib < 20 * 1024, f"the bridge grew by {grown_kib} KiB while its worker was busy"
+    assert audio_of(run(ha_synthesize(bridge.port, "Still serving."))) == daemon_pcm(daemon, ["Still serving."])[0]

@@ -88,6 +88,8 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
             handlers[task] = handler
         try:
             await handler.run()
+        except asyncio.CancelledError:
+            pass  # stopping: a cancelled connection task would be logged by asyncio's stream callback as an error
         finally:
             config.connections -= 1
             if task is not None:

@@ -54,12 +54,22 @@ async def read_event(
     max_payload_bytes: int = MAX_PAYLOAD_BYTES,
 ) -> Event | None:
     """The next event, or None when the peer closed cleanly between events."""
+    return (await read_sized_event(reader, max_data_bytes, max_payload_bytes))[0]
+
+
+async def read_sized_event(
+    reader: asyncio.StreamReader,
+    max_data_bytes: int = MAX_DATA_BYTES,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> tuple[Event | None, int]:
+    """:func:`read_event` and the bytes the event took on the wire (header line, data, payload):
+    what holding it costs, for a reader that bounds what it keeps by bytes."""
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise PeerClosed("closed inside an event header") from None
-        return None
+        return None, 0
     except asyncio.LimitOverrunError:
         raise FramingError("too_large", f"event header line over {MAX_HEADER_BYTES} bytes") from None
     try:
@@ -91,4 +101,4 @@ async def read_event(
         if not isinstance(more, dict):
             raise FramingError("bad_request", "event data is not a JSON object")
         data = {**data, **more}
-    return Event(type=event_type, data=data, payload=payload)
+    return Event(type=event_type, data=data, payload=payload), len(line) + data_length + payload_length

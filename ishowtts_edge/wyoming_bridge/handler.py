@@ -34,7 +34,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from ishowtts_edge import __version__
 from ishowtts_edge.client import ClientError
 from ishowtts_edge.logs import kv
-from ishowtts_edge.wyoming_bridge.framing import FramingError, PeerClosed, read_event
+from ishowtts_edge.wyoming_bridge.framing import MAX_DATA_BYTES, FramingError, PeerClosed, read_sized_event
 from ishowtts_edge.wyoming_bridge.sentences import SentenceSplitter
 from ishowtts_edge.wyoming_bridge.speaker import Audio, Speaker
 
@@ -42,8 +42,11 @@ log = logging.getLogger("ishowtts_edge.wyoming")
 
 #: Audio per audio-chunk event (wyoming-piper's default).
 SAMPLES_PER_CHUNK = 1024
-#: Events read ahead of the one being handled; past that the bridge stops reading (TCP back-pressure).
+#: Events read ahead of the one being handled, and the bytes they may hold together (at least one
+#: event of the largest size); past either the bridge stops reading (TCP back-pressure).  By
+#: count alone, 64 events of 1 MiB each would let every connection hold 64 MiB.
 QUEUE_EVENTS = 64
+QUEUE_BYTES = 2 * MAX_DATA_BYTES
 #: How long one event may wait for the peer to take it before the connection is dropped: a peer
 #: that stops reading its audio would otherwise hold its connection (one of max_connections) for ever.
 WRITE_STALL_S = 20.0
@@ -218,7 +221,9 @@ class BridgeHandler(AsyncEventHandler):
         self.speaker = config.speaker()
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_EVENTS)
+        self._queue: asyncio.Queue[tuple[Event, int]] = asyncio.Queue(QUEUE_EVENTS)
+        self._queued_bytes = 0
+        self._dequeued = asyncio.Event()
         self._stream: _Stream | None = None
         self._stream_text = _StreamText(config.max_request_chars)
         #: monotonic time since which the connection has only been waiting for the peer's next
@@ -241,7 +246,7 @@ class BridgeHandler(AsyncEventHandler):
         try:
             while not worker.done():
                 try:
-                    event = await read_event(self.reader)
+                    event, size = await read_sized_event(self.reader)
                     if event is not None:
                         self._stream_text.read(event)
                 except FramingError as exc:
@@ -259,7 +264,7 @@ class BridgeHandler(AsyncEventHandler):
                     reason = self._end_reason or reason
                     break
                 self.idle_since = None
-                await self._queue.put(event)
+                await self._enqueue(event, size, worker)
         finally:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
@@ -281,11 +286,30 @@ class BridgeHandler(AsyncEventHandler):
         while await self.reader.read(64 * 1024):
             pass
 
+    async def _enqueue(self, event: Event, size: int, worker: asyncio.Task) -> None:
+        """Queue ``event`` once the events ahead of it leave room for its bytes (QUEUE_BYTES); drop it
+        when the worker has ended (it could no longer take it, and the connection is ending)."""
+        while self._queued_bytes and self._queued_bytes + size > QUEUE_BYTES:
+            self._dequeued.clear()
+            await self._dequeued.wait()
+            if worker.done():
+                return
+        self._queued_bytes += size
+        await self._queue.put((event, size))
+
     async def _work(self) -> None:
+        try:
+            await self._answer_events()
+        finally:
+            self._dequeued.set()  # a reader waiting for room sees the worker gone
+
+    async def _answer_events(self) -> None:
         while True:
             if self._queue.empty():
                 self.idle_since = time.monotonic()
-            event = await self._queue.get()
+            event, size = await self._queue.get()
+            self._queued_bytes -= size
+            self._dequeued.set()
             self.idle_since = None
             try:
                 await self.handle_event(event)
