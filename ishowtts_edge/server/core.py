@@ -367,8 +367,11 @@ class Server(SynthesisWorker, CancelOps):
             if blocked is not None:
                 raise ServiceError(blocked.code, blocked.message, request_id=request_id)
             job = Job(envelope, request, received_at)
-            if job.streamed and self._gate is not None:
+            if self._gate is not None:
                 job.connection = self._gate.connection(fd)
+                if job.connection is None:  # its client left (or was refused) before it was read
+                    self._drop_gone(job, "received")
+                    return
             self._admit(job)
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1

@@ -3,7 +3,7 @@
 libzmq aborts the process when an ipc accept fails with EMFILE, so the number of client
 connections must stay below the descriptor limit.  A side thread watches the ROUTER's
 socket monitor and shuts every connection above the cap as it arrives; it also tells
-the server when a connection ends, so a stream whose client left is cancelled.
+the server when a connection ends, so the requests of a client that left are cancelled.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ log = logging.getLogger(__package__)
 
 class ConnectionGate:
     """Counts the ROUTER's connections, shuts every new one above the cap at once, and reports
-    the ones that end (a streaming client that left is cancelled: see cancel.py).
+    the ones that end (the requests of a client that left are cancelled: see cancel.py).
 
     libzmq reports each accepted connection with its descriptor (the socket monitor's
     ACCEPTED event); shutting that descriptor down makes libzmq drop the connection
@@ -70,10 +70,16 @@ class ConnectionGate:
         self._stop.set()
         self._thread.join(timeout=2.0)
 
-    def connection(self, fd: int) -> tuple[int, int]:
-        """(descriptor, generation) of the connection a message just read came from."""
+    def connection(self, fd: int) -> tuple[int, int] | None:
+        """(descriptor, generation) of the connection a message just read came from; None when that
+        connection has already ended or was refused (its messages can still be read after that:
+        any reply to them goes to nobody).  A descriptor the gate never saw is taken as open."""
         self._drain()
-        return fd, self._generation.get(fd, 0)
+        with self._lock:
+            if fd in self._generation and fd not in self._open:
+                return None
+            return fd, self._generation.get(fd, 0)
+
 
     def _run(self) -> None:
         try:
