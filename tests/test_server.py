@@ -501,6 +501,31 @@ def test_the_engine_result_goes_to_the_backend_once_after_its_reply(served):
     assert backend.completions == [("r", "hello")]  # a failed synthesis has no result to monitor
 
 
+def test_a_request_whose_client_left_before_it_was_read_is_never_run(served):
+    """The request reaches the daemon, then its REQ client closes before the daemon reads it (the
+    server's lock held meanwhile, as while both readers are busy): it is dropped when read instead
+    of being queued and run for a client that is gone."""
+    server, backend = served
+    backend.release.set()
+    deadline = time.monotonic() + 10
+    with server._lock:  # neither reader can read until it is released
+        gone = req(server.endpoint, {"op": "synthesize", "id": "gone", "text": "gone"})
+        while not (server._router.getsockopt(zmq.EVENTS) & zmq.POLLIN and server.stats.connections == 1) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the request waits in the ROUTER and the gate has seen its connection
+        gone.close()
+        while server.stats.connections and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the gate has seen the connection end
+        assert server.stats.connections == 0
+    # No other connection until it is read: a new one would take its descriptor (ConnectionGate.connection).
+    while not server.stats.requests["synthesize"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.stats.requests["synthesize"] == 1  # it was read
+    assert server.stats.cancelled["disconnect"] == 1 and server.pending == 0
+    assert not backend.started.is_set()  # and never run
+    assert reply(req(server.endpoint, {"op": "ping", "id": "p"}))["id"] == "p"
+
+
 # --- the connection cap under a burst -------------------------------------------------------------
 
 BURST = 2500

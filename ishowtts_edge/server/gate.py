@@ -91,7 +91,11 @@ class ConnectionGate:
     def connection(self, fd: int) -> tuple[int, int] | None:
         """(descriptor, generation) of the connection a message just read came from; None when that
         connection has already ended or was refused (its messages can still be read after that:
-        any reply to them goes to nobody).  A descriptor the gate never saw is taken as open."""
+        any reply to them goes to nobody).  A descriptor the gate never saw is taken as open.
+
+        A message names only its descriptor: one read after a new connection took the descriptor
+        of its ended one is taken for the new connection's (the reader is usually far quicker).
+        """
         self._drain()
         with self._lock:
             if fd in self._generation and fd not in self._open:
