@@ -138,6 +138,45 @@ def test_hundreds_of_idle_connections_are_refused_above_the_cap_and_the_others_s
     assert "connection refused: too many clients" in limited.log()
 
 
+def test_a_tight_burst_of_three_times_the_cap_leaves_at_most_the_cap_open_and_serves_on(limited):
+    """Connections opened as fast as a loop can (no pause, unlike the test above): the gate shuts
+    every one above the cap, however far libzmq's accepting runs ahead of it, and a client that
+    was connected before keeps being served, synthesis included."""
+    path = limited.endpoint[len("ipc://"):]
+    kept = zmq.Context.instance().socket(zmq.REQ)
+    kept.setsockopt(zmq.LINGER, 0)
+    kept.connect(limited.endpoint)
+
+    def ask(header: dict, timeout_ms: int = 10000) -> dict:
+        kept.send_multipart([json.dumps(header).encode()])
+        assert kept.poll(timeout_ms), f"no reply to {header['op']}"
+        return json.loads(kept.recv_multipart()[0])
+
+    assert ask({"op": "ping"})["ok"]
+    refused_before = ask({"op": "status"})["requests"]["connections"]["refused"]
+    burst = []
+    try:
+        for _ in range(3 * MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            burst.append(s)
+        deadline = time.monotonic() + 30
+        while (still_open := [s for s in burst if not _reads_eof(s)]) and len(still_open) + 1 > MAX_CONNECTIONS \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(still_open) + 1 <= MAX_CONNECTIONS  # the kept client holds one place
+        assert limited.proc.poll() is None, limited.log()
+        connections = ask({"op": "status"})["requests"]["connections"]
+        assert connections["open"] <= MAX_CONNECTIONS
+        assert connections["refused"] - refused_before >= len(burst) - len(still_open)
+        spoken = ask({"op": "synthesize", "text": "Still served.", "nfe_step": 2, "seed": 1}, 120_000)
+        assert spoken["ok"] and spoken["samples"] > 0
+    finally:
+        for s in burst:
+            s.close()
+        kept.close()
+
+
 def test_a_client_that_never_reads_cannot_block_the_daemon_or_its_stop(limited):
     """A DEALER pipelining thousands of requests without reading: others are answered all along,
     and SIGTERM in the middle of it stops the daemon cleanly (before: wedged, SIGKILL needed)."""

@@ -499,3 +499,152 @@ def test_the_engine_result_goes_to_the_backend_once_after_its_reply(served):
     assert backend.completions == [("r", "hello")]
     assert reply(req(server.endpoint, {"op": "synthesize", "id": "o", "text": "oom"}))["ok"] is False
     assert backend.completions == [("r", "hello")]  # a failed synthesis has no result to monitor
+
+
+def test_a_request_whose_client_left_before_it_was_read_is_never_run(served):
+    """The request reaches the daemon, then its REQ client closes before the daemon reads it (the
+    server's lock held meanwhile, as while both readers are busy): it is dropped when read instead
+    of being queued and run for a client that is gone."""
+    server, backend = served
+    backend.release.set()
+    deadline = time.monotonic() + 10
+    with server._lock:  # neither reader can read until it is released
+        gone = req(server.endpoint, {"op": "synthesize", "id": "gone", "text": "gone"})
+        while not (server._router.getsockopt(zmq.EVENTS) & zmq.POLLIN and server.stats.connections == 1) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the request waits in the ROUTER and the gate has seen its connection
+        gone.close()
+        while server.stats.connections and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the gate has seen the connection end
+        assert server.stats.connections == 0
+    # No other connection until it is read: a new one would take its descriptor (ConnectionGate.connection).
+    while not server.stats.requests["synthesize"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.stats.requests["synthesize"] == 1  # it was read
+    assert server.stats.cancelled["disconnect"] == 1 and server.pending == 0
+    assert not backend.started.is_set()  # and never run
+    assert reply(req(server.endpoint, {"op": "ping", "id": "p"}))["id"] == "p"
+
+
+# --- the connection cap under a burst -------------------------------------------------------------
+
+BURST = 2500
+
+
+def _server_descriptors(path: str) -> int:
+    """Accepted connections to the unix socket ``path`` this process holds (the listener excluded)."""
+    import socket
+
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=int(name))
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_UNIX and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) \
+                    and os.fsdecode(sock.getsockname()) == path:
+                count += 1
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    return count
+
+
+@pytest.fixture
+def burst_server(tmp_path):
+    """A server capped at 8 connections, its socket path, and the burst's client sockets (closed after)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 3 * BURST + 256  # the clients' ends, the accepted ends, and the rest of the test process
+    if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            pytest.skip(f"descriptor limit {hard} < {want}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    backend = ControlledBackend()
+    backend.release.set()
+    path = str(tmp_path / "b.sock")
+    server = Server(f"ipc://{path}", backend, Limits(1 << 20, 100, 1 << 16), max_queue=1, max_connections=8)
+    server.bind()
+    stop = threading.Event()
+    loop = threading.Thread(target=lambda: [server.poll(100) for _ in iter(lambda: stop.is_set(), True)])
+    loop.start()
+    clients: list = []
+    yield server, path, clients
+    for sock in clients:
+        sock.close()
+    stop.set()
+    server.close()
+    loop.join(10)
+
+
+def burst_with_the_gate_held_back(server: Server, path: str, clients: list) -> tuple[int, threading.Thread]:
+    """Hold the gate's thread back (as a loaded CPU would) while BURST connections arrive, until
+    libzmq stops accepting; the gate's lock is still held on return: the caller releases it.
+    Returns how many connections were accepted meanwhile, and the thread still connecting."""
+    import socket
+
+    def connect_all() -> None:
+        for _ in range(BURST):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)  # blocks once the listen backlog is full and nothing is accepted
+            except ConnectionRefusedError:  # the server closed
+                sock.close()
+                return
+            clients.append(sock)
+
+    flood = threading.Thread(target=connect_all, daemon=True)
+    server._gate._lock.acquire()  # the gate's thread cannot read the monitor until it is released
+    flood.start()
+    held, deadline = -1, time.monotonic() + 30
+    while (held != (held := _server_descriptors(path)) or held == 0) and time.monotonic() < deadline:
+        time.sleep(0.5)  # until accepting has stopped
+    return held, flood
+
+
+def test_a_burst_can_run_only_a_bounded_way_ahead_of_a_late_connection_gate(burst_server):
+    """libzmq accepts about a thousand connections (what the monitor's pipe holds) ahead of a gate
+    that is late, then waits for it, so a burst cannot take descriptors without bound.  Once the
+    gate runs, every connection above the cap is shut and the daemon serves on.  Before: the pipe
+    held 2,000 events, and 2,000 were accepted."""
+    server, path, clients = burst_server
+    try:
+        held, flood = burst_with_the_gate_held_back(server, path, clients)
+        waiting = len(clients) < BURST  # the flood waits: nothing more is accepted while the gate is late
+    finally:
+        server._gate._lock.release()
+    assert held <= 1000 + 10, f"{held} connections accepted ahead of the gate"
+    assert waiting
+    flood.join(30)
+    assert len(clients) == BURST
+    deadline = time.monotonic() + 30
+    while server.stats.connections_refused < BURST - 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.stats.connections == 8 and server.stats.connections_refused == BURST - 8
+    assert _server_descriptors(path) <= 8 + 10  # the refused ones are closed, not just counted
+    for sock in clients:
+        sock.close()
+    deadline = time.monotonic() + 30
+    while server.stats.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reply(req(server.endpoint, {"op": "ping", "id": "after"}))["id"] == "after"
+
+
+def test_the_server_closes_while_a_burst_has_libzmq_waiting_for_the_gate(burst_server):
+    """Stopping during a connection flood: libzmq waits on the full monitor pipe, holding the
+    ROUTER's monitor lock.  Before, close() asked for that lock (disable_monitor) while holding
+    the GIL, so the gate could never drain the pipe and the process hung for ever."""
+    server, path, clients = burst_server
+    closer = threading.Thread(target=server.close, daemon=True)
+    try:
+        burst_with_the_gate_held_back(server, path, clients)
+        closer.start()
+        time.sleep(0.5)  # close() is under way while the pipe is still full
+    finally:
+        server._gate._lock.release()
+    closer.join(30)
+    assert not closer.is_alive(), "close() hung"
+    assert not os.path.exists(path)

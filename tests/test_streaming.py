@@ -65,6 +65,45 @@ def endpoint(served):
         time.sleep(0.02)
 
 
+@pytest.fixture
+def engine_calls(served):
+    """The texts the engine was asked to synthesize, in order, during one test."""
+    _, daemon, _ = served
+    ran: list[str] = []
+    real = daemon.engine.synthesize
+
+    def recording(params, *args, **kwargs):
+        ran.append(params.text)
+        return real(params, *args, **kwargs)
+
+    daemon.engine.synthesize = recording
+    yield ran
+    daemon.engine.synthesize = real
+
+
+def wait_for(condition, within_s: float = 15) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert condition()
+
+
+def req_send(endpoint: str, header: dict) -> zmq.Socket:
+    """A one-reply client: a REQ socket that closes at once (linger 0), as the Client's does."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    sock.send_multipart([json.dumps(header).encode()])
+    return sock
+
+
+def req_reply(sock: zmq.Socket, timeout_ms: int = 60_000) -> dict:
+    assert sock.poll(timeout_ms), "no reply"
+    header = json.loads(sock.recv_multipart()[0])
+    sock.close()
+    return header
+
+
 def pcm(chunks) -> np.ndarray:
     return np.frombuffer(b"".join(c.audio for c in chunks), dtype="<f4")
 
@@ -174,7 +213,8 @@ def test_a_stream_client_that_disconnects_is_cancelled_and_frees_the_worker(serv
         slow.set(1)
         assert client.synthesize("Quick one.", "v", seed=1).header["samples"] > 0
     assert server.stats.cancelled["disconnect"] == before + 1
-    assert any("stream cancelled" in r.getMessage() and "was=running" in r.getMessage() for r in caplog.records)
+    assert any("request cancelled" in r.getMessage() and "by=disconnect" in r.getMessage()
+               and "was=running" in r.getMessage() for r in caplog.records)
     assert daemon.status()["requests"]["cancelled"]["disconnect"] >= 1
 
 
@@ -196,38 +236,101 @@ def test_a_stream_abandoned_from_another_thread_is_closed_by_its_reader_and_canc
     assert server.stats.cancelled["disconnect"] == before + 1
 
 
-def test_a_queued_stream_that_is_cancelled_never_runs(served, endpoint):
+def test_a_queued_stream_that_is_cancelled_never_runs(served, endpoint, engine_calls):
     server, daemon, slow = served
-    ran = []
-    real = daemon.engine.synthesize
+    slow.set(20)
+    with Client(endpoint, timeout_s=60) as client:
+        running = client.stream("First one runs.", "v", seed=1)
+        while server.pending == 0:
+            time.sleep(0.01)
+        queued = client.stream("Second one never runs.", "v", seed=1)
+        gone = client.stream("Third one leaves before it runs.", "v", seed=1)
+        while server.pending < 3:
+            time.sleep(0.01)
+        queued.cancel()
+        with pytest.raises(ClientError) as info:
+            list(queued)
+        assert info.value.code == "cancelled"
+        gone.close()
+        time.sleep(0.3)
+        slow.set(1)
+        assert len(list(running)) > 0
+        wait_free(server, 30)
+    assert engine_calls == ["First one runs."]
 
-    def recording(params, *args, **kwargs):
-        ran.append(params.text)
-        return real(params, *args, **kwargs)
 
-    daemon.engine.synthesize = recording
+def test_a_one_reply_client_that_leaves_while_queued_is_never_run(served, endpoint, engine_calls):
+    """A REQ client closes while its long request waits: the request is dropped, so the next
+    client's request runs right after the one running, and the disconnect is counted."""
+    server, _, slow = served
+    before = dict(server.stats.cancelled), dict(server.stats.errors)
+    slow.set(20)
+    running = req_send(endpoint, {"op": "synthesize", "id": "a", "text": "First one runs.", "voice": "v", "seed": 1})
+    wait_for(lambda: engine_calls == ["First one runs."])
+    leaving = req_send(endpoint, {"op": "synthesize", "id": "b", "text": " ".join([TEXT] * 4), "voice": "v", "seed": 1})
+    wait_for(lambda: server.pending == 2)
+    leaving.close()
+    wait_for(lambda: server.stats.cancelled["disconnect"] == before[0].get("disconnect", 0) + 1)
+    assert server.pending == 1  # only the running one is left
+    other = req_send(endpoint, {"op": "synthesize", "id": "c", "text": "Quick one.", "voice": "v", "seed": 1})
+    slow.set(1)
+    assert req_reply(running)["ok"] and req_reply(other)["ok"]
+    wait_free(server, 30)
+    assert engine_calls == ["First one runs.", "Quick one."]
+    assert server.stats.errors["cancelled"] == before[1].get("cancelled", 0) + 1
+
+
+def test_a_one_reply_client_that_leaves_while_its_request_runs_cancels_it(served, endpoint, engine_calls):
+    server, _, slow = served
+    before = server.stats.cancelled["disconnect"]
+    slow.set(20)  # long enough that it still runs when the client leaves
+    leaving = req_send(endpoint, {"op": "synthesize", "id": "r", "text": TEXT, "voice": "v", "seed": 1})
+    wait_for(lambda: engine_calls == [TEXT])
+    slow.set(200)  # from here every step takes long: only the cancellation frees the worker in time
+    leaving.close()
+    wait_free(server, 15)
+    slow.set(1)
+    assert server.stats.cancelled["disconnect"] == before + 1
+    assert req_reply(req_send(endpoint, {"op": "synthesize", "id": "n", "text": "Quick one.", "voice": "v"}))["ok"]
+
+
+def test_queue_seconds_is_the_same_wait_in_a_streams_start_and_end_a_one_reply_header_and_the_metrics(
+        served, endpoint):
+    """Requests queued behind a slow one: each reports one queue_seconds (admission to the worker
+    taking it) everywhere, and it covers at least the time the test saw them waiting."""
+    server, _, slow = served
+    hooked: list[tuple[str, float | None]] = []
     try:
         slow.set(20)
         with Client(endpoint, timeout_s=60) as client:
             running = client.stream("First one runs.", "v", seed=1)
-            while server.pending == 0:
-                time.sleep(0.01)
-            queued = client.stream("Second one never runs.", "v", seed=1)
-            gone = client.stream("Third one leaves before it runs.", "v", seed=1)
-            while server.pending < 3:
-                time.sleep(0.01)
-            queued.cancel()
-            with pytest.raises(ClientError) as info:
-                list(queued)
-            assert info.value.code == "cancelled"
-            gone.close()
-            time.sleep(0.3)
+            # Once it runs, the worker has run the previous test's last hook: only ours are seen.
+            wait_for(lambda: server.job_started is not None)
+            server.on_reply = lambda op, code, seconds, queue_seconds, first_audio: hooked.append((code, queue_seconds))
+            streamed = client.stream("Second one waits.", "v", seed=1)
+            wait_for(lambda: server.pending == 2)
+            one_reply = req_send(endpoint, {"op": "synthesize", "text": "Third one waits too.", "voice": "v"})
+            wait_for(lambda: server.pending == 3)
+            queued_by = seen_waiting = time.monotonic()
+            while True:  # three pending: the first still runs, the other two wait
+                now = time.monotonic()
+                if server.pending < 3:
+                    break
+                seen_waiting = now
+                time.sleep(0.005)
+            waited = seen_waiting - queued_by
             slow.set(1)
-            assert len(list(running)) > 0
-            wait_free(server, 30)
+            list(running)
+            list(streamed)
+            header = req_reply(one_reply)
+        wait_for(lambda: len(hooked) == 3)  # the hook runs just after each reply left
     finally:
-        daemon.engine.synthesize = real
-    assert ran == ["First one runs."]
+        server.on_reply = None
+    assert waited > 0
+    assert streamed.start["queue_seconds"] == streamed.end["queue_seconds"] >= waited - 1e-6
+    assert header["ok"] and header["queue_seconds"] >= waited - 1e-6
+    assert [code for code, _ in hooked] == ["ok"] * 3
+    assert [round(q, 6) for _, q in hooked[1:]] == [streamed.end["queue_seconds"], header["queue_seconds"]]
 
 
 def test_status_and_another_clients_request_are_answered_during_a_stream(served, endpoint):

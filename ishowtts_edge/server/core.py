@@ -56,7 +56,7 @@ from ..protocol import (
     parse_request,
 )
 from .cancel import CancelOps
-from .gate import ConnectionGate, connection_cap
+from .gate import BURST_DESCRIPTORS, ConnectionGate, connection_cap, descriptors_free, open_monitor
 from .job import Job
 from .queue import FairQueue
 from .stats import RateLimitedLog, ServerStats
@@ -171,9 +171,12 @@ class Server(SynthesisWorker, CancelOps):
         # Unroutable replies raise (EHOSTUNREACH) instead of vanishing; every send is NOBLOCK,
         # so a full peer raises EAGAIN instead of blocking: both are counted as dropped.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        monitor = open_monitor(router)
         try:
             router.bind(self.endpoint)
         except zmq.ZMQError as exc:
+            router.disable_monitor()
+            monitor.close(linger=0)
             router.close(linger=0)
             if exc.errno == zmq.EADDRINUSE:
                 raise EndpointInUse(f"{self.endpoint}: {exc.strerror} (is another daemon running?)") from None
@@ -182,13 +185,16 @@ class Server(SynthesisWorker, CancelOps):
             self._ipc_inode = restrict_ipc(self.endpoint)
         except OSError as exc:
             log.warning("socket permissions not set %s", kv(endpoint=self.endpoint, error=exc))
-        cap = connection_cap(self.max_connections)
+        free = descriptors_free()
+        cap = connection_cap(self.max_connections, free)
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if cap < self.max_connections:
             log.warning("fewer clients than configured: descriptor limit %s",
-                        kv(max_connections=cap, configured=self.max_connections,
-                           nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
-        self._gate = ConnectionGate(router.get_monitor_socket(ConnectionGate.EVENTS), self.endpoint, cap, self.stats,
-                                     on_disconnect=self._disconnected)
+                        kv(max_connections=cap, configured=self.max_connections, nofile=nofile))
+        if free is not None and free - cap < BURST_DESCRIPTORS:
+            log.warning("descriptor limit too low to absorb a burst of connections %s",
+                        kv(nofile=nofile, spare=free - cap, needed=BURST_DESCRIPTORS))
+        self._gate = ConnectionGate(monitor, self.endpoint, cap, self.stats, on_disconnect=self._disconnected)
         self._router = router
         self._router_fd = router.getsockopt(zmq.FD)
         self._worker = threading.Thread(target=self._work, name="synthesis-worker", daemon=True)
@@ -271,10 +277,8 @@ class Server(SynthesisWorker, CancelOps):
             self._worker.join(timeout=self.JOIN_SECONDS)
         with self._lock:
             if self._router is not None:
-                try:
-                    self._router.disable_monitor()
-                except zmq.ZMQError:
-                    pass
+                # Not disable_monitor(): libzmq stops the monitor as it destroys the socket, and
+                # the gate reads until then (gate.py, ConnectionGate.close, says why).
                 self._router.close(linger=500)
                 self._router = None
         if self._gate is not None:
@@ -367,8 +371,11 @@ class Server(SynthesisWorker, CancelOps):
             if blocked is not None:
                 raise ServiceError(blocked.code, blocked.message, request_id=request_id)
             job = Job(envelope, request, received_at)
-            if job.streamed and self._gate is not None:
+            if self._gate is not None:
                 job.connection = self._gate.connection(fd)
+                if job.connection is None:  # its client left (or was refused) before it was read
+                    self._drop_gone(job, "received")
+                    return
             self._admit(job)
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1

@@ -3,7 +3,7 @@
 libzmq aborts the process when an ipc accept fails with EMFILE, so the number of client
 connections must stay below the descriptor limit.  A side thread watches the ROUTER's
 socket monitor and shuts every connection above the cap as it arrives; it also tells
-the server when a connection ends, so a stream whose client left is cancelled.
+the server when a connection ends, so the requests of a client that left are cancelled.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import socket
+import struct
 import threading
 from typing import Any, Callable
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__package__)
 
 class ConnectionGate:
     """Counts the ROUTER's connections, shuts every new one above the cap at once, and reports
-    the ones that end (a streaming client that left is cancelled: see cancel.py).
+    the ones that end (the requests of a client that left are cancelled: see cancel.py).
 
     libzmq reports each accepted connection with its descriptor (the socket monitor's
     ACCEPTED event); shutting that descriptor down makes libzmq drop the connection
@@ -37,6 +38,12 @@ class ConnectionGate:
     closes.  Runs on its own thread so it keeps up with a burst of connections while
     the worker synthesizes; it never touches the ROUTER itself.
 
+    A burst of connections can outrun the thread: libzmq accepts in C while each event
+    costs the thread some microseconds of Python, and every connection accepted and not
+    yet shut holds a descriptor.  How far it can run ahead is bounded by the monitor's
+    pipe (:func:`open_monitor`): libzmq 4.3 does not drop a monitor event when the pipe is
+    full, its I/O thread waits for the gate to read, and accepts nothing meanwhile.
+
     A message names its connection by descriptor (ZMQ_SRCFD), and descriptors are reused.
     Each ACCEPTED on a descriptor starts a new generation of it; libzmq queues a
     connection's ACCEPTED (and the previous one's DISCONNECTED) on the monitor before any of
@@ -44,7 +51,10 @@ class ConnectionGate:
     the right one.
     """
 
-    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+    #: MONITOR_STOPPED, the last event, tells the thread that libzmq will send no more (see close()).
+    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
+    _ACCEPTED, _DISCONNECTED, _STOPPED = int(zmq.EVENT_ACCEPTED), int(zmq.EVENT_DISCONNECTED), \
+        int(zmq.EVENT_MONITOR_STOPPED)
 
     def __init__(self, monitor: zmq.Socket, endpoint: str, cap: int, stats: ServerStats,
                  on_disconnect: Callable[[int, int], None] | None = None) -> None:
@@ -66,14 +76,31 @@ class ConnectionGate:
         self._thread = threading.Thread(target=self._run, name="connection-gate", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Call after closing the ROUTER: libzmq then stops its monitor with MONITOR_STOPPED.
 
-    def connection(self, fd: int) -> tuple[int, int]:
-        """(descriptor, generation) of the connection a message just read came from."""
+        The thread reads events until that one, because libzmq waits for ever on a full
+        monitor pipe that nobody reads (holding the ROUTER's monitor lock meanwhile, so
+        nothing may stop the monitor from a thread that holds the GIL either: pyzmq's
+        ``disable_monitor`` would deadlock).  Past ``timeout_s`` it stops anyway.
+        """
+        self._thread.join(timeout=timeout_s)
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+    def connection(self, fd: int) -> tuple[int, int] | None:
+        """(descriptor, generation) of the connection a message just read came from; None when that
+        connection has already ended or was refused (its messages can still be read after that:
+        any reply to them goes to nobody).  A descriptor the gate never saw is taken as open.
+
+        A message names only its descriptor: one read after a new connection took the descriptor
+        of its ended one is taken for the new connection's (the reader is usually far quicker).
+        """
         self._drain()
-        return fd, self._generation.get(fd, 0)
+        with self._lock:
+            if fd in self._generation and fd not in self._open:
+                return None
+            return fd, self._generation.get(fd, 0)
 
     def _run(self) -> None:
         try:
@@ -87,34 +114,38 @@ class ConnectionGate:
                 self._monitor.close(linger=0)
 
     def _drain(self) -> bool:
-        """Handle every event queued now; False once the monitor has stopped."""
-        from zmq.utils.monitor import recv_monitor_message
+        """Handle every event queued now; False once the monitor has stopped.
 
+        Each event is parsed here (a 16-bit event and a 32-bit value, libzmq's version 1
+        monitor format) rather than by pyzmq's ``recv_monitor_message``, which costs three
+        times as much per event: the gate's speed decides how far a burst gets ahead of it.
+        """
         with self._lock:
             if self._closed:
                 return False
             try:
                 while True:
                     try:
-                        event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                        frames = self._monitor.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         return True
-                    if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                    event, value = struct.unpack_from("=Hi", frames[0])
+                    if event == self._STOPPED:
                         return False
-                    self._on_event(int(event["event"]), int(event["value"]))
+                    self._on_event(event, value)
             except zmq.ZMQError as exc:  # the context is being torn down
                 log.debug("connection gate ended %s", kv(reason=exc.strerror))
                 return False
 
     def _on_event(self, event: int, fd: int) -> None:
-        if event == zmq.EVENT_DISCONNECTED:
+        if event == self._DISCONNECTED:
             if fd in self._refused:
                 self._refused.discard(fd)
             else:
                 self._open.discard(fd)
                 if self._on_disconnect is not None:
                     self._on_disconnect(fd, self._generation.get(fd, 0))
-        elif event == zmq.EVENT_ACCEPTED:
+        elif event == self._ACCEPTED:
             self._generation[fd] = self._generation.get(fd, 0) + 1
             if len(self._open) < self.cap:
                 self._open.add(fd)
@@ -143,6 +174,23 @@ class ConnectionGate:
             sock.detach()  # the descriptor stays libzmq's: it closes it when it drops the connection
 
 
+def open_monitor(router: zmq.Socket) -> zmq.Socket:
+    """The gate's end of ``router``'s socket monitor; call it before bind, so no connection is missed.
+
+    The pipe is as short as libzmq allows: its own end holds 1000 events and this one 1.  A
+    full pipe makes libzmq's I/O thread wait for the gate instead of accepting more, so a
+    burst gets at most about a thousand connections ahead of the gate (BURST_DESCRIPTORS:
+    what they can hold), and the daemon's ZeroMQ traffic pauses only while the gate catches
+    up, milliseconds.
+    """
+    address = f"inproc://ishowtts-edge-gate-{id(router):x}"
+    router.monitor(address, ConnectionGate.EVENTS)
+    monitor = router.context.socket(zmq.PAIR)
+    monitor.setsockopt(zmq.RCVHWM, 1)
+    monitor.connect(address)
+    return monitor
+
+
 def same_endpoint(name: Any, endpoint: str) -> bool:
     """Whether an accepted socket's local address is ``endpoint`` (guards against a reused descriptor)."""
     if endpoint.startswith("ipc://"):
@@ -154,17 +202,29 @@ def same_endpoint(name: Any, endpoint: str) -> bool:
     return False
 
 
-def connection_cap(configured: int) -> int:
-    """``configured``, or less when the descriptor limit leaves no room for that many and a margin.
+#: Descriptors a burst of connections can hold beyond the cap at worst: what the monitor's pipe
+#: holds (open_monitor: about a thousand accepted and not yet seen) and as many already shut
+#: whose ends libzmq has not yet closed.  With fewer spare, a fast enough burst can still make
+#: an ipc accept fail with EMFILE, which aborts the process.
+BURST_DESCRIPTORS = 2000
 
-    Half of the descriptors still free at bind go to clients: the other half is for what
-    the engine opens later and for connections accepted before the gate shuts them.
-    """
+
+def descriptors_free() -> int | None:
+    """Descriptors this process may still open (None: no limit)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return configured
+        return None
     try:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError:
         in_use = 64
-    return max(1, min(configured, (soft - in_use) // 2))
+    return soft - in_use
+
+
+def connection_cap(configured: int, free: int | None) -> int:
+    """``configured``, or less when the ``free`` descriptors leave no room for that many and a margin.
+
+    Half of the descriptors still free at bind go to clients: the other half is for what
+    the engine opens later and for connections accepted before the gate shuts them.
+    """
+    return configured if free is None else max(1, min(configured, free // 2))

@@ -24,7 +24,10 @@ class Job:
     request: Request
     #: perf_counter when the ROUTER handed us the request (before parsing): server_seconds starts here.
     received_at: float
+    #: monotonic at admission (the job is made just before it is queued).
     queued_at: float = field(default_factory=time.monotonic)
+    #: monotonic when the worker took it; None while it waits.
+    started_at: float | None = None
     #: "ok" or the error code the synthesis was answered with.
     outcome: str = "ok"
     #: Set (under the server's lock) once its client has had a reply: at stop, a synthesis that
@@ -35,6 +38,12 @@ class Job:
     #: perf_counter when a stream's first audio message left.
     first_audio_at: float | None = None
     stream: "Stream | None" = None
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """Admission to the worker taking it: the one figure a stream's start and end, a one-reply
+        header and the metrics all report, so they agree.  None for a job that never ran."""
+        return None if self.started_at is None else self.started_at - self.queued_at
 
     @property
     def streamed(self) -> bool:

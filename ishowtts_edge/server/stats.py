@@ -28,8 +28,8 @@ class ServerStats:
     connections: int = 0
     max_connections: int = 0
     connections_refused: int = 0
-    #: Synthesis requests cancelled, by how: ``op`` (a cancel request), ``disconnect`` (a streaming
-    #: client left), ``slow_reader`` (a stream's client stopped reading).
+    #: Synthesis requests cancelled, by how: ``op`` (a cancel request), ``disconnect`` (its client
+    #: left while it waited or ran), ``slow_reader`` (a stream's client stopped reading).
     cancelled: Counter = field(default_factory=Counter)
     started_at: float = field(default_factory=time.time)
 

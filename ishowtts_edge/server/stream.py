@@ -53,7 +53,7 @@ class Stream:
             "sample_rate": sample_rate, "channels": 1, "format": self.format,
             "chunk_plan": params.chunk_plan or "short_first", "chunks": len(chunks),
             "chunk_chars": [len(chunk) for chunk in chunks],
-            "queue_seconds": round(time.monotonic() - self.job.queued_at, 6),
+            "queue_seconds": round(self.job.queue_seconds or 0.0, 6),
         }
         self._send(stream_message(self.job.request.wire_id, "start", payload))
 

@@ -62,6 +62,7 @@ class SynthesisWorker:
         with self._lock:
             if self._stopped:
                 return None
+            self._cancel_gone()  # a waiting job whose client has just left must not be the one taken
             if not self._queue.waiting and self._router is not None:
                 if not self._worker_reads:
                     self._worker_reads = True
@@ -74,11 +75,10 @@ class SynthesisWorker:
                 self._worker_reads = False
                 self._wake_loop.poke()  # the serving loop reads while this job runs
             self._running = job
-            self.job_started = time.monotonic()
+            job.started_at = self.job_started = time.monotonic()
             return job
 
     def _execute(self, job: Job) -> None:
-        started = self.job_started
         try:
             reply, result = self._run(job)
         finally:
@@ -88,13 +88,8 @@ class SynthesisWorker:
             self._queue.release(job.peer)
             if not self._stopped and not job.answered:
                 job.answered = True
-                self._send(job.envelope + reply)
-                # Sending may have consumed the ZMQ_FD signal of a request that arrived meanwhile;
-                # the serving loop, reading while this job ran, must not sleep through it.
-                if self._router is not None and self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    self._poke_reader()
-        self._replied(job.request.op, job.outcome, job.received_at,
-                      started - job.queued_at if started is not None else None, job.first_audio_at)
+                self._send_from_worker(job.envelope + reply)
+        self._replied(job.request.op, job.outcome, job.received_at, job.queue_seconds, job.first_audio_at)
         if result is not None:
             try:
                 self.backend.completed(job.request, result)
@@ -112,7 +107,7 @@ class SynthesisWorker:
                 job.stream = Stream(self, job)
             result = self.backend.synthesize(request, job.stream)
             header = synthesis_header(result, params.format, params.echo_text)
-            header["queue_seconds"] = round(self.job_started - job.queued_at, 6) if self.job_started else 0.0
+            header["queue_seconds"] = round(job.queue_seconds or 0.0, 6)
             # Receipt to reply built: what the daemon adds to a request, for clients measuring transport.
             header["server_seconds"] = round(time.perf_counter() - job.received_at, 6)
             if job.stream is not None:
@@ -135,9 +130,16 @@ class SynthesisWorker:
         with self._lock:
             if self._stopped:
                 return "daemon stopping"
-            sent = self._send(frames)
-            # Sending may have consumed the ZMQ_FD signal of a request that arrived meanwhile.
-            if self._router is not None and self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self._poke_reader()
-            return None if sent else self._drop_reason
+            return None if self._send_from_worker(frames) else self._drop_reason
+
+    def _send_from_worker(self, frames: list[Any]) -> bool:
+        """:meth:`_send` from the worker (lock held), then wake the reader if a request is waiting.
+
+        Sending may consume the ZMQ_FD signal of a request that arrived meanwhile; the serving
+        loop, reading while the worker synthesizes, must not sleep through it.
+        """
+        sent = self._send(frames)
+        if self._router is not None and self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._poke_reader()
+        return sent
 
