@@ -122,6 +122,9 @@ def test_a_text_whose_spoken_form_is_too_long_is_refused_before_any_work(daemon)
             client.synthesize(text, seed=1)
         assert refused.value.code == "text_too_long" and "written out" in refused.value.message
         assert client.synthesize("It costs $19.99.", seed=1, nfe_step=2)  # the same money, short: spoken
+    # The client's text, not the daemon's trouble: info, not a warning in `journalctl -p warning`.
+    lines = [line for line in daemon.log().splitlines() if "synthesis failed" in line and "code=text_too_long" in line]
+    assert lines and all(line.startswith("<6>") for line in lines), lines
 
 
 def test_error_reply_echoes_request_id(daemon):

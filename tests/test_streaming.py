@@ -395,7 +395,7 @@ def test_a_client_that_stops_reading_ends_its_stream_with_slow_reader(served, en
 
 
 def test_an_out_of_memory_on_the_second_chunk_ends_the_stream_with_an_error_and_the_daemon_serves_on(
-        served, endpoint, monkeypatch):
+        served, endpoint, monkeypatch, caplog):
     _, daemon, _ = served
     sampler = daemon.engine.sampler
     real = sampler.sample
@@ -411,6 +411,10 @@ def test_an_out_of_memory_on_the_second_chunk_ends_the_stream_with_an_error_and_
         monkeypatch.setattr(sampler, "sample", real)
         assert client.synthesize("Still serving.", "v", seed=1).header["samples"] > 0
         assert daemon.health()["state"] == "ready"  # the success disproved the OOM
+    # The daemon's trouble is a warning in the journal; a client that left (above: "the client
+    # disconnected" in other tests) or a text too long is not.
+    failed = [r for r in caplog.records if r.getMessage().startswith("synthesis failed")]
+    assert [r.levelno for r in failed if "code=out_of_memory" in r.getMessage()] == [logging.WARNING]
 
 
 def test_a_gap_longer_than_the_timeout_is_an_error_not_a_retry(served, endpoint):

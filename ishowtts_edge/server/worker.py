@@ -117,7 +117,8 @@ class SynthesisWorker:
         except ServiceError as exc:
             self.stats.errors[exc.code.value] += 1
             job.outcome = exc.code.value
-            log.warning("synthesis failed %s", kv(id=request.id, code=exc.code.value, reason=exc.message))
+            log.log(failure_level(exc.code), "synthesis failed %s",
+                    kv(id=request.id, code=exc.code.value, reason=exc.message))
             return job.error(exc.code, exc.message), None
         except Exception as exc:
             self.stats.errors[ErrorCode.INTERNAL.value] += 1
@@ -143,3 +144,14 @@ class SynthesisWorker:
             self._poke_reader()
         return sent
 
+
+#: Outcomes a client chose or caused (its text, its reference, leaving, not reading) and a stop:
+#: info, so that ``journalctl -p warning`` shows only what the daemon or the hardware did wrong.
+CLIENT_SIDE = frozenset({
+    ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_VOICE, ErrorCode.BAD_REFERENCE, ErrorCode.TEXT_TOO_LONG,
+    ErrorCode.CANCELLED, ErrorCode.SLOW_READER, ErrorCode.SHUTTING_DOWN,
+})
+
+
+def failure_level(code: ErrorCode) -> int:
+    return logging.INFO if code in CLIENT_SIDE else logging.WARNING
