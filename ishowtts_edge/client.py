@@ -122,6 +122,8 @@ class _ConnectWatch:
 
     def close(self) -> None:
         if self.monitor is not None:
+            while self.monitor.poll(0):  # room in the pipe, so libzmq can take the monitor down
+                self.monitor.recv_multipart()
             self._sock.disable_monitor()
             self.monitor.close(linger=0)
             self.monitor = None
@@ -200,6 +202,7 @@ class Client:
         self._prefix = id_prefix or f"{os.getpid()}-{int(time.time() * 1000) % 100000}"
         self._socket: zmq.Socket | None = None
         self._watch: _ConnectWatch | None = None
+        self._path: Path | None = None  # the ipc socket file a checking client probes
 
     def __enter__(self) -> "Client":
         return self
@@ -217,14 +220,14 @@ class Client:
 
     def _connect(self, kind: int) -> tuple[zmq.Socket, _ConnectWatch | None]:
         """A socket of ``kind`` connected to the endpoint, and its watch when ``check`` is on."""
-        path = None
+        path = self._path = None
         if self.check:
             from .config import endpoint_problem
 
             problem = endpoint_problem(self.endpoint)
             if problem:
                 raise EndpointUnavailable("bad_endpoint", f"{self.endpoint}: {problem}")
-            path = ipc_path(self.endpoint)  # tcp endpoints are checked for form only
+            path = self._path = ipc_path(self.endpoint)  # tcp endpoints are checked for form only
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         watch = _ConnectWatch(sock, path) if path is not None else None
@@ -240,7 +243,17 @@ class Client:
     def _open(self) -> zmq.Socket:
         if self._socket is None:
             self._socket, self._watch = self._connect(zmq.REQ)
+        elif self._watch is None and self._path is not None:
+            self._watch = _ConnectWatch(self._socket, self._path)
         return self._socket
+
+    def _end_watch(self) -> None:
+        """The watch lives for one request: between requests nothing reads its monitor, and a daemon
+        gone for minutes would fill the monitor's pipe with reconnect events, which stalls the
+        context's I/O thread (libzmq blocks on a full monitor pipe) for every socket in the process."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def request(
         self,
@@ -257,6 +270,13 @@ class Client:
         message = [encode_header(header), *(attachments or [])]
         timeout = self.timeout_s if timeout_s is None else timeout_s
         attempts = 1 + (self.retries if (retry if retry is not None else op != "synthesize") else 0)
+        try:
+            return self._exchange(message, request_id, timeout, attempts)
+        finally:
+            self._end_watch()
+
+    def _exchange(self, message: list[bytes], request_id: str, timeout: float,
+                  attempts: int) -> tuple[dict[str, Any], list[bytes]]:
         for attempt in range(attempts):
             sock = self._open()
             sock.send_multipart(message)

@@ -162,3 +162,45 @@ def test_a_reply_timeout_that_is_not_a_positive_number_is_a_usage_error(tmp_path
         server.close(linger=0)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "--timeout" in r.stderr
+
+
+IDLE_CLIENT = r"""
+import json, sys, threading, time
+import zmq
+from ishowtts_edge.client import Client
+
+endpoint, other = sys.argv[1], sys.argv[2]
+context = zmq.Context()
+context.setsockopt(zmq.RECONNECT_IVL, 1)  # a retry a millisecond: minutes of an outage in seconds
+router = context.socket(zmq.ROUTER)
+router.bind(endpoint)
+
+def answer():
+    identity, empty, header = router.recv_multipart()[:3]
+    reply = {"v": 1, "ok": True, "op": "ping", "id": json.loads(header)["id"], "pong": True}
+    router.send_multipart([identity, empty, json.dumps(reply).encode()])
+
+server = threading.Thread(target=answer)
+server.start()
+client = Client(endpoint, timeout_s=10, check=True, context=context)
+assert client.ping()["pong"] is True
+server.join()
+router.close(linger=0)  # the daemon is gone; the client sits idle, its socket retrying
+time.sleep(4)
+pair = [context.socket(zmq.PAIR) for _ in range(2)]
+pair[0].bind(other)
+pair[1].connect(other)
+pair[0].send(b"x")
+assert pair[1].poll(5000), "the process's other sockets stopped"
+client.close()
+print("ok")
+"""
+
+
+def test_an_idle_checking_client_keeps_no_watch_that_a_gone_daemon_could_fill(tmp_path):
+    """The connection watch lives for one request: between requests nothing reads it, and with the
+    daemon gone it filled with reconnect events until libzmq stalled the context's I/O thread, so
+    the process's other sockets stopped and closing the client hung."""
+    r = subprocess.run([sys.executable, "-c", IDLE_CLIENT, f"ipc://{tmp_path}/tts.sock", f"ipc://{tmp_path}/other.sock"],
+                       capture_output=True, text=True, timeout=PROMPT_S, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

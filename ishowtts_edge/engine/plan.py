@@ -102,8 +102,8 @@ def plan_chunks(
     chunks = fit_chunks(chunk_text(text, target), limit)
     if plan == SHORT_FIRST:
         cap_frames = min(max_frames, largest_bucket or max_frames, int(TRAINED_SECONDS * pace.frames_per_second))
-        chunks = stream_chunks(chunks, limit, pace, bucket_for=bucket_for, cap_bytes=pace.bytes_within(cap_frames),
-                               stream=stream)
+        chunks = stream_chunks(text, chunks, limit, pace, bucket_for=bucket_for,
+                               cap_bytes=pace.bytes_within(cap_frames), stream=stream)
     if not chunks:
         raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to say after splitting into sentences")
     for chunk in chunks:
@@ -118,6 +118,7 @@ def plan_chunks(
 
 
 def stream_chunks(
+    text: str,
     chunks: list[str],
     limit: int,
     pace: Pace,
@@ -126,9 +127,9 @@ def stream_chunks(
     cap_bytes: int,
     stream: StreamShape,
 ) -> list[str]:
-    """Upstream's ``chunks`` (each at most ``limit`` bytes) re-cut for a stream: a short first
-    chunk, then the rest in as many chunks as upstream's plan had after its first, each at
-    most ``cap_bytes``; where that cannot be done, the rest in upstream's sizes."""
+    """Upstream's ``chunks`` of ``text`` (each at most ``limit`` bytes) re-cut for a stream: a
+    short first chunk, then the rest of ``text`` in as many chunks as upstream's plan had after
+    its first, each at most ``cap_bytes``; where that cannot be done, the rest in upstream's sizes."""
     if not chunks:
         return chunks
     fps = pace.frames_per_second
@@ -137,8 +138,8 @@ def stream_chunks(
         return chunks
     least = pace.ref_frames + math.ceil(stream.first_chunk_s * fps)
     room = bucket_for(least) or least
-    first, rest_of_first = cut_prefix(chunks[0], lambda piece: pace.frames(piece) <= room)
-    rest = join_chunks([part for part in (rest_of_first, *chunks[1:]) if part])
+    first, _ = cut_prefix(chunks[0], lambda piece: pace.frames(piece) <= room)
+    rest = text_after(text, first)
     if not rest:
         return [first]
     return [first, *repack(rest, limit, max(cap_bytes, limit), max(len(chunks) - 1, 1))]
@@ -184,13 +185,17 @@ def cut_prefix(chunk: str, fits: Callable[[str], bool]) -> tuple[str, str]:
     return _split_at(chunk, min(long_enough)) if long_enough else (chunk, "")
 
 
-def join_chunks(parts: list[str]) -> str:
-    """Chunks back into one text, as chunk_text joins sentences: a space after a single-byte
-    ending, none after a CJK one."""
-    text = ""
-    for part in parts:
-        text += part if not text or _nbytes(text[-1]) > 1 else " " + part
-    return text
+def text_after(text: str, piece: str) -> str:
+    """``text`` after its first characters that spell ``piece``, whitespace aside: the chunkers
+    keep every other character in order, and the original keeps the spaces between words
+    (or their absence, in scripts without spaces) that a join of chunks would have to guess."""
+    left = sum(1 for ch in piece if not ch.isspace())
+    for index, ch in enumerate(text):
+        if not left:
+            return text[index:].strip()
+        if not ch.isspace():
+            left -= 1
+    return ""
 
 
 def _ends(chunk: str, pattern: re.Pattern[str]) -> list[int]:

@@ -287,15 +287,16 @@ class BridgeHandler(AsyncEventHandler):
             pass
 
     async def _enqueue(self, event: Event, size: int, worker: asyncio.Task) -> None:
-        """Queue ``event`` once the events ahead of it leave room for its bytes (QUEUE_BYTES); drop it
-        when the worker has ended (it could no longer take it, and the connection is ending)."""
-        while self._queued_bytes and self._queued_bytes + size > QUEUE_BYTES:
+        """Queue ``event`` once the events ahead of it leave room for it (QUEUE_EVENTS, QUEUE_BYTES);
+        drop it when the worker has ended (it could no longer take it, and the connection is ending)."""
+        while not worker.done() and (
+                self._queue.full() or (self._queued_bytes and self._queued_bytes + size > QUEUE_BYTES)):
             self._dequeued.clear()
             await self._dequeued.wait()
-            if worker.done():
-                return
+        if worker.done():
+            return
         self._queued_bytes += size
-        await self._queue.put((event, size))
+        self._queue.put_nowait((event, size))
 
     async def _work(self) -> None:
         try:
