@@ -260,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                          "ms": summarize([t * 1e3 for t in times])})
         out["sweep"] = rows
     if a.profile:
-        profiled = sweep_text_for(a.profile_chars) if a.profile_chars else SENTENCE
+        from ishowtts_edge.bench.texts import sweep_text
+
+        profiled = sweep_text(a.profile_chars) if a.profile_chars else SENTENCE
         mel = torch.randn(1, engine.model.num_channels, first.mel_frames, device=engine.device)
         out["profile"] = {
             "sentence" if not a.profile_chars else f"{a.profile_chars} chars":
@@ -290,12 +292,6 @@ def main(argv: list[str] | None = None) -> int:
         print_profile(name, prof)
     write_json(a.json, out)
     return 0
-
-
-def sweep_text_for(chars: int) -> str:
-    from ishowtts_edge.bench.texts import sweep_text
-
-    return sweep_text(chars)
 
 
 #: Kernel families by name, first match wins: where a step's GPU time goes.  cuDNN runs

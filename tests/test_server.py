@@ -563,6 +563,7 @@ def burst_server(tmp_path):
         if hard != resource.RLIM_INFINITY and hard < want:
             pytest.skip(f"descriptor limit {hard} < {want}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    restore_limit = (soft, hard)  # put back after the test: later tests size their caps from it
     backend = ControlledBackend()
     backend.release.set()
     path = str(tmp_path / "b.sock")
@@ -578,6 +579,7 @@ def burst_server(tmp_path):
     stop.set()
     server.close()
     loop.join(10)
+    resource.setrlimit(resource.RLIMIT_NOFILE, restore_limit)
 
 
 def burst_with_the_gate_held_back(server: Server, path: str, clients: list) -> tuple[int, threading.Thread]:
@@ -608,8 +610,8 @@ def burst_with_the_gate_held_back(server: Server, path: str, clients: list) -> t
 def test_a_burst_can_run_only_a_bounded_way_ahead_of_a_late_connection_gate(burst_server):
     """libzmq accepts about a thousand connections (what the monitor's pipe holds) ahead of a gate
     that is late, then waits for it, so a burst cannot take descriptors without bound.  Once the
-    gate runs, every connection above the cap is shut and the daemon serves on.  Before: the pipe
-    held 2,000 events, and 2,000 were accepted."""
+    gate runs, every connection above the cap is shut and the daemon serves on.  (With libzmq's
+    default pipe, 2,000 were accepted.)"""
     server, path, clients = burst_server
     try:
         held, flood = burst_with_the_gate_held_back(server, path, clients)
@@ -635,8 +637,8 @@ def test_a_burst_can_run_only_a_bounded_way_ahead_of_a_late_connection_gate(burs
 
 def test_the_server_closes_while_a_burst_has_libzmq_waiting_for_the_gate(burst_server):
     """Stopping during a connection flood: libzmq waits on the full monitor pipe, holding the
-    ROUTER's monitor lock.  Before, close() asked for that lock (disable_monitor) while holding
-    the GIL, so the gate could never drain the pipe and the process hung for ever."""
+    ROUTER's monitor lock.  A close() that asked for that lock (disable_monitor) while holding
+    the GIL would keep the gate from ever draining the pipe: the process would hang for ever."""
     server, path, clients = burst_server
     closer = threading.Thread(target=server.close, daemon=True)
     try:
