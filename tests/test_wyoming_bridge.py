@@ -731,3 +731,26 @@ def test_a_peer_that_leaves_with_more_events_queued_than_the_bridge_reads_ahead_
     finally:
         slowdown.set(1)
     assert audio_of(run(ha_synthesize(bridge.port, "Still serving."))) == daemon_pcm(daemon, ["Still serving."])[0]
+
+
+@pytest.mark.parametrize("leave, says", [
+    ("nothing", "the daemon's socket is not there yet; requests wait for it"),
+    ("stale", "the daemon's socket is left from a daemon that is not running; requests wait for a new one"),
+    ("file", "the daemon's endpoint is not a socket: check server.endpoint"),
+])
+def test_the_bridge_says_at_start_what_is_at_the_daemons_socket(tmp_path, demo_cache, leave, says):
+    import socket
+
+    path = tmp_path / "tts.sock"
+    if leave == "stale":  # bound and closed without unlinking: what a killed daemon leaves
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.close()
+    elif leave == "file":
+        path.write_text("")
+    proc = BridgeProcess(tmp_path, f"ipc://{path}", demo_cache)
+    try:
+        proc.wait_log(re.escape(says), timeout=30)
+    finally:
+        assert proc.stop() == 0, proc.log()
+

@@ -17,6 +17,7 @@ import time
 
 from ishowtts_edge import __version__
 from ishowtts_edge.config import ConfigError, Settings, load_settings
+from ishowtts_edge.endpoints import ABSENT, NOT_A_SOCKET, STALE, ipc_path, probe_ipc
 from ishowtts_edge.logs import kv, setup_logging
 from ishowtts_edge.notify import Notifier
 from ishowtts_edge.wyoming_bridge.framing import MAX_HEADER_BYTES
@@ -30,21 +31,24 @@ IDLE_GRACE_S = 1.0
 
 def check_daemon_socket(endpoint: str) -> None:
     """Say at start, not at the first request, when the daemon's socket cannot be used (ZeroMQ retries silently)."""
-    if not endpoint.startswith("ipc://"):
+    path = ipc_path(endpoint)
+    if path is None:  # tcp, or an abstract socket: nothing to look at
         return
-    path = endpoint[len("ipc://") :]
     try:
-        os.stat(path)
-    except FileNotFoundError:
-        log.info("the daemon's socket is not there yet; requests wait for it %s", kv(socket=path))
+        state = probe_ipc(path)
+    except PermissionError:
+        log.warning("the daemon's socket is not usable by this user: add it to group ishowtts-edge %s",
+                    kv(socket=path, uid=os.getuid()))
         return
     except OSError:
-        pass  # its directory is closed to us: the same advice as below
-    if not os.access(path, os.R_OK | os.W_OK):
-        log.warning(
-            "the daemon's socket is not writable by this user: add it to group ishowtts-edge %s",
-            kv(socket=path, uid=os.getuid()),
-        )
+        return  # there and busy (a full backlog): requests will get through
+    if state == ABSENT:
+        log.info("the daemon's socket is not there yet; requests wait for it %s", kv(socket=path))
+    elif state == STALE:
+        log.info("the daemon's socket is left from a daemon that is not running; requests wait for a new one %s",
+                 kv(socket=path))
+    elif state == NOT_A_SOCKET:
+        log.warning("the daemon's endpoint is not a socket: check server.endpoint %s", kv(socket=path))
 
 
 async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
