@@ -180,7 +180,7 @@ reply=$(inside /usr/lib/ishowtts-edge/venv/bin/python -c "$talk" 2>&1 || true)
 case "$reply" in "error timeout"|info*) ok "the bridge speaks Wyoming on 10200: $reply" ;; *) fail "Wyoming describe got: $reply" ;; esac
 journal=$(inside journalctl --no-pager -q -u ishowtts-edge-wyoming.service)
 echo "$journal" | tail -4 | sed 's/^/  | /'
-case "$journal" in *"not writable"*|*Traceback*) fail "bridge journal: $journal" ;; *) ok "the bridge's user may use the daemon's socket" ;; esac
+case "$journal" in *"not usable by this user"*|*Traceback*) fail "bridge journal: $journal" ;; *) ok "the bridge's user may use the daemon's socket" ;; esac
 inside systemctl stop ishowtts-edge-wyoming.service
 result=$(inside systemctl show -p Result --value ishowtts-edge-wyoming.service)
 [ "$result" = success ] && ok "bridge stopped cleanly (Result=$result)" || fail "bridge stop result: $result"
