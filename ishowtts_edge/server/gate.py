@@ -8,6 +8,7 @@ the server when a connection ends, so the requests of a client that left are can
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import resource
@@ -174,6 +175,9 @@ class ConnectionGate:
             sock.detach()  # the descriptor stays libzmq's: it closes it when it drops the connection
 
 
+_MONITOR_NUMBERS = itertools.count(1)
+
+
 def open_monitor(router: zmq.Socket) -> zmq.Socket:
     """The gate's end of ``router``'s socket monitor; call it before bind, so no connection is missed.
 
@@ -183,7 +187,9 @@ def open_monitor(router: zmq.Socket) -> zmq.Socket:
     what they can hold), and the daemon's ZeroMQ traffic pauses only while the gate catches
     up, milliseconds.
     """
-    address = f"inproc://ishowtts-edge-gate-{id(router):x}"
+    # A counter, not id(router): a closed router's inproc address lives on until libzmq's reaper
+    # is done with it, and a new router may get the old one's id in the meantime.
+    address = f"inproc://ishowtts-edge-gate-{next(_MONITOR_NUMBERS)}"
     router.monitor(address, ConnectionGate.EVENTS)
     monitor = router.context.socket(zmq.PAIR)
     monitor.setsockopt(zmq.RCVHWM, 1)
