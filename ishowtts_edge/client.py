@@ -202,7 +202,6 @@ class Client:
         self._prefix = id_prefix or f"{os.getpid()}-{int(time.time() * 1000) % 100000}"
         self._socket: zmq.Socket | None = None
         self._watch: _ConnectWatch | None = None
-        self._path: Path | None = None  # the ipc socket file a checking client probes
 
     def __enter__(self) -> "Client":
         return self
@@ -220,14 +219,14 @@ class Client:
 
     def _connect(self, kind: int) -> tuple[zmq.Socket, _ConnectWatch | None]:
         """A socket of ``kind`` connected to the endpoint, and its watch when ``check`` is on."""
-        path = self._path = None
+        path = None
         if self.check:
             from .config import endpoint_problem
 
             problem = endpoint_problem(self.endpoint)
             if problem:
                 raise EndpointUnavailable("bad_endpoint", f"{self.endpoint}: {problem}")
-            path = self._path = ipc_path(self.endpoint)  # tcp endpoints are checked for form only
+            path = ipc_path(self.endpoint)  # tcp endpoints are checked for form only
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         watch = _ConnectWatch(sock, path) if path is not None else None
@@ -243,8 +242,8 @@ class Client:
     def _open(self) -> zmq.Socket:
         if self._socket is None:
             self._socket, self._watch = self._connect(zmq.REQ)
-        elif self._watch is None and self._path is not None:
-            self._watch = _ConnectWatch(self._socket, self._path)
+        elif self._watch is None and self.check and (path := ipc_path(self.endpoint)) is not None:
+            self._watch = _ConnectWatch(self._socket, path)
         return self._socket
 
     def _end_watch(self) -> None:

@@ -18,6 +18,7 @@ import zmq
 from ishowtts_edge.engine import SynthesisResult
 from ishowtts_edge.protocol import ErrorCode, Limits, ServiceError
 from ishowtts_edge.server import Server
+from req_support import req_reply, req_send
 
 
 def spoken(text: str) -> SynthesisResult:
@@ -73,21 +74,13 @@ def served(tmp_path):
     assert not loop.is_alive()
 
 
-def req(endpoint: str, header: dict, timeout_ms: int = 10000) -> zmq.Socket:
-    if header.get("op") == "synthesize":
-        header = {"echo_text": True, **header}
-    s = zmq.Context.instance().socket(zmq.REQ)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(endpoint)
-    s.send_multipart([json.dumps(header).encode()])
-    return s
+def req(endpoint: str, header: dict) -> zmq.Socket:
+    """:func:`req_send`, a synthesize asking the test backend to echo its text."""
+    return req_send(endpoint, {"echo_text": True, **header} if header.get("op") == "synthesize" else header)
 
 
 def reply(sock: zmq.Socket, timeout_ms: int = 10000) -> dict:
-    assert sock.poll(timeout_ms), "no reply"
-    header = json.loads(sock.recv_multipart()[0])
-    sock.close()
-    return header
+    return req_reply(sock, timeout_ms)
 
 
 def test_ipc_socket_is_for_owner_and_group_only(served):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
+from req_support import req_reply, req_send
 from engine_support import Slowdown, engine_settings, out_of_memory_on_call, tiny_bundle  # noqa: F401  (fixture)
 from ishowtts_edge.client import Client, ClientError, ClientTimeout
 from ishowtts_edge.config import VoiceConfig
@@ -86,22 +87,6 @@ def wait_for(condition, within_s: float = 15) -> None:
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.005)
     assert condition()
-
-
-def req_send(endpoint: str, header: dict) -> zmq.Socket:
-    """A one-reply client: a REQ socket that closes at once (linger 0), as the Client's does."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    sock.send_multipart([json.dumps(header).encode()])
-    return sock
-
-
-def req_reply(sock: zmq.Socket, timeout_ms: int = 60_000) -> dict:
-    assert sock.poll(timeout_ms), "no reply"
-    header = json.loads(sock.recv_multipart()[0])
-    sock.close()
-    return header
 
 
 def pcm(chunks) -> np.ndarray:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ishowtts_edge.engine.text import (
+    _nbytes,
     chunk_text,
     duration_frames,
     fit_chunks,
@@ -205,7 +206,3 @@ def _ends(chunk: str, pattern: re.Pattern[str]) -> list[int]:
 
 def _split_at(chunk: str, end: int) -> tuple[str, str]:
     return chunk[:end].strip(), chunk[end:].strip()
-
-
-def _nbytes(text: str) -> int:
-    return len(text.encode("utf-8"))
